@@ -1,0 +1,503 @@
+"""The cutover: re-register every person in scope as 居民户口 at the cutoff, keeping the history.
+
+A rehearsal reads only: it takes the same census the real run takes and predicts its result. The real
+run takes the live-run lock, records the run and its census before its first write, then converts in
+batches of keys; each batch is one transaction holding the history rows, the update of the register and
+its ledger row, so a run killed at any point resumes where its last committed batch ended and ends
+exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Row,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+
+from . import __version__, schema
+from .census import Census, CensusLine, in_scope, is_active, take_census
+from .codes import (
+    CATEGORY_LABELS,
+    CATEGORY_OF_LABEL,
+    NEW_TYPE,
+    RESIDENT_TYPE,
+    Action,
+    Category,
+    CodeTable,
+    Nature,
+    code_table_from_json,
+    code_table_to_json,
+)
+from .db import display_url, translate_errors
+from .errors import Aborted, RegisterStateError, RunMismatchError, UnmappedCodesError
+from .instants import format_instant, now
+from .profiles import Profile, ResolvedCutoff
+from .progress import Progress, no_progress
+from .runlock import live_run_lock
+
+DEFAULT_BATCH_SIZE = 50_000
+
+R = schema.register
+H = schema.history
+RUNS = schema.runs
+
+
+@dataclass
+class CutoverPlan:
+    """What the real run is about to do: shown to the operator before anything is written."""
+
+    profile: Profile
+    cutoff: ResolvedCutoff
+    census: Census
+    resuming_run: str | None
+
+
+@dataclass
+class CutoverResult:
+    rehearsal: bool
+    profile: Profile
+    cutoff: ResolvedCutoff
+    census: Census
+    run_id: str | None = None
+    outcome: str = "rehearsed"  # rehearsed | completed | resumed | already-complete
+    converted: int = 0
+    converted_by: Counter[tuple[Nature, Category | None]] = field(default_factory=Counter)
+    batches: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def unmapped(self) -> list[Any]:
+        return self.census.unmapped()
+
+
+Confirm = Callable[[CutoverPlan], bool]
+
+
+def rehearse(engine: Engine, profile: Profile, cutoff: ResolvedCutoff) -> CutoverResult:
+    """The dry run: reads the register, writes nothing anywhere in the database."""
+    _require_register(engine)
+    started = now()
+    with translate_errors(), engine.connect() as conn:
+        census = take_census(conn, R, profile)
+        conn.rollback()
+    return CutoverResult(
+        rehearsal=True,
+        profile=profile,
+        cutoff=cutoff,
+        census=census,
+        converted=census.to_convert,
+        converted_by=census.to_convert_by(),
+        started_at=started,
+        finished_at=now(),
+    )
+
+
+def run_cutover(
+    engine: Engine,
+    profile: Profile,
+    cutoff: ResolvedCutoff,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    confirm: Confirm | None = None,
+    progress: Progress = no_progress,
+) -> CutoverResult:
+    """The real run, or the continuation of an unfinished one with the same profile and cutoff."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be positive")
+    _require_register(engine)
+    with translate_errors():
+        schema.ensure_schema(engine)
+        with live_run_lock(engine, lambda: describe_live_run(engine)):
+            return _locked_cutover(engine, profile, cutoff, batch_size, confirm, progress)
+
+
+def _locked_cutover(
+    engine: Engine,
+    profile: Profile,
+    cutoff: ResolvedCutoff,
+    batch_size: int,
+    confirm: Confirm | None,
+    progress: Progress,
+) -> CutoverResult:
+    with engine.connect() as conn:
+        unfinished = conn.execute(select(RUNS).where(RUNS.c.status == "running")).first()
+        completed = conn.execute(
+            select(RUNS).where(RUNS.c.status == "completed", RUNS.c.profile == profile.name)
+        ).first()
+    if unfinished is not None:
+        _check_same_run(unfinished, profile, cutoff)
+        run_id = str(unfinished.run_id)
+        census = load_census(engine, run_id)
+        batch_size = int(unfinished.batch_size)  # the checkpoints are in these units
+        if confirm is not None and not confirm(CutoverPlan(profile, cutoff, census, run_id)):
+            raise Aborted("not confirmed: the unfinished run was left as it is")
+        with engine.begin() as conn:
+            conn.execute(
+                update(RUNS)
+                .where(RUNS.c.run_id == run_id)
+                .values(pid=os.getpid(), host=socket.gethostname()[:100])
+            )
+        outcome = "resumed"
+        started = unfinished.started_at
+    elif completed is not None:
+        if (
+            completed.profile_fingerprint == profile.fingerprint()
+            and completed.cutoff == cutoff.instant
+        ):
+            return _finished_result(engine, completed, profile, cutoff, "already-complete")
+        raise RunMismatchError(
+            f"run {completed.run_id} already converted the {profile.name} register (cutoff"
+            f" {format_instant(completed.cutoff)}, profile fingerprint"
+            f" {completed.profile_fingerprint}); a second cutover with other parameters is refused"
+        )
+    else:
+        with engine.connect() as conn:
+            census = take_census(conn, R, profile)
+        unmapped = census.unmapped()
+        if unmapped:
+            raise UnmappedCodesError(unmapped, rehearsal=False)
+        if confirm is not None and not confirm(CutoverPlan(profile, cutoff, census, None)):
+            raise Aborted("not confirmed: nothing was written")
+        run_id = _new_run_id()
+        started = now()
+        _record_run(engine, run_id, profile, cutoff, census, batch_size, started)
+        outcome = "completed"
+
+    codes = _run_codes(engine, run_id)
+    batches = _convert_batches(engine, run_id, codes, profile, cutoff, batch_size, census, progress)
+    with engine.begin() as conn:
+        converted = conn.execute(
+            select(func.coalesce(func.sum(schema.run_batches.c.converted), 0)).where(
+                schema.run_batches.c.run_id == run_id
+            )
+        ).scalar_one()
+        conn.execute(
+            update(RUNS)
+            .where(RUNS.c.run_id == run_id)
+            .values(status="completed", finished_at=now(), converted=int(converted))
+        )
+    with engine.connect() as conn:
+        row = conn.execute(select(RUNS).where(RUNS.c.run_id == run_id)).one()
+    result = _finished_result(engine, row, profile, cutoff, outcome)
+    result.batches = batches
+    result.started_at = started
+    return result
+
+
+def _check_same_run(run: Row[Any], profile: Profile, cutoff: ResolvedCutoff) -> None:
+    differences = []
+    if run.profile != profile.name or run.profile_fingerprint != profile.fingerprint():
+        differences.append(f"profile {run.profile} (fingerprint {run.profile_fingerprint})")
+    if run.cutoff != cutoff.instant:
+        differences.append(f"cutoff {format_instant(run.cutoff)}")
+    if differences:
+        raise RunMismatchError(
+            f"run {run.run_id} is unfinished with {' and '.join(differences)}; continue it with the"
+            " same --profile and --cutoff (a resume with other parameters is refused)"
+        )
+
+
+def _finished_result(
+    engine: Engine, run: Row[Any], profile: Profile, cutoff: ResolvedCutoff, outcome: str
+) -> CutoverResult:
+    run_id = str(run.run_id)
+    census = load_census(engine, run_id)
+    with engine.connect() as conn:
+        by: Counter[tuple[Nature, Category | None]] = Counter()
+        for nature, category, n in conn.execute(
+            select(H.c.original_nature, H.c.household_category, func.count())
+            .where(H.c.run_id == run_id)
+            .group_by(H.c.original_nature, H.c.household_category)
+        ):
+            by[(Nature(nature), Category(category) if category else None)] += int(n)
+    return CutoverResult(
+        rehearsal=False,
+        profile=profile,
+        cutoff=cutoff,
+        census=census,
+        run_id=run_id,
+        outcome=outcome,
+        converted=int(run.converted or 0),
+        converted_by=by,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+    )
+
+
+def _new_run_id() -> str:
+    return f"R{now():%Y%m%dT%H%M%S}-{secrets.token_hex(2)}"
+
+
+def _record_run(
+    engine: Engine,
+    run_id: str,
+    profile: Profile,
+    cutoff: ResolvedCutoff,
+    census: Census,
+    batch_size: int,
+    started: datetime,
+) -> None:
+    """The run and its census, in one transaction, before the first write to the register."""
+    with engine.begin() as conn:
+        conn.execute(
+            insert(RUNS).values(
+                run_id=run_id,
+                profile=profile.name,
+                profile_fingerprint=profile.fingerprint(),
+                scope=",".join(profile.scope),
+                active_statuses=",".join(profile.active_statuses),
+                code_table=code_table_to_json(profile.codes),
+                cutoff=cutoff.instant,
+                cutoff_source=cutoff.source[:200],
+                status="running",
+                batch_size=batch_size,
+                started_at=started,
+                tool_version=__version__,
+                database_url=display_url(engine.url)[:400],
+                host=socket.gethostname()[:100],
+                pid=os.getpid(),
+            )
+        )
+        if census.lines:
+            conn.execute(
+                insert(schema.run_census),
+                [
+                    {
+                        "run_id": run_id,
+                        "line": i,
+                        "in_scope": int(line.in_scope),
+                        "active": int(line.active),
+                        "raw_code": line.raw_code,
+                        "category_label": line.category_label,
+                        "records": line.records,
+                    }
+                    for i, line in enumerate(census.lines, start=1)
+                ],
+            )
+
+
+def _run_codes(engine: Engine, run_id: str) -> CodeTable:
+    with engine.connect() as conn:
+        return code_table_from_json(
+            conn.execute(select(RUNS.c.code_table).where(RUNS.c.run_id == run_id)).scalar_one()
+        )
+
+
+def load_census(engine: Engine, run_id: str) -> Census:
+    """The census a run took before its first write, with the code table it used."""
+    codes = _run_codes(engine, run_id)
+    C = schema.run_census
+    with engine.connect() as conn:
+        lines = [
+            CensusLine(bool(r.in_scope), bool(r.active), r.raw_code, r.category_label, int(r.records))
+            for r in conn.execute(select(C).where(C.c.run_id == run_id).order_by(C.c.line))
+        ]
+    return Census(lines, codes)
+
+
+# ---------------------------------------------------------------- the set-based conversion
+
+
+def conversion_expressions(
+    codes: CodeTable,
+) -> tuple[list[str], ColumnElement[Any], ColumnElement[Any], ColumnElement[Any]]:
+    """(codes to convert, nature, history category, register 户别 label) as SQL over the register."""
+    convert = [e for e in codes.entries() if e.action is Action.CONVERT and e.nature is not None]
+    raws = [e.raw for e in convert]
+    nature = case({e.raw: e.nature.value for e in convert if e.nature}, value=R.c.hukou_type)
+    with_category = [e for e in convert if e.category is not None]
+    from_label = case(
+        {label: cat.value for label, cat in CATEGORY_OF_LABEL.items()}, value=R.c.household_category
+    )
+    if with_category:
+        from_code = case(
+            {e.raw: e.category.value for e in with_category if e.category},
+            value=R.c.hukou_type,
+        )
+        label_from_code = case(
+            {e.raw: CATEGORY_LABELS[e.category] for e in with_category if e.category},
+            value=R.c.hukou_type,
+        )
+        category = func.coalesce(from_code, from_label)
+        new_label = func.coalesce(label_from_code, R.c.household_category)
+    else:
+        category, new_label = from_label, R.c.household_category
+    return raws, nature, category, new_label
+
+
+def _convert_batches(
+    engine: Engine,
+    run_id: str,
+    codes: CodeTable,
+    profile: Profile,
+    cutoff: ResolvedCutoff,
+    batch_size: int,
+    census: Census,
+    progress: Progress,
+) -> int:
+    raws, nature, category, new_label = conversion_expressions(codes)
+    scope_pred = and_(
+        in_scope(R, profile.scope), is_active(R, profile.active_statuses), R.c.hukou_type.in_(raws)
+    )
+    key = R.c.record_id
+    B = schema.run_batches
+    with engine.connect() as conn:
+        last = conn.execute(
+            select(B.c.batch_no, B.c.last_key)
+            .where(B.c.run_id == run_id)
+            .order_by(B.c.batch_no.desc())
+            .limit(1)
+        ).first()
+        lo: int | None = int(last.last_key) if last is not None else None
+        batch_no = int(last.batch_no) if last is not None else 0
+        done_rows = (
+            conn.execute(select(func.count()).select_from(R).where(key <= lo)).scalar_one()
+            if lo is not None
+            else 0
+        )
+    batches = 0
+    with progress("转换 cutover", census.total, "人") as advance:
+        advance(done_rows)
+        while True:
+            with engine.begin() as conn:
+                after = key > lo if lo is not None else literal(True)
+                hi = conn.execute(
+                    select(key).where(after).order_by(key).offset(batch_size - 1).limit(1)
+                ).scalar()
+                if hi is None:
+                    hi = conn.execute(select(func.max(key)).where(after)).scalar()
+                    if hi is None:
+                        break  # nothing after the last checkpoint: the run is complete
+                window = and_(after, key <= hi)
+                effective = bindparam("effective_at", cutoff.instant, type_=schema.Instant())
+                converted_at = bindparam("converted_at", now(), type_=schema.Instant())
+                source = select(
+                    R.c.id_number,
+                    R.c.hukou_type,
+                    nature,
+                    category,
+                    literal(NEW_TYPE),
+                    effective,
+                    converted_at,
+                    literal(run_id),
+                    R.c.record_id,
+                    R.c.division_code,
+                ).where(window, scope_pred)
+                inserted = conn.execute(
+                    insert(H).from_select(
+                        [
+                            "id_number",
+                            "original_code",
+                            "original_nature",
+                            "household_category",
+                            "new_type",
+                            "effective_at",
+                            "converted_at",
+                            "run_id",
+                            "record_id",
+                            "division_code",
+                        ],
+                        source,
+                    )
+                ).rowcount
+                # MySQL evaluates single-table SET clauses left to right: 户别 first, while
+                # hukou_type still holds the original code.
+                updated = conn.execute(
+                    update(R)
+                    .where(window, scope_pred)
+                    .ordered_values(
+                        (R.c.household_category, new_label), (R.c.hukou_type, RESIDENT_TYPE)
+                    )
+                ).rowcount
+                if inserted != updated:
+                    raise RegisterStateError(
+                        f"batch {batch_no + 1}: {inserted} history rows but {updated} records"
+                        " updated (the register changed under the run?); batch rolled back"
+                    )
+                batch_no += 1
+                conn.execute(
+                    insert(B).values(
+                        run_id=run_id,
+                        batch_no=batch_no,
+                        first_key=None if lo is None else str(lo),
+                        last_key=str(hi),
+                        converted=updated,
+                        committed_at=now(),
+                    )
+                )
+                window_rows = conn.execute(
+                    select(func.count()).select_from(R).where(window)
+                ).scalar_one()
+            advance(int(window_rows))
+            lo = int(hi)
+            batches += 1
+    return batches
+
+
+# ---------------------------------------------------------------- queries about runs
+
+
+def _require_register(engine: Engine) -> None:
+    with translate_errors():
+        if not schema.has_register(engine):
+            raise RegisterStateError(
+                "this database holds no register: load one with 'hukou-convert import FILE' first"
+            )
+
+
+def describe_live_run(engine: Engine) -> str:
+    """Who holds the live-run lock, as far as the runs table tells."""
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                select(RUNS.c.run_id, RUNS.c.profile, RUNS.c.pid, RUNS.c.host, RUNS.c.started_at)
+                .where(RUNS.c.status == "running")
+                .order_by(RUNS.c.started_at.desc())
+                .limit(1)
+            ).first()
+    except Exception:
+        row = None
+    if row is None:
+        return "another hukou-convert process (its run is not recorded yet)"
+    return (
+        f"run {row.run_id} (profile {row.profile}, pid {row.pid} on {row.host},"
+        f" started {format_instant(row.started_at)})"
+    )
+
+
+def find_run(engine: Engine, run_id: str | None) -> Row[Any]:
+    """A run by id, or the latest one."""
+    with translate_errors(), engine.connect() as conn:
+        if not schema.has_register(engine) or "hukou_runs" in schema.missing_tables(engine):
+            raise RegisterStateError("no cutover has run on this database")
+        query = select(RUNS)
+        if run_id is not None:
+            query = query.where(RUNS.c.run_id == run_id)
+        else:
+            query = query.order_by(RUNS.c.started_at.desc()).limit(1)
+        row = conn.execute(query).first()
+    if row is None:
+        raise RegisterStateError(
+            f"no run {run_id!r} in this database" if run_id else "no cutover has run on this database"
+        )
+    return row

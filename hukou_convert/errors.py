@@ -1,0 +1,138 @@
+"""The one exception tree of hukou-convert.
+
+Every failure the operator can act on is a :class:`HukouError` subclass carrying its data; the CLI turns
+it into a one-line message and the exit code declared here, in one place (``cli.main``). Messages never
+contain an ID number or a password: callers pass counts, file positions and record keys, not values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class HukouError(Exception):
+    """Base of every expected failure. ``exit_code`` is what the process exits with."""
+
+    exit_code = 1
+
+    def message(self) -> str:
+        return str(self)
+
+
+class UsageError(HukouError):
+    """The command line asked for something inconsistent (beyond what click checks)."""
+
+    exit_code = 2
+
+
+class InputFileError(HukouError):
+    """A file that cannot be read at all: nothing was loaded from it."""
+
+    exit_code = 3
+
+    def __init__(
+        self, path: str, reason: str, line: int | None = None, column: str | None = None
+    ) -> None:
+        self.path = path
+        self.reason = reason
+        self.line = line
+        self.column = column
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        where = self.path
+        if self.line is not None:
+            where += f", line {self.line}"
+        if self.column is not None:
+            where += f", column {self.column}"
+        return f"{where}: {self.reason}"
+
+
+class ProfileError(HukouError):
+    """A jurisdiction profile, profile file or cutoff is missing or invalid."""
+
+    exit_code = 4
+
+
+class RegisterStateError(HukouError):
+    """The register is not in the state the command needs (empty, already loaded, no schema…)."""
+
+    exit_code = 5
+
+
+@dataclass(frozen=True)
+class UnmappedValue:
+    raw_code: str | None
+    count: int
+
+
+class UnmappedCodesError(HukouError):
+    """Raw 户口性质 values in scope that the profile's code table does not map: never guessed."""
+
+    exit_code = 6
+
+    def __init__(self, values: Sequence[UnmappedValue], rehearsal: bool) -> None:
+        self.values = list(values)
+        self.rehearsal = rehearsal
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        listed = ", ".join(
+            f"{'(empty)' if v.raw_code is None else repr(v.raw_code)}: {v.count}" for v in self.values
+        )
+        total = sum(v.count for v in self.values)
+        head = (
+            "the real cutover would refuse to start"
+            if self.rehearsal
+            else "cutover refused before writing anything"
+        )
+        return (
+            f"{head}: {total} in-scope active record(s) carry 户口性质 values that the profile's code"
+            f" table does not map ({listed}); add them to a profile file"
+        )
+
+
+class LockHeldError(HukouError):
+    """Another live run holds the database's cutover lock."""
+
+    exit_code = 7
+
+    def __init__(self, holder: str) -> None:
+        self.holder = holder
+        super().__init__(f"another live run holds the cutover lock of this database: {holder}")
+
+
+class RunMismatchError(HukouError):
+    """A run is unfinished, and this command would continue it with different parameters."""
+
+    exit_code = 8
+
+
+class VerificationFailed(HukouError):
+    """verify found discrepancies; the first ones are listed."""
+
+    exit_code = 9
+
+    def __init__(self, run_id: str, discrepancies: Sequence[str]) -> None:
+        self.run_id = run_id
+        self.discrepancies = list(discrepancies)
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        shown = "\n  ".join(self.discrepancies[:20])
+        more = len(self.discrepancies) - 20
+        tail = f"\n  … and {more} more" if more > 0 else ""
+        return f"run {self.run_id} does NOT verify ({len(self.discrepancies)} discrepancies):\n  {shown}{tail}"
+
+
+class DatabaseError(HukouError):
+    """The database could not be reached or refused a statement (password and values hidden)."""
+
+    exit_code = 10
+
+
+class Aborted(HukouError):
+    """The operator did not confirm a destructive step."""
+
+    exit_code = 11

@@ -1,0 +1,125 @@
+"""The history table after the reform: "what was this person's type before the reform?"."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import Engine, select
+
+from . import schema
+from .codes import CATEGORY_LABELS, NATURE_LABELS, Category, Nature, code_table_from_json
+from .db import translate_errors
+from .errors import RegisterStateError
+from .idnumbers import has_valid_check, normalise, upgrade15
+
+H = schema.history
+R = schema.register
+RUNS = schema.runs
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    name: str | None
+    original_code: str | None
+    original_label: str
+    original_nature: str
+    nature_label: str
+    household_category: str | None
+    category_label: str
+    effective_at: datetime
+    run_id: str
+    reverted_at: datetime | None
+
+
+@dataclass
+class LookupResult:
+    query: str  # as given
+    id_number: str  # normalised (15-digit numbers upgraded to 18)
+    status: str  # found | not-found | invalid
+    entries: list[HistoryEntry] = field(default_factory=list)
+    note: str = ""
+
+
+_LOOKUP_CHUNK = 500
+
+
+def lookup(engine: Engine, queries: Iterable[str]) -> list[LookupResult]:
+    """History entries per ID number, newest run first; not-found and invalid IDs are kept."""
+    results: list[LookupResult] = []
+    for raw in queries:
+        number = normalise(raw)
+        note = ""
+        if len(number) == 15:
+            upgraded = upgrade15(number)
+            if upgraded is not None:
+                note = "15-digit number, looked up as its 18-digit form"
+                number = upgraded
+        valid = has_valid_check(number)
+        results.append(
+            LookupResult(raw, number, "found" if valid else "invalid", note=note or (
+                "" if valid else "not a valid 18-digit ID number (check character or format)"
+            ))
+        )
+    with translate_errors():
+        if "hukou_type_history" in schema.missing_tables(engine):
+            raise RegisterStateError("no history table in this database: no cutover has run")
+        by_number: dict[str, list[LookupResult]] = {}
+        for r in results:
+            by_number.setdefault(r.id_number, []).append(r)
+        numbers = list(by_number)
+        labels = _run_labels(engine)
+        with engine.connect() as conn:
+            for start in range(0, len(numbers), _LOOKUP_CHUNK):
+                chunk = numbers[start : start + _LOOKUP_CHUNK]
+                rows = conn.execute(
+                    select(
+                        H.c.id_number,
+                        R.c.name,
+                        H.c.original_code,
+                        H.c.original_nature,
+                        H.c.household_category,
+                        H.c.effective_at,
+                        H.c.run_id,
+                        H.c.reverted_at,
+                    )
+                    .outerjoin(R, R.c.record_id == H.c.record_id)
+                    .where(H.c.id_number.in_(chunk))
+                    .order_by(H.c.id_number, H.c.converted_at.desc())
+                )
+                for row in rows:
+                    entry = HistoryEntry(
+                        name=row.name,
+                        original_code=row.original_code,
+                        original_label=labels.get(row.run_id, {}).get(
+                            row.original_code or "", row.original_code or ""
+                        ),
+                        original_nature=row.original_nature,
+                        nature_label=NATURE_LABELS[Nature(row.original_nature)],
+                        household_category=row.household_category,
+                        category_label=CATEGORY_LABELS[Category(row.household_category)]
+                        if row.household_category
+                        else "",
+                        effective_at=row.effective_at,
+                        run_id=row.run_id,
+                        reverted_at=row.reverted_at,
+                    )
+                    for r in by_number.get(row.id_number, []):
+                        r.entries.append(entry)
+    for r in results:
+        if not r.entries and r.status == "found":
+            r.status = "not-found"
+        elif r.entries and r.status == "invalid":
+            r.status = "found"  # an invalid number that the register holds all the same
+    return results
+
+
+def _run_labels(engine: Engine) -> dict[str, dict[str, str]]:
+    """Raw code -> legacy label, per run, from the code table each run used."""
+    out: dict[str, dict[str, str]] = {}
+    with engine.connect() as conn:
+        for run_id, table in conn.execute(select(RUNS.c.run_id, RUNS.c.code_table)):
+            codes = code_table_from_json(table)
+            out[run_id] = {e.raw: codes.label(e.raw) for e in codes.entries()}
+    return out

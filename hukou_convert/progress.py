@@ -1,0 +1,26 @@
+"""Progress reporting without a UI dependency: the core calls a callback, the CLI draws tqdm bars."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Protocol
+
+Advance = Callable[[int], None]
+
+
+class Progress(Protocol):
+    """``with progress("phase", total, unit) as advance: advance(n)``."""
+
+    def __call__(
+        self, phase: str, total: int | None, unit: str
+    ) -> AbstractContextManager[Advance]: ...
+
+
+@contextmanager
+def _silent(phase: str, total: int | None, unit: str) -> Iterator[Advance]:
+    yield lambda _n: None
+
+
+def no_progress(phase: str, total: int | None, unit: str) -> AbstractContextManager[Advance]:
+    return _silent(phase, total, unit)

@@ -1,0 +1,186 @@
+"""Synthetic registers over the real division codes, for rehearsal teams, tests and benchmarks.
+
+Never real people: names are drawn from syllable lists, ID numbers are made up with valid check
+characters (address code of the person's county, birth date, sequence by sex). Deterministic per seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from .divisions import Division, by_code, villages_in
+from .idnumbers import check_character
+from .progress import Progress, no_progress
+
+PERSON_HEADER = [
+    "公民身份号码",
+    "姓名",
+    "性别",
+    "出生日期",
+    "户号",
+    "户口性质",
+    "户别",
+    "行政区划代码",
+    "人员状态",
+    "变更时间",
+    "住址",
+    "派出所",
+    "与户主关系",
+]
+APPLICATION_HEADER = ["业务编号", "公民身份号码", "业务类型", "申请时间", "审批状态", "审批时间"]
+
+_SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何林罗郑梁谢宋唐许韩冯邓曹彭曾萧田董潘袁蔡蒋余于杜叶程魏苏吕丁任沈姚卢姜崔钟谭陆汪范金石廖贾夏韦付方白邹孟熊秦邱江尹薛闫段雷侯龙史陶黎贺顾毛郝龚邵万钱严覃武戴莫孔向汤"
+_GIVEN = "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英华玉兰萍红建文辉力林鹏宇浩然欣怡子涵梓轩雨泽晨博瑞嘉琪思远俊峰海燕春梅志国晓东佳慧"
+
+# (raw 户口性质 value, weight): ~85 % legacy types, as FLOORS.md's registers.
+TYPE_MIX: list[tuple[str, float]] = [
+    ("1", 0.17),
+    ("2", 0.42),
+    ("3", 0.03),
+    ("4", 0.02),
+    ("5", 0.02),
+    ("6", 0.005),
+    ("8", 0.005),
+    ("农业", 0.06),
+    ("非农业", 0.04),
+    ("城镇户口", 0.01),
+    ("蓝印户口", 0.01),
+    ("自理户口", 0.005),
+    ("地方城镇居民户口", 0.005),
+    ("居民户口", 0.12),
+    ("0", 0.01),
+    ("7", 0.01),
+]
+_COLLECTIVE_CODES = {"3", "4"}
+_RELATIONS = ["配偶", "子", "女", "父亲", "母亲", "孙子"]
+
+
+@dataclass
+class SampleOptions:
+    scope: tuple[str, ...]
+    persons: int
+    seed: int = 2016
+    inactive_share: float = 0.02
+    collective_share: float = 0.04
+
+
+def make_id(rng: random.Random, address: str, birth: date, male: bool) -> str:
+    seq = rng.randrange(0, 500) * 2 + (1 if male else 0)
+    if seq == 0:
+        seq = 2
+    first17 = f"{address}{birth:%Y%m%d}{seq:03d}"
+    return first17 + check_character(first17)
+
+
+def synthetic_name(rng: random.Random) -> str:
+    return rng.choice(_SURNAMES) + "".join(rng.choice(_GIVEN) for _ in range(rng.choice((1, 2, 2))))
+
+
+def generate_persons(options: SampleOptions) -> Iterator[dict[str, Any]]:
+    """Households of 1-5 persons spread over the scope's villages, in a realistic type mix."""
+    rng = random.Random(options.seed)
+    villages = villages_in(options.scope)
+    if not villages:
+        raise ValueError(f"no division in the shipped table under {options.scope}")
+    towns = by_code()
+    codes, weights = zip(*TYPE_MIX, strict=True)
+    made = 0
+    household_no = 0
+    used_ids: set[str] = set()
+    while made < options.persons:
+        household_no += 1
+        village = rng.choice(villages)
+        town = towns.get(village.parent_code)
+        collective = rng.random() < options.collective_share
+        size = 1 if collective else rng.choice((1, 2, 2, 3, 3, 3, 4, 4, 5))
+        htype = rng.choices(codes, weights)[0]
+        if collective and htype not in _COLLECTIVE_CODES:
+            htype = rng.choice(("3", "4"))
+        if not collective and htype in _COLLECTIVE_CODES:
+            htype = "1" if htype == "3" else "2"
+        category = "集体户" if collective else "家庭户"
+        household_id = f"{village.code[:9]}{household_no:07d}"
+        for member in range(min(size, options.persons - made)):
+            made += 1
+            male = rng.random() < 0.5
+            birth = date(1930, 1, 1) + timedelta(days=rng.randrange(0, 365 * 85))
+            while True:
+                number = make_id(rng, village.code[:6], birth, male)
+                if number not in used_ids:
+                    used_ids.add(number)
+                    break
+            inactive = rng.random() < options.inactive_share
+            yield {
+                "公民身份号码": number,
+                "姓名": synthetic_name(rng),
+                "性别": "男" if male else "女",
+                "出生日期": birth.isoformat(),
+                "户号": household_id,
+                "户口性质": htype,
+                "户别": category,
+                "行政区划代码": village.code,
+                "人员状态": "注销" if inactive else "正常",
+                "变更时间": f"2016-{rng.randint(1, 8):02d}-{rng.randint(1, 28):02d} 10:00:00",
+                "住址": _address(village, town, rng),
+                "派出所": (town.name if town else village.name) + "派出所",
+                "与户主关系": "本人"
+                if member == 0
+                else ("集体户成员" if collective else rng.choice(_RELATIONS)),
+            }
+
+
+def _address(village: Division, town: Division | None, rng: random.Random) -> str:
+    return f"{town.name if town else ''}{village.name.removesuffix('居委会').removesuffix('村委会')}{rng.randint(1, 200)}号"
+
+
+def write_csv(
+    path: Path, rows: Iterator[dict[str, Any]], header: list[str], encoding: str = "utf-8"
+) -> int:
+    count = 0
+    with path.open("w", encoding=encoding, newline="") as fh:
+        writer = csv.DictWriter(fh, header)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+            count += 1
+    return count
+
+
+def write_sample(
+    path: Path,
+    options: SampleOptions,
+    encoding: str = "utf-8",
+    progress: Progress = no_progress,
+) -> int:
+    """A synthetic register as CSV (UTF-8 or GBK) or .xlsx, streaming."""
+    rows = generate_persons(options)
+    with progress("生成 sample", options.persons, "人") as advance:
+
+        def counted() -> Iterator[dict[str, Any]]:
+            for row in rows:
+                advance(1)
+                yield row
+
+        if path.suffix.lower() == ".xlsx":
+            return _write_xlsx(path, counted())
+        return write_csv(path, counted(), PERSON_HEADER, encoding)
+
+
+def _write_xlsx(path: Path, rows: Iterator[dict[str, Any]]) -> int:
+    from openpyxl import Workbook
+
+    wb = Workbook(write_only=True)
+    ws = wb.create_sheet("人员")
+    ws.append(PERSON_HEADER)
+    count = 0
+    for row in rows:
+        ws.append([row[h] for h in PERSON_HEADER])
+        count += 1
+    wb.save(path)
+    return count

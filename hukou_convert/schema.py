@@ -1,0 +1,218 @@
+"""The built-in schema: the register, in-flight applications, runs and their ledgers, and the history.
+
+``hukou_type_history`` is a deliverable in its own right: other departments query it with SQL for years.
+Its rows are never updated except ``reverted_at``, and never deleted.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Date,
+    DateTime,
+    Dialect,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    inspect,
+)
+from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from .instants import CST, to_cst
+
+SCHEMA_VERSION = 1
+
+
+class Instant(TypeDecorator[datetime]):
+    """A timezone-aware instant.
+
+    PostgreSQL stores it as ``timestamp with time zone``. SQLite and MySQL/MariaDB have no such type:
+    there it is stored as China Standard Time (+08:00) wall-clock, the time every policy text and every
+    department uses, and read back as an aware +08:00 datetime.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.TIMESTAMP(timezone=True))
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime())
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime bound to an Instant column")
+        if dialect.name == "postgresql":
+            return value
+        return to_cst(value).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=CST)
+        return value.astimezone(CST)
+
+
+Key = BigInteger().with_variant(Integer, "sqlite")
+
+metadata = MetaData()
+_mysql = {"mysql_charset": "utf8mb4", "mysql_engine": "InnoDB", "mariadb_charset": "utf8mb4"}
+
+register = Table(
+    "hukou_register",
+    metadata,
+    Column("record_id", Key, primary_key=True, autoincrement=True),
+    Column("id_number", String(32)),
+    Column("name", String(100)),
+    Column("sex", String(4)),
+    Column("birth_date", Date),
+    Column("household_id", String(40)),
+    Column("hukou_type", String(40)),
+    Column("household_category", String(20)),
+    Column("division_code", String(20)),
+    Column("status", String(20)),
+    Column("updated_at", Instant),
+    Column("address", String(200)),
+    Column("police_station", String(100)),
+    Column("relation", String(20)),
+    Column("import_id", Integer),
+    Column("source_line", Integer),
+    Index("ix_hukou_register_id_number", "id_number"),
+    Index("ix_hukou_register_household_id", "household_id"),
+    **_mysql,
+)
+
+applications = Table(
+    "hukou_applications",
+    metadata,
+    Column("application_id", String(64), primary_key=True),
+    Column("id_number", String(32)),
+    Column("kind", String(10)),
+    Column("applied_at", Instant),
+    Column("status", String(10)),
+    Column("approved_at", Instant),
+    Column("outcome", String(20)),
+    Column("outcome_run_id", String(40)),
+    Column("import_id", Integer),
+    Column("source_line", Integer),
+    Index("ix_hukou_applications_id_number", "id_number"),
+    **_mysql,
+)
+
+imports = Table(
+    "hukou_imports",
+    metadata,
+    Column("import_id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(20), nullable=False),
+    Column("file_name", String(400), nullable=False),
+    Column("file_sha256", String(64), nullable=False),
+    Column("encoding", String(20)),
+    Column("mode", String(10), nullable=False),
+    Column("loaded", Integer, nullable=False),
+    Column("rejected", Integer, nullable=False),
+    Column("imported_at", Instant, nullable=False),
+    **_mysql,
+)
+
+runs = Table(
+    "hukou_runs",
+    metadata,
+    Column("run_id", String(40), primary_key=True),
+    Column("profile", String(100), nullable=False),
+    Column("profile_fingerprint", String(32), nullable=False),
+    Column("scope", String(400), nullable=False),
+    Column("active_statuses", String(200), nullable=False),
+    Column("code_table", Text, nullable=False),  # JSON: the table the run converted with
+    Column("cutoff", Instant, nullable=False),
+    Column("cutoff_source", String(200)),
+    Column("status", String(16), nullable=False),  # running | completed
+    Column("batch_size", Integer, nullable=False),
+    Column("started_at", Instant, nullable=False),
+    Column("finished_at", Instant),
+    Column("converted", BigInteger),
+    Column("tool_version", String(20)),
+    Column("database_url", String(400)),
+    Column("host", String(100)),
+    Column("pid", Integer),
+    **_mysql,
+)
+
+# The census the run took before its first write: verify compares against it.
+run_census = Table(
+    "hukou_run_census",
+    metadata,
+    Column("run_id", String(40), nullable=False),
+    Column("line", Integer, nullable=False),
+    Column("in_scope", Integer, nullable=False),
+    Column("active", Integer, nullable=False),
+    Column("raw_code", String(40)),
+    Column("category_label", String(20)),
+    Column("records", BigInteger, nullable=False),
+    PrimaryKeyConstraint("run_id", "line"),
+    **_mysql,
+)
+
+# One row per committed batch, written in the same transaction as the batch: the checkpoint.
+run_batches = Table(
+    "hukou_run_batches",
+    metadata,
+    Column("run_id", String(40), nullable=False),
+    Column("batch_no", Integer, nullable=False),
+    Column("first_key", String(64)),
+    Column("last_key", String(64)),
+    Column("converted", Integer, nullable=False),
+    Column("committed_at", Instant, nullable=False),
+    PrimaryKeyConstraint("run_id", "batch_no"),
+    **_mysql,
+)
+
+history = Table(
+    "hukou_type_history",
+    metadata,
+    Column("history_id", Key, primary_key=True, autoincrement=True),
+    Column("id_number", String(32)),
+    Column("original_code", String(40)),
+    Column("original_nature", String(24), nullable=False),
+    Column("household_category", String(12)),
+    Column("new_type", String(12), nullable=False),
+    Column("effective_at", Instant, nullable=False),
+    Column("converted_at", Instant, nullable=False),
+    Column("run_id", String(40), nullable=False),
+    Column("record_id", BigInteger, nullable=False),
+    Column("division_code", String(20)),
+    Column("application_id", String(64)),
+    Column("reverted_at", Instant),
+    Index("ix_hukou_type_history_id_number", "id_number"),
+    Index("ix_hukou_type_history_run_record", "run_id", "record_id"),
+    **_mysql,
+)
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create the tables that are missing. Each table is its own DDL statement and commit, so MySQL's
+    implicit commits around DDL cannot leave a data change half-done: no data is written here."""
+    metadata.create_all(engine, checkfirst=True)
+
+
+def has_register(engine: Engine) -> bool:
+    return inspect(engine).has_table(register.name)
+
+
+def missing_tables(engine: Engine) -> list[str]:
+    present = set(inspect(engine).get_table_names())
+    return [t.name for t in metadata.sorted_tables if t.name not in present]

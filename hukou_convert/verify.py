@@ -1,0 +1,187 @@
+"""Verify a run independently of its own counters.
+
+Everything is re-derived from the register and the history table and compared with the census the run
+took before its first write: every in-scope record converted or accounted for, history rows = converted
+records, per-nature counts equal to the census. Discrepancies name record keys, never ID numbers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine, and_, func, select
+
+from . import schema
+from .census import in_scope, is_active, take_census
+from .codes import RESIDENT_TYPE, Action
+from .cutover import find_run, load_census
+from .db import translate_errors
+from .profiles import Profile
+
+R = schema.register
+H = schema.history
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class VerifyResult:
+    run_id: str
+    profile: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def discrepancies(self) -> list[str]:
+        return [f"{c.name}: {c.detail}" for c in self.checks if not c.ok]
+
+
+def verify_run(engine: Engine, run_id: str | None = None) -> VerifyResult:
+    """Re-derive a run's result; ``result.ok`` tells whether every check holds."""
+    run = find_run(engine, run_id)
+    run_id = str(run.run_id)
+    census = load_census(engine, run_id)
+    codes = census.codes
+    scope = str(run.scope).split(",")
+    result = VerifyResult(run_id, str(run.profile))
+    add = result.checks.append
+
+    add(
+        Check(
+            "run finished",
+            run.status == "completed",
+            f"status {run.status}" + ("" if run.status == "completed" else ": resume it first"),
+        )
+    )
+    expected = census.to_convert_by()
+    active_statuses = str(run.active_statuses).split(",")
+    with translate_errors(), engine.connect() as conn:
+        live = H.c.reverted_at.is_(None)
+        history_by: Counter[tuple[str, str | None]] = Counter()
+        for nature, category, n in conn.execute(
+            select(H.c.original_nature, H.c.household_category, func.count())
+            .where(H.c.run_id == run_id, live)
+            .group_by(H.c.original_nature, H.c.household_category)
+        ):
+            history_by[(nature, category)] = int(n)
+        history_total = sum(history_by.values())
+        expected_str = Counter({(n.value, c.value if c else None): v for (n, c), v in expected.items()})
+        add(
+            Check(
+                "history rows = census to convert",
+                history_total == census.to_convert,
+                f"{history_total} history rows, census counted {census.to_convert} to convert",
+            )
+        )
+        diff = {
+            k: (history_by.get(k, 0), expected_str.get(k, 0))
+            for k in set(history_by) | set(expected_str)
+            if history_by.get(k, 0) != expected_str.get(k, 0)
+        }
+        add(
+            Check(
+                "per-nature counts = census",
+                not diff,
+                "all match"
+                if not diff
+                else "; ".join(f"{n}/{c or '?'}: history {h}, census {e}" for (n, c), (h, e) in diff.items()),
+            )
+        )
+        converted_records = conn.execute(
+            select(func.count()).select_from(R).where(
+                R.c.record_id.in_(select(H.c.record_id).where(H.c.run_id == run_id, live))
+            )
+        ).scalar_one()
+        add(
+            Check(
+                "history rows = converted records",
+                converted_records == history_total and history_total == int(run.converted or 0),
+                f"{history_total} history rows, {converted_records} register records behind them,"
+                f" run counted {run.converted}",
+            )
+        )
+        twice = conn.execute(
+            select(H.c.record_id)
+            .where(H.c.run_id == run_id, live)
+            .group_by(H.c.record_id)
+            .having(func.count() > 1)
+            .limit(10)
+        ).scalars().all()
+        add(
+            Check(
+                "one history row per record",
+                not twice,
+                f"records converted twice: {list(twice)}" if twice else "none converted twice",
+            )
+        )
+        not_resident = conn.execute(
+            select(R.c.record_id)
+            .join(H, and_(H.c.record_id == R.c.record_id, H.c.run_id == run_id, live))
+            .where(R.c.hukou_type != RESIDENT_TYPE)
+            .limit(10)
+        ).scalars().all()
+        add(
+            Check(
+                "converted records are 居民户口",
+                not not_resident,
+                f"records with history but another type now: {list(not_resident)}"
+                if not_resident
+                else "all are",
+            )
+        )
+        convert_codes = [e.raw for e in codes.entries() if e.action is Action.CONVERT]
+        left = conn.execute(
+            select(R.c.hukou_type, func.count())
+            .where(in_scope(R, scope), is_active(R, active_statuses), R.c.hukou_type.in_(convert_codes))
+            .group_by(R.c.hukou_type)
+        ).all()
+        add(
+            Check(
+                "no legacy type left in scope",
+                not left,
+                "none left"
+                if not left
+                else "still legacy: " + ", ".join(f"{code!r}: {n}" for code, n in left),
+            )
+        )
+        # The register now: in scope, everything the census saw is still accounted for.
+        profile = Profile(
+            name=str(run.profile),
+            display_name="",
+            policy_document="",
+            scope=tuple(scope),
+            codes=codes,
+            active_statuses=tuple(active_statuses),
+        )
+        now_census = take_census(conn, R, profile)
+    accounted = census.to_convert + census.already_resident + census.not_permanent
+    add(
+        Check(
+            "census accounts for every in-scope record",
+            accounted == census.in_scope_active,
+            f"{census.in_scope_active} in scope and active = {census.to_convert} to convert +"
+            f" {census.already_resident} already resident + {census.not_permanent} not in the"
+            f" permanent register (unmapped: {census.in_scope_active - accounted})",
+        )
+    )
+    expected_resident = census.already_resident + census.to_convert
+    add(
+        Check(
+            "register now = census after conversion",
+            now_census.in_scope_active == census.in_scope_active
+            and now_census.already_resident == expected_resident
+            and now_census.total == census.total,
+            f"now {now_census.total} records, {now_census.in_scope_active} in scope and active,"
+            f" {now_census.already_resident} resident; expected {census.total},"
+            f" {census.in_scope_active}, {expected_resident}",
+        )
+    )
+    return result
