@@ -354,7 +354,8 @@ class RejectWriter:
             self._writer.writerow(self.HEADER)
         self._writer.writerow([row.line, reject.column or "", reject.reason, row.original])
         self.count += 1
-        key = reject.reason.split("'")[0].split("(")[0].strip()
+        # grouped by column and reason with the values taken out: a summary names no personal data
+        key = f"{reject.column or 'row'}: {re.sub(r"'[^']*'", "…", reject.reason)}"
         self.by_reason[key] = self.by_reason.get(key, 0) + 1
 
     def commit(self) -> str | None:
