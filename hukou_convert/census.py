@@ -7,9 +7,12 @@ real run exactly. Classification (action, nature, category) happens in Python ov
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
@@ -25,7 +28,12 @@ from sqlalchemy import (
 
 from .codes import CATEGORY_OF_LABEL, Action, Category, CodeTable, Nature
 from .errors import UnmappedValue
+from .instants import format_instant
 from .profiles import Profile
+from .progress import Progress, no_progress
+
+# Columns that describe the person and the record; load bookkeeping is not part of the register.
+_FINGERPRINT_EXCLUDED = {"import_id", "source_line"}
 
 
 def in_scope(table: Table, scope: Iterable[str]) -> ColumnElement[bool]:
@@ -144,3 +152,33 @@ def take_census(conn: Connection, table: Table, profile: Profile) -> Census:
     ]
     lines.sort(key=lambda x: (not x.in_scope, not x.active, x.raw_code or "", x.category_label or ""))
     return Census(lines, profile.codes)
+
+
+def _canonical(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return format_instant(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+def register_fingerprint(
+    conn: Connection, table: Table, key: str = "record_id", progress: Progress = no_progress
+) -> str:
+    """SHA-256 over every register row in key order, the same on every database: two registers with
+    the same fingerprint hold the same records."""
+    columns = [c for c in table.columns if c.name not in _FINGERPRINT_EXCLUDED]
+    total = conn.execute(select(func.count()).select_from(table)).scalar_one()
+    digest = hashlib.sha256()
+    with progress("指纹 fingerprint", int(total), "行") as advance:
+        result = conn.execution_options(stream_results=True, yield_per=20_000).execute(
+            select(*columns).order_by(table.c[key])
+        )
+        for partition in result.partitions():
+            for row in partition:
+                digest.update("\x1f".join(_canonical(v) for v in row).encode("utf-8"))
+                digest.update(b"\n")
+            advance(len(partition))
+    return digest.hexdigest()

@@ -334,7 +334,7 @@ def cutover_command(
     resolved = resolve_cutoff(profile, cutoff, force_cutoff)
     engine = app.engine()
     if dry_run:
-        result = rehearse(engine, profile, resolved)
+        result = rehearse(engine, profile, resolved, progress=app.progress())
     else:
 
         def confirm(plan: CutoverPlan) -> bool:

@@ -34,7 +34,7 @@ from sqlalchemy import (
 )
 
 from . import __version__, schema
-from .census import Census, CensusLine, in_scope, is_active, take_census
+from .census import Census, CensusLine, in_scope, is_active, register_fingerprint, take_census
 from .codes import (
     CATEGORY_LABELS,
     CATEGORY_OF_LABEL,
@@ -81,6 +81,7 @@ class CutoverResult:
     outcome: str = "rehearsed"  # rehearsed | completed | resumed | already-complete
     converted: int = 0
     converted_by: Counter[tuple[Nature, Category | None]] = field(default_factory=Counter)
+    fingerprint: str = ""  # SHA-256 of the register as read, before any write
     batches: int = 0
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -93,12 +94,15 @@ class CutoverResult:
 Confirm = Callable[[CutoverPlan], bool]
 
 
-def rehearse(engine: Engine, profile: Profile, cutoff: ResolvedCutoff) -> CutoverResult:
+def rehearse(
+    engine: Engine, profile: Profile, cutoff: ResolvedCutoff, progress: Progress = no_progress
+) -> CutoverResult:
     """The dry run: reads the register, writes nothing anywhere in the database."""
     _require_register(engine)
     started = now()
     with translate_errors(), engine.connect() as conn:
         census = take_census(conn, R, profile)
+        fingerprint = register_fingerprint(conn, R, progress=progress)
         conn.rollback()
     return CutoverResult(
         rehearsal=True,
@@ -107,6 +111,7 @@ def rehearse(engine: Engine, profile: Profile, cutoff: ResolvedCutoff) -> Cutove
         census=census,
         converted=census.to_convert,
         converted_by=census.to_convert_by(),
+        fingerprint=fingerprint,
         started_at=started,
         finished_at=now(),
     )
@@ -180,7 +185,9 @@ def _locked_cutover(
             raise Aborted("not confirmed: nothing was written")
         run_id = _new_run_id()
         started = now()
-        _record_run(engine, run_id, profile, cutoff, census, batch_size, started)
+        with engine.connect() as conn:
+            fingerprint = register_fingerprint(conn, R, progress=progress)
+        _record_run(engine, run_id, profile, cutoff, census, fingerprint, batch_size, started)
         outcome = "completed"
 
     codes = _run_codes(engine, run_id)
@@ -239,6 +246,7 @@ def _finished_result(
         outcome=outcome,
         converted=int(run.converted or 0),
         converted_by=by,
+        fingerprint=str(run.register_sha256 or ""),
         started_at=run.started_at,
         finished_at=run.finished_at,
     )
@@ -254,6 +262,7 @@ def _record_run(
     profile: Profile,
     cutoff: ResolvedCutoff,
     census: Census,
+    fingerprint: str,
     batch_size: int,
     started: datetime,
 ) -> None:
@@ -269,6 +278,7 @@ def _record_run(
                 code_table=code_table_to_json(profile.codes),
                 cutoff=cutoff.instant,
                 cutoff_source=cutoff.source[:200],
+                register_sha256=fingerprint,
                 status="running",
                 batch_size=batch_size,
                 started_at=started,
@@ -403,7 +413,7 @@ def _convert_batches(
                     R.c.record_id,
                     R.c.division_code,
                 ).where(window, scope_pred)
-                inserted = conn.execute(
+                conn.execute(
                     insert(H).from_select(
                         [
                             "id_number",
@@ -419,7 +429,7 @@ def _convert_batches(
                         ],
                         source,
                     )
-                ).rowcount
+                )
                 # MySQL evaluates single-table SET clauses left to right: 户别 first, while
                 # hukou_type still holds the original code.
                 updated = conn.execute(
@@ -429,6 +439,14 @@ def _convert_batches(
                         (R.c.household_category, new_label), (R.c.hukou_type, RESIDENT_TYPE)
                     )
                 ).rowcount
+                # Counted, not taken from the INSERT's rowcount (psycopg reports -1 for
+                # INSERT … SELECT through SQLAlchemy): an independent check of the batch.
+                inserted = conn.execute(
+                    select(func.count())
+                    .select_from(H)
+                    .where(H.c.run_id == run_id, H.c.record_id > (lo if lo is not None else -1))
+                    .where(H.c.record_id <= hi)
+                ).scalar_one()
                 if inserted != updated:
                     raise RegisterStateError(
                         f"batch {batch_no + 1}: {inserted} history rows but {updated} records"

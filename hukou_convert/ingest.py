@@ -327,6 +327,7 @@ def parse_rows(
         yield row, (reject if reject is not None else values)
 
 
+_QUOTED = re.compile(r"'[^']*'")
 _EXCEL_ERRORS = {"#N/A", "#VALUE!", "#REF!", "#DIV/0!", "#NUM!", "#NAME?", "#NULL!", "#GETTING_DATA"}
 
 
@@ -355,7 +356,8 @@ class RejectWriter:
         self._writer.writerow([row.line, reject.column or "", reject.reason, row.original])
         self.count += 1
         # grouped by column and reason with the values taken out: a summary names no personal data
-        key = f"{reject.column or 'row'}: {re.sub(r"'[^']*'", "…", reject.reason)}"
+        reason = _QUOTED.sub("…", reject.reason)
+        key = f"{reject.column or 'row'}: {reason}"
         self.by_reason[key] = self.by_reason.get(key, 0) + 1
 
     def commit(self) -> str | None:

@@ -140,6 +140,7 @@ runs = Table(
     Column("code_table", Text, nullable=False),  # JSON: the table the run converted with
     Column("cutoff", Instant, nullable=False),
     Column("cutoff_source", String(200)),
+    Column("register_sha256", String(64)),  # the register as read before the first write
     Column("status", String(16), nullable=False),  # running | completed
     Column("batch_size", Integer, nullable=False),
     Column("started_at", Instant, nullable=False),

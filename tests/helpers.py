@@ -1,0 +1,98 @@
+"""Helpers shared by the tests: state snapshots of a database, and small registers."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, inspect, select
+
+from hukou_convert import schema
+from hukou_convert.idnumbers import check_character
+from hukou_convert.sample import PERSON_HEADER
+
+
+def table_dump(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, in key order: equal dumps mean an identical database."""
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    names = set(inspect(engine).get_table_names())
+    with engine.connect() as conn:
+        for table in schema.metadata.sorted_tables:
+            if table.name not in names:
+                continue
+            keys = list(table.primary_key.columns) or list(table.columns)
+            out[table.name] = [tuple(r) for r in conn.execute(select(table).order_by(*keys))]
+    return out
+
+
+def conversion_state(engine: Engine) -> str:
+    """Checksum over what the cutover decides: each record's id, type, category, and the history
+    rows (without the run id and wall-clock time, which differ between two runs)."""
+    R, H = schema.register, schema.history
+    digest = hashlib.sha256()
+    with engine.connect() as conn:
+        for row in conn.execute(
+            select(R.c.record_id, R.c.id_number, R.c.hukou_type, R.c.household_category).order_by(
+                R.c.record_id
+            )
+        ):
+            digest.update(repr(tuple(row)).encode())
+        for row in conn.execute(
+            select(
+                H.c.record_id,
+                H.c.id_number,
+                H.c.original_code,
+                H.c.original_nature,
+                H.c.household_category,
+                H.c.new_type,
+                H.c.effective_at,
+                H.c.division_code,
+                H.c.reverted_at,
+            ).order_by(H.c.record_id, H.c.history_id)
+        ):
+            digest.update(repr(tuple(row)).encode())
+    return digest.hexdigest()
+
+
+def ident(address: str, birth: str, seq: int) -> str:
+    first17 = f"{address}{birth}{seq:03d}"
+    return first17 + check_character(first17)
+
+
+def person(
+    number: str,
+    htype: str,
+    *,
+    division: str = "330211001001",
+    category: str = "家庭户",
+    status: str = "正常",
+    household: str = "H1",
+    name: str = "测试",
+    sex: str = "男",
+    birth: str = "1980-01-01",
+) -> dict[str, str]:
+    return {
+        "公民身份号码": number,
+        "姓名": name,
+        "性别": sex,
+        "出生日期": birth,
+        "户号": household,
+        "户口性质": htype,
+        "户别": category,
+        "行政区划代码": division,
+        "人员状态": status,
+        "变更时间": "2016-06-01 09:00:00",
+        "住址": "",
+        "派出所": "",
+        "与户主关系": "本人",
+    }
+
+
+def write_register(path: Path, rows: list[dict[str, str]], encoding: str = "utf-8") -> Path:
+    with path.open("w", encoding=encoding, newline="") as fh:
+        writer = csv.DictWriter(fh, PERSON_HEADER)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

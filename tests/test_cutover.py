@@ -1,0 +1,212 @@
+"""The cutover end to end through the core, on SQLite, PostgreSQL and MariaDB."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from hukou_convert import schema
+from hukou_convert.codes import Category, Nature
+from hukou_convert.cutover import rehearse, run_cutover
+from hukou_convert.errors import Aborted, RunMismatchError, UnmappedCodesError
+from hukou_convert.history import lookup
+from hukou_convert.ingest import import_register
+from hukou_convert.profiles import BUILTIN_PROFILES, load_profile, resolve_cutoff
+from hukou_convert.verify import verify_run
+
+from .helpers import conversion_state, ident, person, table_dump, write_register
+
+ZHENHAI = BUILTIN_PROFILES["zhenhai"]
+CUTOFF = resolve_cutoff(ZHENHAI, None)
+
+
+def _sample(engine: Engine, sample_csv: Path) -> None:
+    import_register(engine, sample_csv)
+
+
+def test_rehearsal_writes_nothing_and_predicts_the_cutover(engine: Engine, sample_csv: Path) -> None:
+    _sample(engine, sample_csv)
+    before = table_dump(engine)
+    rehearsal = rehearse(engine, ZHENHAI, CUTOFF)
+    assert table_dump(engine) == before
+    result = run_cutover(engine, ZHENHAI, CUTOFF, batch_size=37)
+    assert result.outcome == "completed"
+    assert result.converted == rehearsal.converted == rehearsal.census.to_convert
+    assert result.converted_by == rehearsal.converted_by
+    assert result.census.lines == rehearsal.census.lines
+
+
+def test_sample_cutover_counts_history_and_categories(engine: Engine, sample_csv: Path) -> None:
+    _sample(engine, sample_csv)
+    result = run_cutover(engine, ZHENHAI, CUTOFF, batch_size=50)
+    census = result.census
+    # 328 loaded (3 of 331 rejected): 1 out of scope (Wenzhou), 7 inactive (注销/死亡)
+    assert census.total == 328
+    assert census.out_of_scope == 1
+    assert census.inactive == 7
+    assert (
+        census.to_convert + census.already_resident + census.not_permanent == census.in_scope_active
+    )
+    R, H = schema.register, schema.history
+    with engine.connect() as conn:
+        history = conn.execute(select(H)).all()
+        legacy_left = conn.execute(
+            select(func.count())
+            .select_from(R)
+            .where(R.c.status == "正常", R.c.division_code.like("330211%"))
+            .where(R.c.hukou_type.notin_(["居民户口", "居民家庭户口", "居民集体户口", "0", "7",
+                                         "未落常住户口", "暂住户口"]))
+        ).scalar_one()
+        by_name = {
+            r.name: r
+            for r in conn.execute(select(R.c.name, R.c.hukou_type, R.c.household_category, R.c.status))
+        }
+    assert legacy_left == 0
+    assert len(history) == result.converted == census.to_convert
+    assert {h.new_type for h in history} == {"RESIDENT"}
+    assert {h.effective_at for h in history} == {datetime(2016, 10, 1, tzinfo=timezone(timedelta(hours=8)))}
+    # the category survives: 农业集体户口 becomes 居民户口 + 集体户, never a family household
+    assert (by_name["集体丙"].hukou_type, by_name["集体丙"].household_category) == ("居民户口", "集体户")
+    assert (by_name["集体乙"].hukou_type, by_name["集体乙"].household_category) == ("居民户口", "集体户")
+    assert by_name["宿舍丁"].household_category == "集体户"
+    # untouched: inactive, out of scope, not in the permanent register, already resident
+    assert by_name["注销戊"].hukou_type == "2"
+    assert by_name["温州庚"].hukou_type == "2"
+    assert by_name["样0甲"].hukou_type == "0"
+    assert by_name["样7甲"].hukou_type == "7"
+    assert by_name["居民1"].hukou_type == "居民家庭户口"
+    natures = Counter((h.original_code, h.original_nature, h.household_category) for h in history)
+    assert natures[("4", "AGRICULTURAL", "COLLECTIVE")] >= 1
+    assert natures[("农业", "AGRICULTURAL", "COLLECTIVE")] == 1  # bare label + 户别 集体户
+    assert natures[("蓝印户口", "BLUE_STAMP", "FAMILY")] == 1
+    assert natures[("自理口粮户口", "SELF_SUPPLIED_GRAIN", "FAMILY")] == 1
+    assert natures[("地方城镇居民户口", "LOCAL_URBAN", "FAMILY")] == 1
+    assert verify_run(engine).ok
+
+
+def test_rerun_after_completion_does_nothing(engine: Engine, sample_csv: Path) -> None:
+    _sample(engine, sample_csv)
+    first = run_cutover(engine, ZHENHAI, CUTOFF)
+    state = table_dump(engine)
+    again = run_cutover(engine, ZHENHAI, CUTOFF)
+    assert again.outcome == "already-complete"
+    assert again.run_id == first.run_id
+    assert again.converted == first.converted
+    assert table_dump(engine) == state
+
+
+def test_batch_size_does_not_change_the_result(db_url: str, tmp_path: Path) -> None:
+    from hukou_convert.db import make_engine, parse_url
+
+    rows = [person(ident("330211", "19800101", 2 * i + 1), "2" if i % 3 else "1",
+                   household=f"H{i}") for i in range(120)]
+    csv_path = write_register(tmp_path / "r.csv", rows)
+    engine = make_engine(parse_url(db_url))
+    import_register(engine, csv_path)
+    run_cutover(engine, ZHENHAI, CUTOFF, batch_size=7)
+    batches = None
+    with engine.connect() as conn:
+        batches = conn.execute(select(func.count()).select_from(schema.run_batches)).scalar_one()
+    assert batches == 18  # ceil(120 / 7): one ledger row per committed batch
+    state = conversion_state(engine)
+    engine.dispose()
+
+    other = make_engine(parse_url(f"sqlite:///{tmp_path / 'other.db'}"))
+    import_register(other, csv_path)
+    run_cutover(other, ZHENHAI, CUTOFF, batch_size=1000)
+    assert conversion_state(other) == state
+
+
+def test_unmapped_value_stops_the_real_run_before_any_write(
+    engine: Engine, tmp_path: Path
+) -> None:
+    rows = [
+        person(ident("330211", "19800101", 1), "2"),
+        person(ident("330211", "19800101", 3), "99", household="H2"),
+        person(ident("330211", "19800101", 5), "99", household="H3"),
+        # unmapped but out of scope: does not block
+        person(ident("330302", "19800101", 7), "XX", division="330302001001", household="H4"),
+    ]
+    import_register(engine, write_register(tmp_path / "r.csv", rows))
+    before = table_dump(engine)
+    rehearsal = rehearse(engine, ZHENHAI, CUTOFF)
+    assert [(v.raw_code, v.count) for v in rehearsal.unmapped] == [("99", 2)]
+    with pytest.raises(UnmappedCodesError) as err:
+        run_cutover(engine, ZHENHAI, CUTOFF)
+    assert "'99': 2" in err.value.message()
+    assert table_dump(engine) == before
+
+
+def test_not_confirmed_writes_nothing(engine: Engine, sample_csv: Path) -> None:
+    _sample(engine, sample_csv)
+    before = table_dump(engine)
+    seen = []
+
+    def refuse(plan: object) -> bool:
+        seen.append(plan)
+        return False
+
+    with pytest.raises(Aborted):
+        run_cutover(engine, ZHENHAI, CUTOFF, confirm=refuse)
+    assert len(seen) == 1
+    assert table_dump(engine) == before
+
+
+def test_a_second_cutover_with_another_cutoff_is_refused(engine: Engine, sample_csv: Path) -> None:
+    _sample(engine, sample_csv)
+    run_cutover(engine, ZHENHAI, CUTOFF)
+    forced = resolve_cutoff(ZHENHAI, "2016-10-15 00:00", force=True)
+    with pytest.raises(RunMismatchError):
+        run_cutover(engine, ZHENHAI, forced)
+
+
+def test_lookup_finds_original_type(engine: Engine, tmp_path: Path) -> None:
+    collective = ident("330211", "20000101", 22)
+    resident = ident("330211", "19850505", 52)
+    rows = [
+        person(collective, "4", category="", name="集体丙"),
+        person(resident, "居民户口", household="H2"),
+    ]
+    import_register(engine, write_register(tmp_path / "r.csv", rows))
+    result = run_cutover(engine, ZHENHAI, CUTOFF)
+    found = lookup(engine, [collective.lower(), resident, "123"])
+    assert found[0].status == "found"
+    entry = found[0].entries[0]
+    assert (entry.name, entry.original_code, entry.original_label) == ("集体丙", "4", "农业集体户口")
+    assert (entry.original_nature, entry.household_category) == (Nature.AGRICULTURAL, Category.COLLECTIVE)
+    assert entry.run_id == result.run_id
+    assert entry.effective_at == CUTOFF.instant
+    assert found[1].status == "not-found"  # already resident: never converted
+    assert found[2].status == "invalid"
+
+
+def test_user_profile_file_maps_local_codes(engine: Engine, tmp_path: Path) -> None:
+    profile_file = tmp_path / "local.toml"
+    profile_file.write_text(
+        'name = "zhenhai-local"\nbase = "zhenhai"\n'
+        '[codes."10"]\naction = "convert"\nnature = "NON_AGRICULTURAL"\ncategory = "FAMILY"\n'
+        'label = "非农业家庭户口"\n',
+        encoding="utf-8",
+    )
+    profile = load_profile(str(profile_file))
+    rows = [person(ident("330211", "19800101", 1), "10")]
+    import_register(engine, write_register(tmp_path / "r.csv", rows))
+    with pytest.raises(UnmappedCodesError):
+        run_cutover(engine, ZHENHAI, CUTOFF)
+    result = run_cutover(engine, profile, resolve_cutoff(profile, None))
+    assert result.converted == 1
+    assert lookup(engine, [rows[0]["公民身份号码"]])[0].entries[0].original_label == "非农业家庭户口"
+
+
+def test_fingerprint_is_the_same_for_rehearsal_and_run(engine: Engine, sample_csv: Path) -> None:
+    _sample(engine, sample_csv)
+    rehearsal = rehearse(engine, ZHENHAI, CUTOFF)
+    result = run_cutover(engine, ZHENHAI, CUTOFF)
+    assert len(rehearsal.fingerprint) == 64
+    assert result.fingerprint == rehearsal.fingerprint
+    # after the conversion the register is another one
+    assert rehearse(engine, ZHENHAI, CUTOFF).fingerprint != rehearsal.fingerprint
