@@ -1,0 +1,17 @@
+"""Exceptions found in the register (错、重、假、漏) and around the cutover, as reported everywhere."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str  # stable category code, e.g. "WRONG_CHECK_DIGIT"
+    category: str  # 错 / 重 / 假 / 漏 / 在办业务 / 停办期变更
+    severity: str  # "error" | "warning"
+    record_id: int | None
+    id_number: str | None
+    name: str | None
+    explanation: str  # in Chinese, for the auditors
+    action: str  # what was done with it, in Chinese
