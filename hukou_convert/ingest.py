@@ -289,6 +289,7 @@ def parse_rows(
 ) -> Iterator[tuple[Row, dict[str, Any] | Reject]]:
     positions = map_header(table, fields)
     specs = {s.name: s for s in fields}
+    absent = [s.name for s in fields if s.name not in positions]
     lengths = _lengths(target)
     width = len(table.header)
     for row in table.rows(progress):
@@ -324,6 +325,9 @@ def parse_rows(
                 )
                 break
             values[name] = value
+        if reject is None:
+            for name in absent:  # a column the file lacks gets its default (status: 正常)
+                values[name] = specs[name].parse(None)
         yield row, (reject if reject is not None else values)
 
 

@@ -1,0 +1,221 @@
+"""Import: encodings, headers, xlsx, rejects with line and column, and a register never doubled."""
+
+from __future__ import annotations
+
+import csv
+import os
+import stat
+from datetime import date
+from pathlib import Path
+
+import pytest
+from openpyxl import Workbook
+from sqlalchemy import Engine, func, select
+
+from hukou_convert import schema
+from hukou_convert.errors import InputFileError, RegisterStateError
+from hukou_convert.ingest import ImportMode, import_applications, import_register
+from hukou_convert.sample import PERSON_HEADER
+
+from .conftest import SAMPLE
+from .helpers import ident, person, table_dump, write_register
+
+
+def _count(engine: Engine, table: object = schema.register) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())  # type: ignore[arg-type]
+
+
+def _names(engine: Engine) -> list[str]:
+    R = schema.register
+    with engine.connect() as conn:
+        return list(conn.execute(select(R.c.name).order_by(R.c.record_id)).scalars())
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "gbk", "gb18030"])
+def test_encodings_are_detected(encoding: str, tmp_path: Path, sqlite_url: str) -> None:
+    from hukou_convert.db import make_engine, parse_url
+
+    name = "𠀀明" if encoding in ("utf-8", "utf-8-sig", "gb18030") else "张明"
+    rows = [person(ident("330211", "19800101", 1), "2", name=name)]
+    path = write_register(tmp_path / "r.csv", rows, encoding)
+    engine = make_engine(parse_url(sqlite_url))
+    result = import_register(engine, path)
+    assert result.loaded == 1
+    assert result.encoding == {"utf-8-sig": "utf-8"}.get(encoding, encoding)
+    assert _names(engine) == [name]
+
+
+def test_gb18030_only_characters_survive_every_database(engine: Engine, tmp_path: Path) -> None:
+    rows = [person(ident("330211", "19800101", 1), "2", name="𠀀䶮明")]
+    result = import_register(engine, write_register(tmp_path / "r.csv", rows, "gb18030"))
+    assert result.encoding == "gb18030"
+    assert _names(engine) == ["𠀀䶮明"]
+
+
+def test_sample_csv_and_xlsx_load_the_same_register(engine: Engine, sample_csv: Path) -> None:
+    from hukou_convert.db import make_engine, parse_url
+
+    result = import_register(engine, sample_csv)
+    assert (result.loaded, result.rejected, result.encoding) == (328, 3, "gbk")
+    other = make_engine(parse_url(f"sqlite:///{sample_csv.parent / 'x.db'}"))
+    xlsx = import_register(other, SAMPLE / "zhenhai_register.xlsx")
+    assert (xlsx.loaded, xlsx.rejected) == (328, 3)
+    R = schema.register
+    cols = [c for c in R.columns if c.name not in ("import_id",)]
+    with engine.connect() as a, other.connect() as b:
+        rows_a = a.execute(select(*cols).order_by(R.c.record_id)).all()
+        rows_b = b.execute(select(*cols).order_by(R.c.record_id)).all()
+    assert rows_a == rows_b
+
+
+def test_rejects_keep_line_column_reason_and_original(engine: Engine, tmp_path: Path) -> None:
+    good = person(ident("330211", "19800101", 1), "2")
+    bad_date = person(ident("330211", "19800101", 3), "2", birth="1980-02-30")
+    bad_sex = person(ident("330211", "19800101", 5), "2", sex="X")
+    path = write_register(tmp_path / "r.csv", [good, bad_date, bad_sex])
+    with path.open("a", encoding="utf-8") as fh:  # a record with too few fields, and one unbalanced
+        fh.write("1,2,3\n")
+    rejects = tmp_path / "out" / "rej.csv"
+    rejects.parent.mkdir()
+    result = import_register(engine, path, reject_path=rejects)
+    assert (result.loaded, result.rejected) == (1, 3)
+    assert stat.S_IMODE(os.stat(rejects).st_mode) == 0o600
+    with rejects.open(encoding="utf-8-sig") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0][0].startswith("行号")
+    assert [r[0] for r in rows[1:]] == ["3", "4", "5"]
+    assert rows[1][1] == "D (出生日期)" and "1980-02-30" in rows[1][2]
+    assert rows[2][1] == "C (性别)"
+    assert "fields where the header has 13" in rows[3][2]
+    assert rows[3][3] == "1,2,3"
+    assert rows[1][3].split(",")[0] == bad_date["公民身份号码"]  # the original line as read
+
+
+def test_unbalanced_quote_is_rejected_not_swallowed(engine: Engine, tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    text = ",".join(PERSON_HEADER) + "\n"
+    text += ",".join(person(ident("330211", "19800101", 1), "2").values()) + "\n"
+    text += '"330211198001010030,broken"x,男\n'
+    path.write_text(text, encoding="utf-8")
+    result = import_register(engine, path)
+    assert (result.loaded, result.rejected) == (1, 1)
+
+
+def test_undecodable_file_loads_nothing(engine: Engine, tmp_path: Path) -> None:
+    path = write_register(tmp_path / "r.csv", [person(ident("330211", "19800101", 1), "2")])
+    with path.open("ab") as fh:
+        fh.write(b"\xff\xfe\xff broken\n")
+    with pytest.raises(InputFileError) as err:
+        import_register(engine, path)
+    assert "line 3" in err.value.message() and "cannot be decoded" in err.value.message()
+    assert schema.has_register(engine) is False or _count(engine) == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "empty"),
+        (b"\x00\x01\x02binary\x00", "NUL"),
+        ("姓名,户号\n张三,1\n".encode(), "lacks required column"),
+        ("公民身份号码,姓名,户号,户口性质,行政区划代码,身份证号\n".encode(), "both give id_number"),
+        (b"PK\x03\x04garbage", "ZIP"),
+    ],
+)
+def test_unreadable_files_are_one_clear_error(
+    content: bytes, expected: str, tmp_path: Path, sqlite_url: str
+) -> None:
+    from hukou_convert.db import make_engine, parse_url
+
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    engine = make_engine(parse_url(sqlite_url))
+    with pytest.raises(InputFileError) as err:
+        import_register(engine, path)
+    assert expected in err.value.message()
+    assert str(path) in err.value.message()
+
+
+def test_missing_column_names_line_1(tmp_path: Path, sqlite_url: str) -> None:
+    from hukou_convert.db import make_engine, parse_url
+
+    path = tmp_path / "r.csv"
+    path.write_text("公民身份号码,姓名,户号,行政区划代码\n1,2,3,4\n", encoding="utf-8")
+    with pytest.raises(InputFileError) as err:
+        import_register(make_engine(parse_url(sqlite_url)), path)
+    assert err.value.line == 1 and "户口性质" in err.value.message()
+
+
+def test_english_headers_in_any_order_with_extra_columns(engine: Engine, tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    number = ident("330211", "19800101", 1)
+    path.write_text(
+        "division_code,extra,hukou_type,household_id,name,id_number,sex,birth_date\n"
+        f"330211001001,zzz,4,H9,王五,{number},2,19800101\n",
+        encoding="utf-8",
+    )
+    assert import_register(engine, path).loaded == 1
+    R = schema.register
+    with engine.connect() as conn:
+        row = conn.execute(select(R)).one()
+    assert (row.id_number, row.hukou_type, row.sex, row.birth_date, row.status) == (
+        number, "4", "女", date(1980, 1, 1), "正常"
+    )
+
+
+def test_xlsx_numbers_that_lost_digits_are_rejected(engine: Engine, tmp_path: Path) -> None:
+    wb = Workbook()
+    ws = wb.active
+    assert ws is not None
+    ws.append(PERSON_HEADER)
+    good = person(ident("330211", "19800101", 1), "2")
+    ws.append(list(good.values()))
+    as_number = list(person(ident("330211", "19800101", 3), "2", household="H2").values())
+    as_number[0] = float(as_number[0][:17] + "1")  # an ID typed into Excel as a number
+    ws.append(as_number)
+    as_int_code = list(person(ident("330211", "19800101", 5), "2", household="H3").values())
+    as_int_code[5] = 2  # a numeric code cell is fine
+    ws.append(as_int_code)
+    path = tmp_path / "r.xlsx"
+    wb.save(path)
+    result = import_register(engine, path)
+    assert (result.loaded, result.rejected) == (2, 1)
+
+
+def test_second_import_never_doubles_the_register(engine: Engine, sample_csv: Path) -> None:
+    import_register(engine, sample_csv)
+    before = table_dump(engine)
+    with pytest.raises(RegisterStateError, match="--append"):
+        import_register(engine, sample_csv)
+    with pytest.raises(RegisterStateError, match="same SHA-256"):
+        import_register(engine, sample_csv, mode=ImportMode.APPEND)
+    assert table_dump(engine) == before
+    replaced = import_register(engine, sample_csv, mode=ImportMode.REPLACE)
+    assert replaced.loaded == 328
+    assert _count(engine) == 328
+
+
+def test_append_adds_another_file(engine: Engine, sample_csv: Path, tmp_path: Path) -> None:
+    import_register(engine, sample_csv)
+    extra = write_register(tmp_path / "more.csv", [person(ident("330211", "19800101", 1), "2")])
+    assert import_register(engine, extra, mode=ImportMode.APPEND).loaded == 1
+    assert _count(engine) == 329
+
+
+def test_applications_load_with_rejects(engine: Engine, tmp_path: Path) -> None:
+    path = tmp_path / "apps.csv"
+    number = ident("330211", "19800101", 1)
+    path.write_text(
+        "业务编号,公民身份号码,业务类型,申请时间,审批状态,审批时间\n"
+        f"A1,{number},农转非,2016-08-01 10:00,已批准,2016-09-01 10:00\n"
+        f"A2,{number},转户,2016-08-01 10:00,待审批,\n"
+        f"A1,{number},农转非,2016-08-01 10:00,待审批,\n"
+        f"A3,{number},非转农,2016-08-01,待审批,\n",
+        encoding="gbk",
+    )
+    result = import_applications(engine, path)
+    assert (result.loaded, result.rejected) == (2, 2)
+    A = schema.applications
+    with engine.connect() as conn:
+        rows = conn.execute(select(A.c.application_id, A.c.kind).order_by(A.c.application_id)).all()
+    assert [tuple(r) for r in rows] == [("A1", "农转非"), ("A3", "非转农")]
