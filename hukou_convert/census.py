@@ -150,7 +150,9 @@ def take_census(conn: Connection, table: Table, profile: Profile) -> Census:
         CensusLine(bool(r.in_scope), bool(r.active), r.raw_code, r.category_label, int(r.records))
         for r in conn.execute(query)
     ]
-    lines.sort(key=lambda x: (not x.in_scope, not x.active, x.raw_code or "", x.category_label or ""))
+    lines.sort(
+        key=lambda x: (not x.in_scope, not x.active, x.raw_code or "", x.category_label or "")
+    )
     return Census(lines, profile.codes)
 
 

@@ -15,7 +15,9 @@ from enum import StrEnum
 class Action(StrEnum):
     CONVERT = "convert"  # a legacy type the reform abolishes: re-register as 居民户口
     RESIDENT = "resident"  # already 居民户口: nothing to do
-    NOT_PERMANENT = "not_permanent"  # 未落常住户口 / 暂住户口: not in the permanent register, untouched
+    NOT_PERMANENT = (
+        "not_permanent"  # 未落常住户口 / 暂住户口: not in the permanent register, untouched
+    )
 
 
 class Nature(StrEnum):
@@ -162,7 +164,13 @@ def code_table_to_json(table: CodeTable) -> str:
     import json
 
     rows = [
-        [e.raw, e.action.value, e.nature.value if e.nature else None, e.category.value if e.category else None, e.label]
+        [
+            e.raw,
+            e.action.value,
+            e.nature.value if e.nature else None,
+            e.category.value if e.category else None,
+            e.label,
+        ]
         for e in sorted(table.entries(), key=lambda e: e.raw)
     ]
     return json.dumps(rows, ensure_ascii=False)

@@ -20,7 +20,6 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    Connection,
     Engine,
     Row,
     and_,
@@ -319,7 +318,9 @@ def load_census(engine: Engine, run_id: str) -> Census:
     C = schema.run_census
     with engine.connect() as conn:
         lines = [
-            CensusLine(bool(r.in_scope), bool(r.active), r.raw_code, r.category_label, int(r.records))
+            CensusLine(
+                bool(r.in_scope), bool(r.active), r.raw_code, r.category_label, int(r.records)
+            )
             for r in conn.execute(select(C).where(C.c.run_id == run_id).order_by(C.c.line))
         ]
     return Census(lines, codes)
@@ -348,8 +349,8 @@ def conversion_expressions(
             {e.raw: CATEGORY_LABELS[e.category] for e in with_category if e.category},
             value=R.c.hukou_type,
         )
-        category = func.coalesce(from_code, from_label)
-        new_label = func.coalesce(label_from_code, R.c.household_category)
+        category: ColumnElement[Any] = func.coalesce(from_code, from_label)
+        new_label: ColumnElement[Any] = func.coalesce(label_from_code, R.c.household_category)
     else:
         category, new_label = from_label, R.c.household_category
     return raws, nature, category, new_label
@@ -516,6 +517,8 @@ def find_run(engine: Engine, run_id: str | None) -> Row[Any]:
         row = conn.execute(query).first()
     if row is None:
         raise RegisterStateError(
-            f"no run {run_id!r} in this database" if run_id else "no cutover has run on this database"
+            f"no run {run_id!r} in this database"
+            if run_id
+            else "no cutover has run on this database"
         )
     return row

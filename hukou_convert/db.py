@@ -40,7 +40,9 @@ def parse_url(raw: str, password: str | None = None) -> URL:
         url = url.set(drivername=_DRIVERS[url.drivername])
     backend = url.get_backend_name()
     if backend not in ("sqlite", "postgresql", "mysql", "mariadb"):
-        raise UsageError(f"--db: unsupported database {backend!r} (sqlite, postgresql, mysql, mariadb)")
+        raise UsageError(
+            f"--db: unsupported database {backend!r} (sqlite, postgresql, mysql, mariadb)"
+        )
     if password is None:
         password = os.environ.get(ENV_PASSWORD)
     if password is not None and url.password is None and backend != "sqlite":

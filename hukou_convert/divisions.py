@@ -29,7 +29,9 @@ class Division:
 
 @cache
 def shipped_divisions() -> tuple[Division, ...]:
-    text = resources.files("hukou_convert").joinpath("data/divisions_5cities.csv").read_text("utf-8")
+    text = (
+        resources.files("hukou_convert").joinpath("data/divisions_5cities.csv").read_text("utf-8")
+    )
     return tuple(parse_divisions(io.StringIO(text)))
 
 

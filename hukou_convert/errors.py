@@ -79,7 +79,8 @@ class UnmappedCodesError(HukouError):
 
     def message(self) -> str:
         listed = ", ".join(
-            f"{'(empty)' if v.raw_code is None else repr(v.raw_code)}: {v.count}" for v in self.values
+            f"{'(empty)' if v.raw_code is None else repr(v.raw_code)}: {v.count}"
+            for v in self.values
         )
         total = sum(v.count for v in self.values)
         head = (

@@ -58,9 +58,13 @@ def lookup(engine: Engine, queries: Iterable[str]) -> list[LookupResult]:
                 number = upgraded
         valid = has_valid_check(number)
         results.append(
-            LookupResult(raw, number, "found" if valid else "invalid", note=note or (
-                "" if valid else "not a valid 18-digit ID number (check character or format)"
-            ))
+            LookupResult(
+                raw,
+                number,
+                "found" if valid else "invalid",
+                note=note
+                or ("" if valid else "not a valid 18-digit ID number (check character or format)"),
+            )
         )
     with translate_errors():
         if "hukou_type_history" in schema.missing_tables(engine):

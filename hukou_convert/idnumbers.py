@@ -23,7 +23,9 @@ def normalise(raw: str) -> str:
 
 def has_valid_check(number: str) -> bool:
     number = normalise(number)
-    return len(number) == 18 and number[:17].isdigit() and number[17] == check_character(number[:17])
+    return (
+        len(number) == 18 and number[:17].isdigit() and number[17] == check_character(number[:17])
+    )
 
 
 def upgrade15(number: str) -> str | None:

@@ -89,7 +89,9 @@ def _code_text(cell: Cell) -> str | None:
     """Codes and numbers kept as text. A float that cannot hold its digits exactly is refused: Excel
     keeps 15 significant digits and silently destroys an 18-digit ID or household number."""
     if isinstance(cell, float) and abs(cell) >= 2**53:
-        raise Reject(None, "stored as a number in Excel: its digits were lost; format the column as text")
+        raise Reject(
+            None, "stored as a number in Excel: its digits were lost; format the column as text"
+        )
     if isinstance(cell, int) and not isinstance(cell, bool) and abs(cell) >= 10**15:
         raise Reject(None, "stored as a number in Excel: re-export the column as text")
     return _text(cell)
@@ -100,7 +102,16 @@ def _id_number(cell: Cell) -> str | None:
     return None if text is None else "".join(text.split()).upper()
 
 
-_SEX = {"男": "男", "1": "男", "m": "男", "male": "男", "女": "女", "2": "女", "f": "女", "female": "女"}
+_SEX = {
+    "男": "男",
+    "1": "男",
+    "m": "男",
+    "male": "男",
+    "女": "女",
+    "2": "女",
+    "f": "女",
+    "female": "女",
+}
 
 
 def _sex(cell: Cell) -> str | None:
@@ -175,7 +186,9 @@ def _status(cell: Cell) -> str:
 
 
 PERSON_FIELDS: list[FieldSpec] = [
-    FieldSpec("id_number", ("公民身份号码", "身份证号码", "身份证号", "id_number"), _id_number, True),
+    FieldSpec(
+        "id_number", ("公民身份号码", "身份证号码", "身份证号", "id_number"), _id_number, True
+    ),
     FieldSpec("name", ("姓名", "name"), _text, True),
     FieldSpec("sex", ("性别", "sex"), _sex),
     FieldSpec("birth_date", ("出生日期", "birth_date"), _date),
@@ -239,9 +252,10 @@ def map_header(table: TableFile, fields: list[FieldSpec]) -> dict[str, int]:
             lookup[alias.lower()] = spec
     positions: dict[str, int] = {}
     for index, title in enumerate(table.header):
-        spec = lookup.get(title.strip().lstrip("\ufeff").lower())
-        if spec is None:
+        found = lookup.get(title.strip().lstrip("\ufeff").lower())
+        if found is None:
             continue  # extra columns are ignored
+        spec = found
         if spec.name in positions:
             first = table.header[positions[spec.name]]
             raise InputFileError(
@@ -309,8 +323,11 @@ def parse_rows(
             cell = cells[index] if index < len(cells) else None
             title = table.header[index]
             try:
-                if isinstance(cell, str) and cell.startswith("#") and table.kind == "xlsx" and (
-                    cell in _EXCEL_ERRORS
+                if (
+                    isinstance(cell, str)
+                    and cell.startswith("#")
+                    and table.kind == "xlsx"
+                    and (cell in _EXCEL_ERRORS)
                 ):
                     raise Reject(None, f"Excel error value {cell}")
                 value = specs[name].parse(cell)
@@ -332,7 +349,16 @@ def parse_rows(
 
 
 _QUOTED = re.compile(r"'[^']*'")
-_EXCEL_ERRORS = {"#N/A", "#VALUE!", "#REF!", "#DIV/0!", "#NUM!", "#NAME?", "#NULL!", "#GETTING_DATA"}
+_EXCEL_ERRORS = {
+    "#N/A",
+    "#VALUE!",
+    "#REF!",
+    "#DIV/0!",
+    "#NUM!",
+    "#NAME?",
+    "#NULL!",
+    "#GETTING_DATA",
+}
 
 
 # ---------------------------------------------------------------- reject file
@@ -395,7 +421,15 @@ def import_register(
 ) -> ImportResult:
     """Load a persons export into ``hukou_register``."""
     return _import(
-        engine, path, "persons", PERSON_FIELDS, schema.register, mode, encoding, reject_path, progress
+        engine,
+        path,
+        "persons",
+        PERSON_FIELDS,
+        schema.register,
+        mode,
+        encoding,
+        reject_path,
+        progress,
     )
 
 
@@ -442,7 +476,7 @@ def _import(
             _check_mode(conn, kind, target, table, mode)
             if mode is ImportMode.REPLACE:
                 conn.execute(delete(target))
-            import_id = conn.execute(
+            import_key = conn.execute(
                 insert(schema.imports).values(
                     kind=kind,
                     file_name=path.name,
@@ -453,7 +487,9 @@ def _import(
                     rejected=0,
                     imported_at=now(),
                 )
-            ).inserted_primary_key[0]
+            ).inserted_primary_key
+            assert import_key is not None
+            import_id = int(import_key[0])
             seen_keys = _existing_keys(conn, target) if kind == "applications" else set()
             loaded = 0
             chunk: list[dict[str, Any]] = []
@@ -516,7 +552,9 @@ def _existing_keys(conn: Connection, target: Table) -> set[str]:
     return {r[0] for r in conn.execute(select(target.c.application_id))}
 
 
-def _check_mode(conn: Connection, kind: str, target: Table, table: TableFile, mode: ImportMode) -> None:
+def _check_mode(
+    conn: Connection, kind: str, target: Table, table: TableFile, mode: ImportMode
+) -> None:
     held = conn.execute(select(func.count()).select_from(target)).scalar_one()
     if mode is ImportMode.NEW and held:
         raise RegisterStateError(

@@ -8,7 +8,7 @@ daylight saving).
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 CST = timezone(timedelta(hours=8), "CST")
 
@@ -32,7 +32,7 @@ def parse_instant(text: str) -> datetime:
         day = date.fromisoformat(m["date"])
         hour, minute = int(m["h"]), int(m["m"])
         second = int(m["s"] or 0)
-        micro = int(round(float(m["frac"]) * 1_000_000)) if m["frac"] else 0
+        micro = round(float(m["frac"]) * 1_000_000) if m["frac"] else 0
         tz = _parse_offset(m["tz"])
         return _assemble(day, hour, minute, second, micro, tz, text)
     m = _CHINESE.match(text)
@@ -54,7 +54,7 @@ def _parse_offset(raw: str | None) -> timezone:
     if raw is None:
         return CST
     if raw == "Z":
-        return timezone.utc
+        return UTC
     sign = 1 if raw[0] == "+" else -1
     digits = raw[1:].replace(":", "")
     return timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))

@@ -41,7 +41,8 @@ class Profile:
             "scope": sorted(self.scope),
             "active": sorted(self.active_statuses),
             "codes": sorted(
-                (e.raw, e.action.value, e.nature or "", e.category or "") for e in self.codes.entries()
+                (e.raw, e.action.value, e.nature or "", e.category or "")
+                for e in self.codes.entries()
             ),
         }
         return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()[:16]
@@ -238,7 +239,9 @@ def resolve_cutoff(profile: Profile, given: str | None, force: bool = False) -> 
         return ResolvedCutoff(chosen, "given with --cutoff, overriding the policy text (forced)")
     if profile.deadline is not None:
         if chosen is None:
-            return ResolvedCutoff(profile.deadline, f"the {profile.name} deadline (no --cutoff given)")
+            return ResolvedCutoff(
+                profile.deadline, f"the {profile.name} deadline (no --cutoff given)"
+            )
         if chosen > profile.deadline and not force:
             raise ProfileError(
                 f"cutoff {format_instant(chosen)} is after the {profile.name} deadline"

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Protocol
 
 Advance = Callable[[int], None]
 
 
-class Progress(Protocol):
-    """``with progress("phase", total, unit) as advance: advance(n)``."""
-
-    def __call__(
-        self, phase: str, total: int | None, unit: str
-    ) -> AbstractContextManager[Advance]: ...
+# ``with progress("phase", total, unit) as advance: advance(n)``
+Progress = Callable[[str, int | None, str], AbstractContextManager[Advance]]
 
 
 @contextmanager

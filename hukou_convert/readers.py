@@ -236,7 +236,9 @@ def _open_xlsx(path: Path, size: int) -> TableFile:
     try:
         wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
-        raise InputFileError(name, f"not a readable .xlsx workbook ({type(exc).__name__})") from None
+        raise InputFileError(
+            name, f"not a readable .xlsx workbook ({type(exc).__name__})"
+        ) from None
     try:
         ws = wb.worksheets[0]
         for index, values in enumerate(ws.iter_rows(values_only=True), start=1):
@@ -244,7 +246,9 @@ def _open_xlsx(path: Path, size: int) -> TableFile:
                 header = ["" if v is None else str(v).strip() for v in values]
                 return TableFile(path, "xlsx", None, sha.hexdigest(), header, index, size)
     except Exception as exc:  # openpyxl raises many kinds on damaged parts
-        raise InputFileError(name, f"not a readable .xlsx workbook ({type(exc).__name__})") from None
+        raise InputFileError(
+            name, f"not a readable .xlsx workbook ({type(exc).__name__})"
+        ) from None
     finally:
         wb.close()
     raise InputFileError(name, "the first sheet is empty: no header row")
@@ -272,7 +276,7 @@ def _xlsx_rows(table: TableFile, progress: Progress) -> Iterator[Row]:
 
 def _xlsx_value(value: Any) -> Cell:
     if value is None or isinstance(value, str | int | float | date | datetime | bool):
-        return value  # type: ignore[no-any-return]
+        return value
     return str(value)
 
 

@@ -71,7 +71,7 @@ class Instant(TypeDecorator[datetime]):
 Key = BigInteger().with_variant(Integer, "sqlite")
 
 metadata = MetaData()
-_mysql = {"mysql_charset": "utf8mb4", "mysql_engine": "InnoDB", "mariadb_charset": "utf8mb4"}
+_mysql: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_engine": "InnoDB", "mariadb_charset": "utf8mb4"}
 
 register = Table(
     "hukou_register",

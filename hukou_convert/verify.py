@@ -73,7 +73,9 @@ def verify_run(engine: Engine, run_id: str | None = None) -> VerifyResult:
         ):
             history_by[(nature, category)] = int(n)
         history_total = sum(history_by.values())
-        expected_str = Counter({(n.value, c.value if c else None): v for (n, c), v in expected.items()})
+        expected_str = Counter(
+            {(n.value, c.value if c else None): v for (n, c), v in expected.items()}
+        )
         add(
             Check(
                 "history rows = census to convert",
@@ -92,13 +94,15 @@ def verify_run(engine: Engine, run_id: str | None = None) -> VerifyResult:
                 not diff,
                 "all match"
                 if not diff
-                else "; ".join(f"{n}/{c or '?'}: history {h}, census {e}" for (n, c), (h, e) in diff.items()),
+                else "; ".join(
+                    f"{n}/{c or '?'}: history {h}, census {e}" for (n, c), (h, e) in diff.items()
+                ),
             )
         )
         converted_records = conn.execute(
-            select(func.count()).select_from(R).where(
-                R.c.record_id.in_(select(H.c.record_id).where(H.c.run_id == run_id, live))
-            )
+            select(func.count())
+            .select_from(R)
+            .where(R.c.record_id.in_(select(H.c.record_id).where(H.c.run_id == run_id, live)))
         ).scalar_one()
         add(
             Check(
@@ -108,13 +112,17 @@ def verify_run(engine: Engine, run_id: str | None = None) -> VerifyResult:
                 f" run counted {run.converted}",
             )
         )
-        twice = conn.execute(
-            select(H.c.record_id)
-            .where(H.c.run_id == run_id, live)
-            .group_by(H.c.record_id)
-            .having(func.count() > 1)
-            .limit(10)
-        ).scalars().all()
+        twice = (
+            conn.execute(
+                select(H.c.record_id)
+                .where(H.c.run_id == run_id, live)
+                .group_by(H.c.record_id)
+                .having(func.count() > 1)
+                .limit(10)
+            )
+            .scalars()
+            .all()
+        )
         add(
             Check(
                 "one history row per record",
@@ -122,12 +130,16 @@ def verify_run(engine: Engine, run_id: str | None = None) -> VerifyResult:
                 f"records converted twice: {list(twice)}" if twice else "none converted twice",
             )
         )
-        not_resident = conn.execute(
-            select(R.c.record_id)
-            .join(H, and_(H.c.record_id == R.c.record_id, H.c.run_id == run_id, live))
-            .where(R.c.hukou_type != RESIDENT_TYPE)
-            .limit(10)
-        ).scalars().all()
+        not_resident = (
+            conn.execute(
+                select(R.c.record_id)
+                .join(H, and_(H.c.record_id == R.c.record_id, H.c.run_id == run_id, live))
+                .where(R.c.hukou_type != RESIDENT_TYPE)
+                .limit(10)
+            )
+            .scalars()
+            .all()
+        )
         add(
             Check(
                 "converted records are 居民户口",
@@ -140,7 +152,9 @@ def verify_run(engine: Engine, run_id: str | None = None) -> VerifyResult:
         convert_codes = [e.raw for e in codes.entries() if e.action is Action.CONVERT]
         left = conn.execute(
             select(R.c.hukou_type, func.count())
-            .where(in_scope(R, scope), is_active(R, active_statuses), R.c.hukou_type.in_(convert_codes))
+            .where(
+                in_scope(R, scope), is_active(R, active_statuses), R.c.hukou_type.in_(convert_codes)
+            )
             .group_by(R.c.hukou_type)
         ).all()
         add(

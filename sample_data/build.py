@@ -8,6 +8,7 @@ exports are), the same register as .xlsx, and the in-flight applications file.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import random
 from datetime import date, datetime
@@ -64,37 +65,153 @@ def special_cases() -> list[dict[str, Any]]:
     """One record per kind of case; the comments say what each exercises."""
     r: list[dict[str, Any]] = []
     # GA 324.1 codes 0-8 in one household each
-    for code, sex, seq in [("0", "男", 11), ("1", "女", 12), ("2", "男", 13), ("5", "女", 14),
-                           ("6", "男", 15), ("7", "女", 16), ("8", "男", 17)]:
-        r.append(case(ident("330211", "19800101", seq if sex == "男" else seq + 1), f"样{code}甲",
-                      sex, "1980-01-01", f"S0000{code}", code, "家庭户", URBAN))
+    for code, sex, seq in [
+        ("0", "男", 11),
+        ("1", "女", 12),
+        ("2", "男", 13),
+        ("5", "女", 14),
+        ("6", "男", 15),
+        ("7", "女", 16),
+        ("8", "男", 17),
+    ]:
+        r.append(
+            case(
+                ident("330211", "19800101", seq if sex == "男" else seq + 1),
+                f"样{code}甲",
+                sex,
+                "1980-01-01",
+                f"S0000{code}",
+                code,
+                "家庭户",
+                URBAN,
+            )
+        )
     # collective households: combined codes 3 / 4, and a bare label with 户别 集体户
-    r.append(case(ident("330211", "19990909", 21), "集体乙", "男", "19990909", "S00030", "3", "", URBAN,
-                  relation="集体户成员"))
-    r.append(case(ident("330211", "20000101", 22), "集体丙", "女", "2000-01-01", "S00040", "4", "", RURAL,
-                  relation="集体户成员"))
-    r.append(case(ident("330211", "19980202", 23), "宿舍丁", "男", "1998-02-02", "S00041", "农业",
-                  "集体户", RURAL, relation="集体户成员"))
+    r.append(
+        case(
+            ident("330211", "19990909", 21),
+            "集体乙",
+            "男",
+            "19990909",
+            "S00030",
+            "3",
+            "",
+            URBAN,
+            relation="集体户成员",
+        )
+    )
+    r.append(
+        case(
+            ident("330211", "20000101", 22),
+            "集体丙",
+            "女",
+            "2000-01-01",
+            "S00040",
+            "4",
+            "",
+            RURAL,
+            relation="集体户成员",
+        )
+    )
+    r.append(
+        case(
+            ident("330211", "19980202", 23),
+            "宿舍丁",
+            "男",
+            "1998-02-02",
+            "S00041",
+            "农业",
+            "集体户",
+            RURAL,
+            relation="集体户成员",
+        )
+    )
     # bare labels and derived types
-    for i, label in enumerate(["农业", "非农业", "城镇户口", "农业户口", "非农业户口", "蓝印户口",
-                               "自理口粮户口", "自理户口", "地方城镇居民户口"]):
-        r.append(case(ident("330211", "19700315", 31 + 2 * i), f"标签{i}", "男", "1970-03-15",
-                      f"S001{i:02d}", label, "家庭户", RURAL if i % 2 else URBAN))
+    for i, label in enumerate(
+        [
+            "农业",
+            "非农业",
+            "城镇户口",
+            "农业户口",
+            "非农业户口",
+            "蓝印户口",
+            "自理口粮户口",
+            "自理户口",
+            "地方城镇居民户口",
+        ]
+    ):
+        r.append(
+            case(
+                ident("330211", "19700315", 31 + 2 * i),
+                f"标签{i}",
+                "男",
+                "1970-03-15",
+                f"S001{i:02d}",
+                label,
+                "家庭户",
+                RURAL if i % 2 else URBAN,
+            )
+        )
     # already resident
     for i, label in enumerate(["居民户口", "居民家庭户口", "居民集体户口"]):
-        r.append(case(ident("330211", "19850505", 52 + 2 * i), f"居民{i}", "女", "1985-05-05",
-                      f"S002{i:02d}", label, "家庭户" if i < 2 else "集体户", URBAN))
+        r.append(
+            case(
+                ident("330211", "19850505", 52 + 2 * i),
+                f"居民{i}",
+                "女",
+                "1985-05-05",
+                f"S002{i:02d}",
+                label,
+                "家庭户" if i < 2 else "集体户",
+                URBAN,
+            )
+        )
     # inactive (注销, 死亡): untouched
-    r.append(case(ident("330211", "19300101", 61), "注销戊", "男", "1930-01-01", "S00300", "2",
-                  "家庭户", RURAL, status="注销"))
-    r.append(case(ident("330211", "19310101", 62), "死亡己", "女", "1931-01-01", "S00301", "1",
-                  "家庭户", URBAN, status="死亡"))
+    r.append(
+        case(
+            ident("330211", "19300101", 61),
+            "注销戊",
+            "男",
+            "1930-01-01",
+            "S00300",
+            "2",
+            "家庭户",
+            RURAL,
+            status="注销",
+        )
+    )
+    r.append(
+        case(
+            ident("330211", "19310101", 62),
+            "死亡己",
+            "女",
+            "1931-01-01",
+            "S00301",
+            "1",
+            "家庭户",
+            URBAN,
+            status="死亡",
+        )
+    )
     # out of scope: a Wenzhou division code
-    r.append(case(ident("330302", "19600606", 71), "温州庚", "男", "1960-06-06", "S00400", "2",
-                  "家庭户", WENZHOU))
+    r.append(
+        case(
+            ident("330302", "19600606", 71),
+            "温州庚",
+            "男",
+            "1960-06-06",
+            "S00400",
+            "2",
+            "家庭户",
+            WENZHOU,
+        )
+    )
     # sex as 1/2, birth date as YYYYMMDD, lower-case x in the ID number
-    x_id = next(ident("330211", "19911111", s) for s in range(81, 999, 2)
-                if ident("330211", "19911111", s).endswith("X"))
+    x_id = next(
+        ident("330211", "19911111", s)
+        for s in range(81, 999, 2)
+        if ident("330211", "19911111", s).endswith("X")
+    )
     r.append(case(x_id.lower(), "数字辛", "1", "19911111", "S00500", "1", "家庭户", URBAN))
     # an old 15-digit number (the checks report its 18-digit form)
     r.append(case("330211750101123", "老号壬", "男", "1975-01-01", "S00501", "2", "家庭户", RURAL))
@@ -103,12 +220,42 @@ def special_cases() -> list[dict[str, Any]]:
     bad = good[:17] + ("0" if good[17] != "0" else "1")
     r.append(case(bad, "错号癸", "男", "1988-08-08", "S00502", "2", "家庭户", RURAL))
     # rows the import must reject (kept in the reject file with line, column and reason)
-    r.append(case(ident("330211", "19900101", 93), "坏日期", "男", "1990-13-45", "S00600", "2",
-                  "家庭户", RURAL))
-    r.append(case(ident("330211", "19900102", 95), "坏性别", "未知", "1990-01-02", "S00601", "2",
-                  "家庭户", RURAL))
-    r.append(case(ident("330211", "19900103", 97), "坏户别", "男", "1990-01-03", "S00602", "2",
-                  "宿舍", RURAL))
+    r.append(
+        case(
+            ident("330211", "19900101", 93),
+            "坏日期",
+            "男",
+            "1990-13-45",
+            "S00600",
+            "2",
+            "家庭户",
+            RURAL,
+        )
+    )
+    r.append(
+        case(
+            ident("330211", "19900102", 95),
+            "坏性别",
+            "未知",
+            "1990-01-02",
+            "S00601",
+            "2",
+            "家庭户",
+            RURAL,
+        )
+    )
+    r.append(
+        case(
+            ident("330211", "19900103", 97),
+            "坏户别",
+            "男",
+            "1990-01-03",
+            "S00602",
+            "2",
+            "宿舍",
+            RURAL,
+        )
+    )
     return r
 
 
@@ -125,12 +272,26 @@ def applications(persons: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ("FZN-2016-0005", picks[4], "非转农", "2016-09-01 10:00", "已批准", "2016-10-08 10:00"),
     ]
     out = [
-        {"业务编号": a, "公民身份号码": p["公民身份号码"], "业务类型": k, "申请时间": t,
-         "审批状态": s, "审批时间": at}
+        {
+            "业务编号": a,
+            "公民身份号码": p["公民身份号码"],
+            "业务类型": k,
+            "申请时间": t,
+            "审批状态": s,
+            "审批时间": at,
+        }
         for a, p, k, t, s, at in rows
     ]
-    out.append({"业务编号": "NZF-2016-0006", "公民身份号码": ident("330211", "19770707", 99),
-                "业务类型": "农转非", "申请时间": "2016-09-05 10:00", "审批状态": "待审批", "审批时间": ""})
+    out.append(
+        {
+            "业务编号": "NZF-2016-0006",
+            "公民身份号码": ident("330211", "19770707", 99),
+            "业务类型": "农转非",
+            "申请时间": "2016-09-05 10:00",
+            "审批状态": "待审批",
+            "审批时间": "",
+        }
+    )
     return out
 
 
@@ -147,10 +308,9 @@ def main() -> None:
     for p in persons:
         row: list[Any] = [p[h] for h in PERSON_HEADER]
         birth = p["出生日期"]
-        try:  # real date cells where the value is a date, as Excel exports hold them
+        # real date cells where the value is a date, as Excel exports hold them
+        with contextlib.suppress(ValueError):
             row[3] = date.fromisoformat(birth)
-        except ValueError:
-            pass
         row[9] = datetime.fromisoformat(p["变更时间"])
         ws.append(row)
     wb.save(HERE / "zhenhai_register.xlsx")

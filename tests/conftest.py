@@ -11,6 +11,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,18 @@ def _fresh_database(backend: str, tmp_path: Path) -> Iterator[str]:
             else:
                 conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
         admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def two_db_urls(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """Two fresh databases on the same backend: one to interrupt, one to run straight through."""
+    fresh = contextmanager(_fresh_database)
+    with ExitStack() as stack:
+        urls = []
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            urls.append(stack.enter_context(fresh(request.param, tmp_path / name)))
+        yield urls[0], urls[1]
 
 
 @pytest.fixture

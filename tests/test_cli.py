@@ -83,8 +83,13 @@ def _count_line(out: str, label: str) -> int:
 def test_profiles_lists_the_five_jurisdictions() -> None:
     code, out, _ = run("profiles")
     assert code == 0
-    for name, scope in [("zhenhai", "330211"), ("wenzhou", "3303"), ("hangzhou", "3301"),
-                        ("panjin", "2111"), ("ankang", "6109")]:
+    for name, scope in [
+        ("zhenhai", "330211"),
+        ("wenzhou", "3303"),
+        ("hangzhou", "3301"),
+        ("panjin", "2111"),
+        ("ankang", "6109"),
+    ]:
         assert name in out and scope in out
     code, out, _ = run("profiles", "--show", "zhenhai")
     assert "2016-10-01T00:00:00+08:00" in out and "蓝印户口" in out
@@ -130,18 +135,27 @@ def test_resume_with_other_parameters_exit_8(sqlite_url: str, sample_csv: Path) 
     engine = make_engine(parse_url(sqlite_url))
     run("import", str(sample_csv), "--db", sqlite_url)
     # an unfinished run of zhenhai, as a killed process leaves it
-    from hukou_convert.cutover import _record_run
     from hukou_convert.census import take_census
-    from hukou_convert.profiles import BUILTIN_PROFILES, resolve_cutoff
+    from hukou_convert.cutover import _record_run
     from hukou_convert.instants import now
+    from hukou_convert.profiles import BUILTIN_PROFILES, resolve_cutoff
 
     zhenhai = BUILTIN_PROFILES["zhenhai"]
     with engine.connect() as conn:
         census = take_census(conn, schema.register, zhenhai)
-    _record_run(engine, "R-unfinished", zhenhai, resolve_cutoff(zhenhai, None), census, "", 10, now())
+    _record_run(
+        engine, "R-unfinished", zhenhai, resolve_cutoff(zhenhai, None), census, "", 10, now()
+    )
     code, _, err = run(
-        "cutover", "-p", "zhenhai", "--cutoff", "2016-10-02 00:00", "--force-cutoff", "--yes",
-        "--db", sqlite_url,
+        "cutover",
+        "-p",
+        "zhenhai",
+        "--cutoff",
+        "2016-10-02 00:00",
+        "--force-cutoff",
+        "--yes",
+        "--db",
+        sqlite_url,
     )
     assert code == 8 and "R-unfinished is unfinished" in err
 
@@ -177,7 +191,11 @@ def test_password_from_a_file(tmp_path: Path) -> None:
     secret = tmp_path / "pw"
     secret.write_text("s3cret-pw\n")
     code, out, err = run(
-        "verify", "--db", "postgresql://postgres@127.0.0.1:1/nothing", "--db-password-file", str(secret)
+        "verify",
+        "--db",
+        "postgresql://postgres@127.0.0.1:1/nothing",
+        "--db-password-file",
+        str(secret),
     )
     assert code == 10 and "s3cret-pw" not in out + err
 

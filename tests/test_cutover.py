@@ -28,7 +28,9 @@ def _sample(engine: Engine, sample_csv: Path) -> None:
     import_register(engine, sample_csv)
 
 
-def test_rehearsal_writes_nothing_and_predicts_the_cutover(engine: Engine, sample_csv: Path) -> None:
+def test_rehearsal_writes_nothing_and_predicts_the_cutover(
+    engine: Engine, sample_csv: Path
+) -> None:
     _sample(engine, sample_csv)
     before = table_dump(engine)
     rehearsal = rehearse(engine, ZHENHAI, CUTOFF)
@@ -58,20 +60,41 @@ def test_sample_cutover_counts_history_and_categories(engine: Engine, sample_csv
             select(func.count())
             .select_from(R)
             .where(R.c.status == "正常", R.c.division_code.like("330211%"))
-            .where(R.c.hukou_type.notin_(["居民户口", "居民家庭户口", "居民集体户口", "0", "7",
-                                         "未落常住户口", "暂住户口"]))
+            .where(
+                R.c.hukou_type.notin_(
+                    [
+                        "居民户口",
+                        "居民家庭户口",
+                        "居民集体户口",
+                        "0",
+                        "7",
+                        "未落常住户口",
+                        "暂住户口",
+                    ]
+                )
+            )
         ).scalar_one()
         by_name = {
             r.name: r
-            for r in conn.execute(select(R.c.name, R.c.hukou_type, R.c.household_category, R.c.status))
+            for r in conn.execute(
+                select(R.c.name, R.c.hukou_type, R.c.household_category, R.c.status)
+            )
         }
     assert legacy_left == 0
     assert len(history) == result.converted == census.to_convert
     assert {h.new_type for h in history} == {"RESIDENT"}
-    assert {h.effective_at for h in history} == {datetime(2016, 10, 1, tzinfo=timezone(timedelta(hours=8)))}
+    assert {h.effective_at for h in history} == {
+        datetime(2016, 10, 1, tzinfo=timezone(timedelta(hours=8)))
+    }
     # the category survives: 农业集体户口 becomes 居民户口 + 集体户, never a family household
-    assert (by_name["集体丙"].hukou_type, by_name["集体丙"].household_category) == ("居民户口", "集体户")
-    assert (by_name["集体乙"].hukou_type, by_name["集体乙"].household_category) == ("居民户口", "集体户")
+    assert (by_name["集体丙"].hukou_type, by_name["集体丙"].household_category) == (
+        "居民户口",
+        "集体户",
+    )
+    assert (by_name["集体乙"].hukou_type, by_name["集体乙"].household_category) == (
+        "居民户口",
+        "集体户",
+    )
     assert by_name["宿舍丁"].household_category == "集体户"
     # untouched: inactive, out of scope, not in the permanent register, already resident
     assert by_name["注销戊"].hukou_type == "2"
@@ -102,8 +125,10 @@ def test_rerun_after_completion_does_nothing(engine: Engine, sample_csv: Path) -
 def test_batch_size_does_not_change_the_result(db_url: str, tmp_path: Path) -> None:
     from hukou_convert.db import make_engine, parse_url
 
-    rows = [person(ident("330211", "19800101", 2 * i + 1), "2" if i % 3 else "1",
-                   household=f"H{i}") for i in range(120)]
+    rows = [
+        person(ident("330211", "19800101", 2 * i + 1), "2" if i % 3 else "1", household=f"H{i}")
+        for i in range(120)
+    ]
     csv_path = write_register(tmp_path / "r.csv", rows)
     engine = make_engine(parse_url(db_url))
     import_register(engine, csv_path)
@@ -121,9 +146,7 @@ def test_batch_size_does_not_change_the_result(db_url: str, tmp_path: Path) -> N
     assert conversion_state(other) == state
 
 
-def test_unmapped_value_stops_the_real_run_before_any_write(
-    engine: Engine, tmp_path: Path
-) -> None:
+def test_unmapped_value_stops_the_real_run_before_any_write(engine: Engine, tmp_path: Path) -> None:
     rows = [
         person(ident("330211", "19800101", 1), "2"),
         person(ident("330211", "19800101", 3), "99", household="H2"),
@@ -176,8 +199,15 @@ def test_lookup_finds_original_type(engine: Engine, tmp_path: Path) -> None:
     found = lookup(engine, [collective.lower(), resident, "123"])
     assert found[0].status == "found"
     entry = found[0].entries[0]
-    assert (entry.name, entry.original_code, entry.original_label) == ("集体丙", "4", "农业集体户口")
-    assert (entry.original_nature, entry.household_category) == (Nature.AGRICULTURAL, Category.COLLECTIVE)
+    assert (entry.name, entry.original_code, entry.original_label) == (
+        "集体丙",
+        "4",
+        "农业集体户口",
+    )
+    assert (entry.original_nature, entry.household_category) == (
+        Nature.AGRICULTURAL,
+        Category.COLLECTIVE,
+    )
     assert entry.run_id == result.run_id
     assert entry.effective_at == CUTOFF.instant
     assert found[1].status == "not-found"  # already resident: never converted
@@ -199,7 +229,9 @@ def test_user_profile_file_maps_local_codes(engine: Engine, tmp_path: Path) -> N
         run_cutover(engine, ZHENHAI, CUTOFF)
     result = run_cutover(engine, profile, resolve_cutoff(profile, None))
     assert result.converted == 1
-    assert lookup(engine, [rows[0]["公民身份号码"]])[0].entries[0].original_label == "非农业家庭户口"
+    assert (
+        lookup(engine, [rows[0]["公民身份号码"]])[0].entries[0].original_label == "非农业家庭户口"
+    )
 
 
 def test_fingerprint_is_the_same_for_rehearsal_and_run(engine: Engine, sample_csv: Path) -> None:

@@ -159,7 +159,11 @@ def test_english_headers_in_any_order_with_extra_columns(engine: Engine, tmp_pat
     with engine.connect() as conn:
         row = conn.execute(select(R)).one()
     assert (row.id_number, row.hukou_type, row.sex, row.birth_date, row.status) == (
-        number, "4", "女", date(1980, 1, 1), "正常"
+        number,
+        "4",
+        "女",
+        date(1980, 1, 1),
+        "正常",
     )
 
 
