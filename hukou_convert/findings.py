@@ -15,3 +15,4 @@ class Finding:
     name: str | None
     explanation: str  # in Chinese, for the auditors
     action: str  # what was done with it, in Chinese
+    upgraded_id: str | None = None  # OLD_15_DIGIT_ID: the 18-digit form (never in explanation)
