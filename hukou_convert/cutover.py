@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Engine,
     Row,
     and_,
@@ -48,8 +49,17 @@ from .codes import (
 )
 from .db import display_url, translate_errors
 from .errors import Aborted, RegisterStateError, RunMismatchError, UnmappedCodesError
+from .findings import Finding
+from .inflight import (
+    Decision,
+    applied_application,
+    apply_decisions,
+    decide,
+    late_changes,
+    moved_census,
+)
 from .instants import format_instant, now
-from .profiles import Profile, ResolvedCutoff
+from .profiles import BUILTIN_PROFILES, Profile, ResolvedCutoff
 from .progress import Progress, no_progress
 from .runlock import live_run_lock
 
@@ -81,6 +91,8 @@ class CutoverResult:
     converted: int = 0
     converted_by: Counter[tuple[Nature, Category | None]] = field(default_factory=Counter)
     fingerprint: str = ""  # SHA-256 of the register as read, before any write
+    decisions: list[Decision] = field(default_factory=list)  # in-flight 农转非/非转农 business
+    findings: list[Finding] = field(default_factory=list)  # exceptions, for the report
     batches: int = 0
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -100,8 +112,10 @@ def rehearse(
     _require_register(engine)
     started = now()
     with translate_errors(), engine.connect() as conn:
-        census = take_census(conn, R, profile)
+        decisions = decide(conn, profile, profile.codes, cutoff.instant)
+        census = moved_census(take_census(conn, R, profile), decisions)
         fingerprint = register_fingerprint(conn, R, progress=progress)
+        findings = gather_findings(conn, profile, decisions)
         conn.rollback()
     return CutoverResult(
         rehearsal=True,
@@ -111,6 +125,8 @@ def rehearse(
         converted=census.to_convert,
         converted_by=census.to_convert_by(),
         fingerprint=fingerprint,
+        decisions=decisions,
+        findings=findings,
         started_at=started,
         finished_at=now(),
     )
@@ -176,17 +192,20 @@ def _locked_cutover(
         )
     else:
         with engine.connect() as conn:
-            census = take_census(conn, R, profile)
-        unmapped = census.unmapped()
+            decisions = decide(conn, profile, profile.codes, cutoff.instant)
+            predicted = moved_census(take_census(conn, R, profile), decisions)
+        unmapped = predicted.unmapped()
         if unmapped:
             raise UnmappedCodesError(unmapped, rehearsal=False)
-        if confirm is not None and not confirm(CutoverPlan(profile, cutoff, census, None)):
+        if confirm is not None and not confirm(CutoverPlan(profile, cutoff, predicted, None)):
             raise Aborted("not confirmed: nothing was written")
         run_id = _new_run_id()
         started = now()
         with engine.connect() as conn:
             fingerprint = register_fingerprint(conn, R, progress=progress)
-        _record_run(engine, run_id, profile, cutoff, census, fingerprint, batch_size, started)
+        census = _record_run(
+            engine, run_id, profile, cutoff, decisions, fingerprint, batch_size, started
+        )
         outcome = "completed"
 
     codes = _run_codes(engine, run_id)
@@ -236,6 +255,8 @@ def _finished_result(
             .group_by(H.c.original_nature, H.c.household_category)
         ):
             by[(Nature(nature), Category(category) if category else None)] += int(n)
+        decisions = decide(conn, profile, census.codes, cutoff.instant)
+        findings = gather_findings(conn, profile, decisions)
     return CutoverResult(
         rehearsal=False,
         profile=profile,
@@ -246,6 +267,8 @@ def _finished_result(
         converted=int(run.converted or 0),
         converted_by=by,
         fingerprint=str(run.register_sha256 or ""),
+        decisions=decisions,
+        findings=findings,
         started_at=run.started_at,
         finished_at=run.finished_at,
     )
@@ -260,12 +283,14 @@ def _record_run(
     run_id: str,
     profile: Profile,
     cutoff: ResolvedCutoff,
-    census: Census,
+    decisions: list[Decision],
     fingerprint: str,
     batch_size: int,
     started: datetime,
-) -> None:
-    """The run and its census, in one transaction, before the first write to the register."""
+) -> Census:
+    """One transaction before any conversion: the run, the outcome of every in-flight application
+    (approved ones applied to the register), and the census as of the cutoff that verify checks
+    against."""
     with engine.begin() as conn:
         conn.execute(
             insert(RUNS).values(
@@ -287,6 +312,8 @@ def _record_run(
                 pid=os.getpid(),
             )
         )
+        apply_decisions(conn, run_id, decisions)
+        census = take_census(conn, R, profile)
         if census.lines:
             conn.execute(
                 insert(schema.run_census),
@@ -303,6 +330,7 @@ def _record_run(
                     for i, line in enumerate(census.lines, start=1)
                 ],
             )
+    return census
 
 
 def _run_codes(engine: Engine, run_id: str) -> CodeTable:
@@ -367,6 +395,7 @@ def _convert_batches(
     progress: Progress,
 ) -> int:
     raws, nature, category, new_label = conversion_expressions(codes)
+    application = applied_application(run_id)
     scope_pred = and_(
         in_scope(R, profile.scope), is_active(R, profile.active_statuses), R.c.hukou_type.in_(raws)
     )
@@ -413,6 +442,7 @@ def _convert_batches(
                     literal(run_id),
                     R.c.record_id,
                     R.c.division_code,
+                    application,
                 ).where(window, scope_pred)
                 conn.execute(
                     insert(H).from_select(
@@ -427,6 +457,7 @@ def _convert_batches(
                             "run_id",
                             "record_id",
                             "division_code",
+                            "application_id",
                         ],
                         source,
                     )
@@ -476,6 +507,13 @@ def _convert_batches(
 # ---------------------------------------------------------------- queries about runs
 
 
+def gather_findings(conn: Connection, profile: Profile, decisions: list[Decision]) -> list[Finding]:
+    """Every exception the report lists: in-flight business and changes during the freeze."""
+    findings = [d.finding() for d in decisions]
+    findings.extend(late_changes(conn, profile))
+    return findings
+
+
 def _require_register(engine: Engine) -> None:
     with translate_errors():
         if not schema.has_register(engine):
@@ -522,3 +560,28 @@ def find_run(engine: Engine, run_id: str | None) -> Row[Any]:
             else "no cutover has run on this database"
         )
     return row
+
+
+def load_run_result(engine: Engine, run_id: str | None) -> CutoverResult:
+    """The result of a finished real run (default: the latest), rebuilt from what the run recorded:
+    for writing its report again later."""
+    run = find_run(engine, run_id)
+    if run.status != "completed":
+        raise RegisterStateError(
+            f"run {run.run_id} is unfinished (status {run.status}): continue it first"
+        )
+    codes = _run_codes(engine, str(run.run_id))
+    builtin = BUILTIN_PROFILES.get(str(run.profile))
+    if builtin is not None and builtin.fingerprint() == run.profile_fingerprint:
+        profile = builtin
+    else:  # a profile file: what the run kept of it
+        profile = Profile(
+            name=str(run.profile),
+            display_name="",
+            policy_document="(profile file; not kept with the run)",
+            scope=tuple(str(run.scope).split(",")),
+            codes=codes,
+            active_statuses=tuple(str(run.active_statuses).split(",")),
+        )
+    cutoff = ResolvedCutoff(run.cutoff, str(run.cutoff_source or "recorded with the run"))
+    return _finished_result(engine, run, profile, cutoff, "completed")

@@ -106,8 +106,12 @@ applications = Table(
     Column("applied_at", Instant),
     Column("status", String(10)),
     Column("approved_at", Instant),
+    # What the cutover did with it, written by the run that decided (never decided twice).
     Column("outcome", String(20)),
     Column("outcome_run_id", String(40)),
+    Column("outcome_record_id", BigInteger),
+    Column("outcome_from_code", String(40)),
+    Column("outcome_to_code", String(40)),
     Column("import_id", Integer),
     Column("source_line", Integer),
     Index("ix_hukou_applications_id_number", "id_number"),

@@ -1,0 +1,162 @@
+"""In-flight 农转非/非转农 applications at the cutoff, and changes during the freeze, on 3 databases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+
+from hukou_convert import schema
+from hukou_convert.cutover import rehearse, run_cutover
+from hukou_convert.inflight import Outcome
+from hukou_convert.ingest import import_applications, import_register
+from hukou_convert.profiles import BUILTIN_PROFILES, resolve_cutoff
+from hukou_convert.verify import verify_run
+
+from .helpers import ident, person, table_dump, write_register
+
+ZHENHAI = BUILTIN_PROFILES["zhenhai"]
+CUTOFF = resolve_cutoff(ZHENHAI, None)  # 2016-09-30 24:00
+
+P = {n: ident("330211", "19700101", 2 * n + 1) for n in range(1, 8)}
+UNKNOWN = ident("330211", "19700101", 99)
+
+
+def _register(tmp_path: Path) -> Path:
+    rows = [
+        person(P[1], "2", household="H1", name="甲"),
+        person(P[2], "4", household="H2", category="", name="乙"),
+        person(P[3], "1", household="H3", name="丙"),
+        person(P[4], "2", household="H4", division="330302001001", name="丁"),
+        person(P[5], "2", household="H5", status="注销", name="戊"),
+        person(P[6], "5", household="H6", name="己"),
+        person(P[7], "农业", household="H7", name="庚"),
+    ]
+    return write_register(tmp_path / "register.csv", rows)
+
+
+APPLICATIONS = [
+    # id, person, kind, applied, status, approved -> expected outcome
+    ("A01", P[1], "农转非", "2016-08-01 10:00", "已批准", "2016-09-20 15:00", Outcome.APPLIED),
+    ("A02", P[2], "农转非", "2016-08-01 10:00", "已批准", "2016-09-30 23:59", Outcome.APPLIED),
+    ("A03", P[3], "非转农", "2016-09-01 10:00", "待审批", "", Outcome.TERMINATED),
+    ("A04", P[4], "农转非", "2016-08-01 10:00", "已批准", "2016-09-01 10:00", Outcome.OUT_OF_SCOPE),
+    ("A05", P[5], "农转非", "2016-08-01 10:00", "已批准", "2016-09-01 10:00", Outcome.OUT_OF_SCOPE),
+    (
+        "A06",
+        P[6],
+        "农转非",
+        "2016-08-01 10:00",
+        "已批准",
+        "2016-09-01 10:00",
+        Outcome.NOT_APPLICABLE,
+    ),
+    ("A07", P[7], "农转非", "2016-10-01 00:00", "待审批", "", Outcome.REJECTED),
+    ("A08", UNKNOWN, "农转非", "2016-08-01 10:00", "待审批", "", Outcome.NOT_IN_REGISTER),
+    (
+        "A09",
+        P[7],
+        "农转非",
+        "2016-07-01 10:00",
+        "已驳回",
+        "2016-07-15 10:00",
+        Outcome.ALREADY_REJECTED,
+    ),
+    ("A10", P[7], "农转非", "2016-09-01 10:00", "已批准", "2016-10-01 00:00", Outcome.TERMINATED),
+]
+
+
+def _applications(tmp_path: Path) -> Path:
+    path = tmp_path / "apps.csv"
+    lines = ["业务编号,公民身份号码,业务类型,申请时间,审批状态,审批时间"]
+    lines += [",".join(a[:6]) for a in APPLICATIONS]
+    path.write_text("\n".join(lines) + "\n", encoding="gbk")
+    return path
+
+
+def test_each_application_gets_its_outcome_and_the_rehearsal_predicts_it(
+    engine: Engine, tmp_path: Path
+) -> None:
+    import_register(engine, _register(tmp_path))
+    import_applications(engine, _applications(tmp_path))
+    before = table_dump(engine)
+    rehearsal = rehearse(engine, ZHENHAI, CUTOFF)
+    assert table_dump(engine) == before  # deciding writes nothing in a rehearsal
+    expected = {a[0]: a[6] for a in APPLICATIONS}
+    assert {d.application_id: d.outcome for d in rehearsal.decisions} == expected
+
+    result = run_cutover(engine, ZHENHAI, CUTOFF)
+    A, H, R = schema.applications, schema.history, schema.register
+    with engine.connect() as conn:
+        stored = {
+            r.application_id: (r.outcome, r.outcome_run_id)
+            for r in conn.execute(select(A.c.application_id, A.c.outcome, A.c.outcome_run_id))
+        }
+        history = {
+            r.id_number: r
+            for r in conn.execute(
+                select(
+                    H.c.id_number,
+                    H.c.original_code,
+                    H.c.original_nature,
+                    H.c.household_category,
+                    H.c.application_id,
+                )
+            )
+        }
+        types = {
+            r.id_number: r.hukou_type for r in conn.execute(select(R.c.id_number, R.c.hukou_type))
+        }
+    assert {k: v[0] for k, v in stored.items()} == {k: v.value for k, v in expected.items()}
+    assert {v[1] for v in stored.values()} == {result.run_id}
+    # approved before the cutoff: the history records the type as of the cutoff, and the application
+    assert tuple(history[P[1]][1:]) == ("1", "NON_AGRICULTURAL", "FAMILY", "A01")
+    assert tuple(history[P[2]][1:]) == ("3", "NON_AGRICULTURAL", "COLLECTIVE", "A02")
+    # terminated / rejected: the type as registered, no application on the history row
+    assert tuple(history[P[3]][1:]) == ("1", "NON_AGRICULTURAL", "FAMILY", None)
+    assert tuple(history[P[7]][1:]) == ("农业", "AGRICULTURAL", "FAMILY", None)
+    assert history[P[6]].application_id is None
+    # never applied to people out of scope or inactive
+    assert types[P[4]] == "2" and types[P[5]] == "2"
+    # the rehearsal predicted the real run's counts exactly
+    assert result.converted_by == rehearsal.converted_by
+    assert result.census.lines == rehearsal.census.lines
+    assert verify_run(engine).ok
+    codes = {f.code for f in result.findings}
+    assert {"APPLICATION_APPLIED", "APPLICATION_TERMINATED", "APPLICATION_NOT_IN_REGISTER"} <= codes
+
+
+def test_a_second_run_never_applies_an_application_twice(engine: Engine, tmp_path: Path) -> None:
+    import_register(engine, _register(tmp_path))
+    import_applications(engine, _applications(tmp_path))
+    first = run_cutover(engine, ZHENHAI, CUTOFF)
+    state = table_dump(engine)
+    again = run_cutover(engine, ZHENHAI, CUTOFF)
+    assert again.outcome == "already-complete"
+    assert table_dump(engine) == state
+    applied = [d for d in again.decisions if d.outcome is Outcome.APPLIED]
+    assert {d.application_id for d in applied} == {"A01", "A02"}
+    assert [d.application_id for d in again.decisions if not d.stored] == []
+    # a rehearsal after the run reports the stored outcomes and predicts nothing more to convert
+    after = rehearse(engine, ZHENHAI, CUTOFF)
+    assert after.converted == 0
+    assert {d.application_id: d.outcome for d in after.decisions} == {
+        d.application_id: d.outcome for d in first.decisions
+    }
+
+
+def test_records_changed_during_the_freeze_are_listed(engine: Engine, tmp_path: Path) -> None:
+    rows = [
+        person(P[1], "2", household="H1"),
+        person(P[2], "2", household="H2"),
+        person(P[3], "2", household="H3", division="330302001001"),
+    ]
+    rows[0]["变更时间"] = "2016-09-29 23:59:59"  # before the 停办 of 2016-09-30
+    rows[1]["变更时间"] = "2016-09-30 08:00:00"  # during it
+    rows[2]["变更时间"] = "2016-09-30 08:00:00"  # during it, but out of scope
+    import_register(engine, write_register(tmp_path / "r.csv", rows))
+    rehearsal = rehearse(engine, ZHENHAI, CUTOFF)
+    late = [f for f in rehearsal.findings if f.code == "LATE_CHANGE"]
+    assert len(late) == 1 and late[0].id_number == P[2]
+    assert late[0].category == "停办期变更"
+    assert P[2] not in late[0].explanation
