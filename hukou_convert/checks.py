@@ -1,0 +1,600 @@
+"""The register checks: 错、重、假、漏 (wrong, duplicate, fake, missing) records, found before the cutover.
+
+Every rehearsal and cutover runs them, and ``hukou-convert check`` runs them on their own. They only
+read. Each exception is a :class:`~hukou_convert.findings.Finding` with a stable code from
+:data:`CHECKS`, the record, an explanation in Chinese and a severity. The reform converts every
+identifiable active record unconditionally, so by default a finding holds nothing back: it is listed
+for review ("照常转换，列入异常清单待核实").
+
+Scope. The records in the profile's scope (division-code prefix), active *and* inactive: a 注销 or
+死亡 record can still carry a wrong or duplicated number, and the auditors want it on the list. The
+``action`` of a finding on an inactive record says it is not converted anyway. Three checks narrow
+this on purpose:
+
+- DUPLICATE_ID_NUMBER: one number on two or more *active* records in scope (every record of the group,
+  inactive ones included, is listed). One active record sharing its number only with inactive ones is
+  the usual trail of a move or a cancellation, but also what an unrecorded death looks like: that is
+  DUPLICATE_ID_WITH_INACTIVE, a warning. Numbers held by inactive records only are not reported.
+- DUPLICATE_PERSON_IN_HOUSEHOLD and HOUSEHOLD_WITHOUT_HEAD look at active members only: a household
+  whose head is 注销 has no head; a person registered twice and cancelled once is resolved. Collective
+  households (集体户, 社区集体户, by 户别 or by the code) have no head by nature and are not checked.
+- NO_DIVISION_CODE reports records with an empty division code whatever the profile: they fall outside
+  every scope and no cutover would ever convert them.
+
+Cost on a register of 10 million: the duplicate, household and missing-field checks are grouped SQL
+(``GROUP BY … HAVING``, joined back to list the records); the per-record checks (check character,
+birth date and sex against the number, division-code shape, 15-digit numbers) read the scope once,
+streamed in key order, with plain Python per row. The address-code table of python-stdnum is asked
+once per distinct (address code, year), never per record.
+
+No ID number is logged or printed here; explanations name record ids, never a number or a name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from typing import Any, Protocol
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    case,
+    func,
+    inspect,
+    literal,
+    or_,
+    select,
+)
+from stdnum.cn import ric
+from stdnum.exceptions import ValidationError
+
+from . import schema
+from .census import in_scope, is_active
+from .codes import CATEGORY_OF_LABEL, Category
+from .db import translate_errors
+from .errors import RegisterStateError
+from .findings import Finding
+from .idnumbers import check_character, normalise, upgrade15
+from .instants import CST, to_cst
+from .profiles import Profile
+from .progress import Progress, no_progress
+
+R = schema.register
+
+ERROR = "error"
+WARNING = "warning"
+
+CONVERTED_AS_USUAL = "照常转换，列入异常清单待核实"
+INACTIVE_NOT_CONVERTED = "非在册记录（注销等），本不在转换之列；列入异常清单待核实"
+NEVER_CONVERTED = "不属于任何辖区范围，任何转换都不会处理；补录行政区划代码后重新检查"
+
+_STREAM_ROWS = 20_000
+_HEAD_RELATIONS = ("本人", "户主")
+_EARLIEST_BIRTH = date(1900, 1, 1)
+_DIVISION_SHAPE = re.compile(r"^(?:\d{6}|\d{9}|\d{12})$")
+_LISTED_OTHERS = 10  # other record ids named in a duplicate's explanation
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    code: str  # stable: reports, workbooks and scripts key on it
+    category: str  # 错 / 重 / 假 / 漏
+    severity: str  # "error" | "warning"
+    title: str  # in Chinese
+    action: str = CONVERTED_AS_USUAL  # what the exception does to the conversion (active record)
+    inactive_action: str = INACTIVE_NOT_CONVERTED  # the same for an inactive record
+
+
+_SPECS = (
+    CheckSpec("WRONG_CHECK_DIGIT", "错", ERROR, "公民身份号码校验码错误"),
+    CheckSpec("BIRTH_DATE_MISMATCH", "错", ERROR, "号码中的出生日期与出生日期栏不符"),
+    CheckSpec("SEX_MISMATCH", "错", ERROR, "号码中的性别（顺序码奇偶）与性别栏不符"),
+    CheckSpec("MALFORMED_DIVISION_CODE", "错", ERROR, "行政区划代码格式错误"),
+    CheckSpec("MALFORMED_ID_NUMBER", "错", ERROR, "公民身份号码格式错误"),
+    CheckSpec("OLD_15_DIGIT_ID", "错", WARNING, "旧15位身份号码，应升位为18位"),
+    CheckSpec("DUPLICATE_ID_NUMBER", "重", ERROR, "同一公民身份号码登记于多条在册记录"),
+    CheckSpec("DUPLICATE_ID_WITH_INACTIVE", "重", WARNING, "在册记录与注销等非在册记录同号"),
+    CheckSpec("DUPLICATE_PERSON_IN_HOUSEHOLD", "重", ERROR, "同户内姓名、出生日期、性别相同"),
+    CheckSpec("BIRTH_DATE_IMPOSSIBLE", "假", ERROR, "出生日期晚于截止时刻或早于1900年"),
+    CheckSpec("UNKNOWN_ADDRESS_CODE", "假", WARNING, "号码地址码在区划表中无记载"),
+    CheckSpec("MISSING_FIELD", "漏", ERROR, "必填项为空", action="照常转换，列入异常清单待补录"),
+    CheckSpec("HOUSEHOLD_WITHOUT_HEAD", "漏", ERROR, "家庭户无户主（本人/户主）"),
+    CheckSpec(
+        "NO_DIVISION_CODE",
+        "漏",
+        ERROR,
+        "行政区划代码为空，不属于任何辖区",
+        action=NEVER_CONVERTED,
+        inactive_action=NEVER_CONVERTED,
+    ),
+)
+
+CHECKS: dict[str, CheckSpec] = {spec.code: spec for spec in _SPECS}
+
+
+@dataclass
+class CheckReport:
+    profile: str
+    cutoff: datetime
+    scanned: int  # records in scope read by the per-record checks
+    findings: list[Finding]
+    counts: dict[str, int] = field(default_factory=dict)  # every code of CHECKS, in table order
+
+    @property
+    def total(self) -> int:
+        return len(self.findings)
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for f in self.findings if f.severity == ERROR)
+
+    @property
+    def warnings(self) -> int:
+        return sum(1 for f in self.findings if f.severity == WARNING)
+
+
+# ---------------------------------------------------------------- per record, in Python
+
+
+@dataclass(frozen=True)
+class RecordFields:
+    record_id: int
+    id_number: str | None
+    name: str | None
+    sex: str | None
+    birth_date: date | None
+    division_code: str | None
+
+
+Issue = tuple[str, str, str | None]  # (code, explanation, upgraded_id)
+
+
+class AddressCodes:
+    """Is a 6-digit address code known to python-stdnum's GB/T 2260 table in some year of a span?
+
+    A number is assigned at first registration, which is no earlier than the birth and no later than
+    the cutoff; codes are created and retired over time (330211 exists from 1985, python-stdnum's
+    table starts in the early 1980s), so "unknown in the birth year" alone would flag nearly everyone
+    born before 1985. The code is reported when it is known in no year from the birth year to the
+    cutoff year. Each (code, year) is asked once.
+    """
+
+    def __init__(self) -> None:
+        self._by_year: dict[tuple[str, int], bool] = {}
+        self._by_span: dict[tuple[str, int, int], bool] = {}
+
+    def known_in(self, code: str, year: int) -> bool:
+        key = (code, year)
+        found = self._by_year.get(key)
+        if found is None:
+            try:
+                ric.get_birth_place(f"{code}{year:04d}01010000")
+                found = True
+            except (ValidationError, KeyError):
+                # python-stdnum 2.2 raises KeyError('county') for a known province's unknown county
+                found = False
+            self._by_year[key] = found
+        return found
+
+    def known_between(self, code: str, first_year: int, last_year: int) -> bool:
+        key = (code, first_year, last_year)
+        found = self._by_span.get(key)
+        if found is None:
+            found = any(self.known_in(code, y) for y in range(first_year, last_year + 1))
+            self._by_span[key] = found
+        return found
+
+
+def _date_of(digits: str) -> date | None:
+    try:
+        return date(int(digits[0:4]), int(digits[4:6]), int(digits[6:8]))
+    except ValueError:
+        return None
+
+
+def _impossible(day: date, cutoff: datetime) -> bool:
+    return day < _EARLIEST_BIRTH or datetime.combine(day, time(), CST) >= cutoff
+
+
+def record_issues(rec: RecordFields, cutoff: datetime, addresses: AddressCodes) -> list[Issue]:
+    """The per-record checks of one record (no SQL): wrong, old, impossible or unknown parts."""
+    issues: list[Issue] = []
+    impossible: list[str] = []
+    if rec.birth_date is not None and _impossible(rec.birth_date, cutoff):
+        impossible.append("出生日期栏")
+    if rec.division_code and not _DIVISION_SHAPE.match(rec.division_code):
+        issues.append(
+            (
+                "MALFORMED_DIVISION_CODE",
+                f"行政区划代码 {rec.division_code!r} 应为6、9或12位数字",
+                None,
+            )
+        )
+    number = normalise(rec.id_number) if rec.id_number else ""
+    if number:
+        id_birth: date | None = None
+        sex_digit: str | None = None
+        if len(number) == 18 and number[:17].isdigit() and number[17] in "0123456789X":
+            expected = check_character(number[:17])
+            if number[17] != expected:
+                issues.append(
+                    (
+                        "WRONG_CHECK_DIGIT",
+                        f"校验码应为 {expected}，登记为 {number[17]}（GB 11643，ISO 7064 MOD 11-2）",
+                        None,
+                    )
+                )
+            birth_digits, sex_digit = number[6:14], number[16]
+        elif len(number) == 15 and number.isdigit():
+            upgraded = upgrade15(number)
+            assert upgraded is not None
+            issues.append(
+                (
+                    "OLD_15_DIGIT_ID",
+                    f"旧15位号码，可升位为18位号码（第7位前插入19，校验码 {upgraded[17]}）",
+                    upgraded,
+                )
+            )
+            birth_digits, sex_digit = "19" + number[6:12], number[14]
+        else:
+            issues.append(
+                (
+                    "MALFORMED_ID_NUMBER",
+                    f"号码共 {len(number)} 位：应为18位（17位数字加校验码 0-9 或 X）或旧15位数字",
+                    None,
+                )
+            )
+            birth_digits = ""
+        if birth_digits:
+            id_birth = _date_of(birth_digits)
+            if id_birth is None:
+                issues.append(("MALFORMED_ID_NUMBER", "号码中的出生日期（第7-14位）不存在", None))
+        if id_birth is not None:
+            if rec.birth_date is not None and id_birth != rec.birth_date:
+                days = abs((id_birth - rec.birth_date).days)
+                issues.append(
+                    (
+                        "BIRTH_DATE_MISMATCH",
+                        f"号码中的出生日期与出生日期栏不符（相差 {days} 天）",
+                        None,
+                    )
+                )
+                if _impossible(id_birth, cutoff):
+                    impossible.append("号码中的出生日期")
+            elif rec.birth_date is None and _impossible(id_birth, cutoff):
+                impossible.append("号码中的出生日期")
+            cutoff_year = to_cst(cutoff).year
+            last_year = max(id_birth.year, cutoff_year)
+            if not addresses.known_between(number[:6], id_birth.year, last_year):
+                issues.append(
+                    (
+                        "UNKNOWN_ADDRESS_CODE",
+                        f"地址码 {number[:6]} 在 python-stdnum 区划表中自出生年 {id_birth.year} 至"
+                        f" {last_year} 年均无记载；地址码会随区划调整撤销，仅作提示，待核实",
+                        None,
+                    )
+                )
+        if sex_digit is not None and rec.sex in ("男", "女"):
+            by_number = "男" if int(sex_digit) % 2 else "女"
+            if by_number != rec.sex:
+                issues.append(
+                    (
+                        "SEX_MISMATCH",
+                        f"号码顺序码末位为{'奇' if by_number == '男' else '偶'}数（{by_number}），"
+                        f"性别栏为{rec.sex}",
+                        None,
+                    )
+                )
+    if impossible:
+        issues.append(
+            (
+                "BIRTH_DATE_IMPOSSIBLE",
+                f"{'、'.join(impossible)}晚于截止时刻或早于1900年",
+                None,
+            )
+        )
+    return issues
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run_checks(
+    conn_or_engine: Connection | Engine,
+    profile: Profile,
+    *,
+    cutoff: datetime,
+    progress: Progress = no_progress,
+) -> CheckReport:
+    """Every check over the profile's scope; reads only. Findings are ordered by code, then record."""
+    if cutoff.tzinfo is None:
+        raise ValueError("cutoff must be an aware instant")
+    with translate_errors():
+        if isinstance(conn_or_engine, Engine):
+            with conn_or_engine.connect() as conn:
+                try:
+                    return _run(conn, profile, cutoff, progress)
+                finally:
+                    conn.rollback()
+        return _run(conn_or_engine, profile, cutoff, progress)
+
+
+def _run(conn: Connection, profile: Profile, cutoff: datetime, progress: Progress) -> CheckReport:
+    if not inspect(conn).has_table(R.name):
+        raise RegisterStateError(
+            "this database holds no register: load one with 'hukou-convert import FILE' first"
+        )
+    active_statuses = frozenset(profile.active_statuses)
+    findings: list[Finding] = []
+
+    def add(code: str, row: Any, explanation: str, upgraded: str | None = None) -> None:
+        spec = CHECKS[code]
+        active = row.status in active_statuses
+        findings.append(
+            Finding(
+                code=code,
+                category=spec.category,
+                severity=spec.severity,
+                record_id=int(row.record_id),
+                id_number=row.id_number,
+                name=row.name,
+                explanation=explanation,
+                action=spec.action if active else spec.inactive_action,
+                upgraded_id=upgraded,
+            )
+        )
+
+    scope = in_scope(R, profile.scope)
+    scanned = _per_record(conn, profile, scope, cutoff, progress, add)
+    _duplicate_ids(conn, profile, scope, add)
+    _duplicate_persons(conn, profile, scope, add)
+    _households_without_head(conn, profile, scope, add)
+    _missing_fields(conn, profile, scope, add)
+    _no_division_code(conn, add)
+    findings.sort(key=lambda f: (f.code, f.record_id or 0, f.explanation))
+    counts = Counter(f.code for f in findings)
+    return CheckReport(
+        profile=profile.name,
+        cutoff=cutoff,
+        scanned=scanned,
+        findings=findings,
+        counts={code: counts[code] for code in CHECKS},
+    )
+
+
+class _Add(Protocol):
+    """The finding collector passed to each check."""
+
+    def __call__(
+        self, code: str, row: Any, explanation: str, upgraded: str | None = None
+    ) -> None: ...
+
+
+_PERSON_COLUMNS = (R.c.record_id, R.c.id_number, R.c.name, R.c.status)
+
+
+def _blank(column: ColumnElement[Any]) -> ColumnElement[bool]:
+    return or_(column.is_(None), column == "")
+
+
+def _flag(condition: ColumnElement[bool]) -> ColumnElement[int]:
+    return case((condition, literal(1)), else_=literal(0))
+
+
+def _per_record(
+    conn: Connection,
+    profile: Profile,
+    scope: ColumnElement[bool],
+    cutoff: datetime,
+    progress: Progress,
+    add: _Add,
+) -> int:
+    """One streamed pass over the scope in key order."""
+    total = int(conn.execute(select(func.count()).select_from(R).where(scope)).scalar_one())
+    addresses = AddressCodes()
+    query = (
+        select(*_PERSON_COLUMNS, R.c.sex, R.c.birth_date, R.c.division_code)
+        .where(scope)
+        .order_by(R.c.record_id)
+    )
+    scanned = 0
+    with progress("检查 checks", total, "人") as advance:
+        # per execution, so a caller's connection is not switched to streaming for later statements
+        result = conn.execute(
+            query, execution_options={"stream_results": True, "yield_per": _STREAM_ROWS}
+        )
+        for partition in result.partitions():
+            for row in partition:
+                rec = RecordFields(
+                    record_id=int(row.record_id),
+                    id_number=row.id_number,
+                    name=row.name,
+                    sex=row.sex,
+                    birth_date=row.birth_date,
+                    division_code=row.division_code,
+                )
+                for code, explanation, upgraded in record_issues(rec, cutoff, addresses):
+                    add(code, row, explanation, upgraded)
+            scanned += len(partition)
+            advance(len(partition))
+    return scanned
+
+
+def _grouped(rows: Iterable[Any], key: str) -> Iterator[list[Any]]:
+    """Consecutive rows with the same ``key`` column (the query orders by it)."""
+    group: list[Any] = []
+    for row in rows:
+        if group and getattr(group[0], key) != getattr(row, key):
+            yield group
+            group = []
+        group.append(row)
+    if group:
+        yield group
+
+
+def _others(record_ids: Sequence[int], own: int) -> str:
+    others = [f"#{r}" for r in record_ids if r != own]
+    shown = "、".join(others[:_LISTED_OTHERS])
+    return shown + (f" 等 {len(others)} 条" if len(others) > _LISTED_OTHERS else "")
+
+
+def _duplicate_ids(
+    conn: Connection, profile: Profile, scope: ColumnElement[bool], add: _Add
+) -> None:
+    key = func.upper(R.c.id_number)
+    active = _flag(is_active(R, profile.active_statuses))
+    groups = (
+        select(
+            key.label("k"),
+            func.count().label("n"),
+            func.sum(active).label("n_active"),
+        )
+        .where(scope, ~_blank(R.c.id_number))
+        .group_by(key)
+        .having(and_(func.count() > 1, func.sum(active) >= 1))
+        .subquery("dup_ids")
+    )
+    query = (
+        select(*_PERSON_COLUMNS, groups.c.k, groups.c.n, groups.c.n_active)
+        .join_from(R, groups, key == groups.c.k)
+        .where(scope)
+        .order_by(groups.c.k, R.c.record_id)
+    )
+    for group in _grouped(conn.execute(query), "k"):
+        ids = [int(r.record_id) for r in group]
+        n_active = int(group[0].n_active)
+        code = "DUPLICATE_ID_NUMBER" if n_active >= 2 else "DUPLICATE_ID_WITH_INACTIVE"
+        for row in group:
+            add(
+                code,
+                row,
+                f"同一公民身份号码在本辖区共 {len(ids)} 条记录（在册 {n_active} 条），"
+                f"另见记录 {_others(ids, int(row.record_id))}",
+            )
+
+
+def _duplicate_persons(
+    conn: Connection, profile: Profile, scope: ColumnElement[bool], add: _Add
+) -> None:
+    same = (R.c.household_id, R.c.name, R.c.birth_date, R.c.sex)
+    where = and_(
+        scope,
+        is_active(R, profile.active_statuses),
+        ~_blank(R.c.household_id),
+        ~_blank(R.c.name),
+        R.c.birth_date.is_not(None),
+        ~_blank(R.c.sex),
+    )
+    groups = (
+        select(*same, func.min(R.c.record_id).label("first"), func.count().label("n"))
+        .where(where)
+        .group_by(*same)
+        .having(func.count() > 1)
+        .subquery("dup_persons")
+    )
+    query = (
+        select(*_PERSON_COLUMNS, R.c.household_id, groups.c.first)
+        .join_from(
+            R,
+            groups,
+            and_(*[column == groups.c[column.name] for column in same]),
+        )
+        .where(where)
+        .order_by(groups.c.first, R.c.record_id)
+    )
+    for group in _grouped(conn.execute(query), "first"):
+        ids = [int(r.record_id) for r in group]
+        for row in group:
+            add(
+                "DUPLICATE_PERSON_IN_HOUSEHOLD",
+                row,
+                f"户号 {row.household_id} 内姓名、出生日期、性别相同的在册记录共 {len(ids)} 条，"
+                f"另见记录 {_others(ids, int(row.record_id))}",
+            )
+
+
+def _collective(profile: Profile) -> ColumnElement[bool]:
+    labels = [label for label, cat in CATEGORY_OF_LABEL.items() if cat is Category.COLLECTIVE]
+    raws = [e.raw for e in profile.codes.entries() if e.category is Category.COLLECTIVE]
+    return or_(R.c.household_category.in_(labels), R.c.hukou_type.in_(raws))
+
+
+def _households_without_head(
+    conn: Connection, profile: Profile, scope: ColumnElement[bool], add: _Add
+) -> None:
+    has_relation = _flag(~_blank(R.c.relation))
+    is_head = _flag(R.c.relation.in_(_HEAD_RELATIONS))
+    collective = _flag(_collective(profile))
+    households = (
+        select(
+            R.c.household_id,
+            func.min(R.c.record_id).label("first"),
+            func.count().label("n"),
+        )
+        .where(scope, is_active(R, profile.active_statuses), ~_blank(R.c.household_id))
+        .group_by(R.c.household_id)
+        .having(
+            and_(
+                func.sum(has_relation) > 0,
+                func.sum(is_head) == 0,
+                func.sum(collective) == 0,
+            )
+        )
+        .subquery("headless")
+    )
+    query = (
+        select(*_PERSON_COLUMNS, households.c.household_id.label("hh"), households.c.n)
+        .join_from(R, households, R.c.record_id == households.c.first)
+        .order_by(R.c.record_id)
+    )
+    for row in conn.execute(query):
+        add(
+            "HOUSEHOLD_WITHOUT_HEAD",
+            row,
+            f"户号 {row.hh} 共 {int(row.n)} 名在册人员，登记了与户主关系但无人为本人/户主"
+            "（本条为该户记录号最小者）",
+        )
+
+
+def _missing_fields(
+    conn: Connection, profile: Profile, scope: ColumnElement[bool], add: _Add
+) -> None:
+    """One pass: a CASE per required field. 户别 is required unless the code gives the category."""
+    with_category = [e.raw for e in profile.codes.entries() if e.category is not None]
+    required: list[tuple[str, ColumnElement[bool]]] = [
+        ("公民身份号码", _blank(R.c.id_number)),
+        ("姓名", _blank(R.c.name)),
+        ("性别", _blank(R.c.sex)),
+        ("出生日期", R.c.birth_date.is_(None)),
+        ("户号", _blank(R.c.household_id)),
+        ("户口性质", _blank(R.c.hukou_type)),
+        (
+            "户别",
+            and_(
+                _blank(R.c.household_category),
+                or_(R.c.hukou_type.is_(None), R.c.hukou_type.not_in(with_category)),
+            ),
+        ),
+        ("人员状态", _blank(R.c.status)),
+    ]
+    flags = [_flag(condition).label(f"m{i}") for i, (_, condition) in enumerate(required)]
+    query = (
+        select(*_PERSON_COLUMNS, *flags)
+        .where(scope, or_(*[condition for _, condition in required]))
+        .order_by(R.c.record_id)
+    )
+    for row in conn.execute(query):
+        missing = [label for i, (label, _) in enumerate(required) if int(getattr(row, f"m{i}"))]
+        add("MISSING_FIELD", row, f"必填项为空：{'、'.join(missing)}")
+
+
+def _no_division_code(conn: Connection, add: _Add) -> None:
+    query = select(*_PERSON_COLUMNS).where(_blank(R.c.division_code)).order_by(R.c.record_id)
+    for row in conn.execute(query):
+        add("NO_DIVISION_CODE", row, "行政区划代码为空：不在任何辖区范围内，转换不会处理此记录")
