@@ -32,6 +32,7 @@ from .profiles import BUILTIN_PROFILES, load_profile, resolve_cutoff
 from .progress import Advance, Progress
 from .sample import SampleOptions, write_sample
 from .verify import verify_run
+from .workbook import WorkbookResult, rewrite_report, write_run_workbook
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -312,6 +313,12 @@ def profiles_command(show: str | None) -> None:
     show_default=True,
     help="Records per transaction (each batch is a checkpoint to resume from).",
 )
+@out_dir_option("reports")
+@click.option(
+    "--unmasked",
+    is_flag=True,
+    help="Write full ID numbers and names into the audit workbook (masked by default).",
+)
 @db_option
 @quiet_option
 @pass_app
@@ -323,12 +330,16 @@ def cutover_command(
     dry_run: bool,
     yes: bool,
     batch_size: int,
+    out: Path,
+    unmasked: bool,
 ) -> None:
     """Re-register every active person in scope as 居民户口 at the cutoff.
 
     With --dry-run this is the rehearsal: the same census and counts as the real run, nothing
     written. The real run asks for confirmation (unless --yes), holds the database's live-run lock,
     and can be re-run after any interruption: it continues the same run.
+
+    Both write the audit workbook (xlsx, personal data masked unless --unmasked) into --out.
     """
     profile = load_profile(profile_name)
     resolved = resolve_cutoff(profile, cutoff, force_cutoff)
@@ -364,6 +375,8 @@ def cutover_command(
             progress=app.progress(),
         )
     _print_cutover(result, display_url(engine.url))
+    written = write_run_workbook(engine, result, out, unmasked=unmasked, progress=app.progress())
+    _print_workbook(written)
     if result.rehearsal and result.unmapped:
         raise UnmappedCodesError(result.unmapped, rehearsal=True)
 
@@ -523,6 +536,99 @@ def sample_command(
         out, SampleOptions(profile.scope, persons, seed), encoding, progress=app.progress()
     )
     click.echo(f"{count} synthetic persons written to {out}")
+
+
+# ---------------------------------------------------------------- check (错、重、假、漏)
+
+
+@cli.command("check")
+@profile_options
+@click.option(
+    "--list",
+    "list_findings",
+    is_flag=True,
+    help="Also print every finding (ID numbers and names masked).",
+)
+@db_option
+@quiet_option
+@pass_app
+def check_command(
+    app: App, profile_name: str, cutoff: str | None, force_cutoff: bool, list_findings: bool
+) -> None:
+    """Check the register in the profile's scope for 错、重、假、漏 records (reads only).
+
+    Prints the count of each exception code. Exceptions do not stop the cutover (the reform converts
+    every identifiable active record): finding some is not a failure, the exit code is 0.
+    """
+    from .checks import CHECKS, run_checks
+
+    profile = load_profile(profile_name)
+    resolved = resolve_cutoff(profile, cutoff, force_cutoff)
+    engine = app.engine()
+    report = run_checks(engine, profile, cutoff=resolved.instant, progress=app.progress())
+    click.echo(f"检查 CHECK {profile.name} ({profile.display_name}) in {display_url(engine.url)}")
+    click.echo(f"  cutoff {format_instant(resolved.instant)} ({resolved.source})")
+    click.echo(f"  records checked in scope: {report.scanned}")
+    click.echo(f"{'code':<30} {_wide('类别', 4)} {'severity':<8} {_wide('标题 title', 40)} count")
+    for code, spec in CHECKS.items():
+        click.echo(
+            f"{code:<30} {_wide(spec.category, 4)} {spec.severity:<8} {_wide(spec.title, 40)}"
+            f" {report.counts[code]:>5}"
+        )
+    totals = f"errors {report.errors}, warnings {report.warnings}"
+    click.echo(f"{_wide('合计 total', 30)} {totals:<54} {report.total:>5}")
+    found = [code for code, n in report.counts.items() if n]
+    if found:
+        click.echo("处理 what is done (active records; inactive ones are not converted anyway):")
+        for code in found:
+            click.echo(f"  {code:<30} {CHECKS[code].action}")
+    if list_findings:
+        click.echo("findings (masked):")
+        for f in report.findings:
+            upgraded = f" -> {mask_id(f.upgraded_id)}" if f.upgraded_id else ""
+            click.echo(
+                f"  {f.code:<30} #{f.record_id or '':<8} {mask_id(f.id_number) or '-':<18}"
+                f" {_wide(mask_name(f.name) or '-', 8)} {f.explanation}{upgraded}  [{f.action}]"
+            )
+
+
+def _wide(text: str, width: int) -> str:
+    """Pad to a display width: Chinese characters take two columns of a terminal."""
+    import unicodedata
+
+    shown = sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+    return text + " " * max(0, width - shown)
+
+
+# ---------------------------------------------------------------- report
+
+
+@cli.command("report")
+@click.option("--run", "run_id", metavar="ID", help="The finished run (default: the latest).")
+@out_dir_option("reports")
+@click.option(
+    "--unmasked",
+    is_flag=True,
+    help="Write full ID numbers and names (masked by default).",
+)
+@db_option
+@quiet_option
+@pass_app
+def report_command(app: App, run_id: str | None, out: Path, unmasked: bool) -> None:
+    """Write the audit workbook of a finished cutover again.
+
+    A rehearsal's workbook is written by the rehearsal itself (cutover --dry-run).
+    """
+    _print_workbook(rewrite_report(app.engine(), run_id, out, unmasked, progress=app.progress()))
+
+
+def _print_workbook(written: WorkbookResult) -> None:
+    verdict = "通过 PASSED" if written.verdict_ok else "不通过 NOT PASSED"
+    unmasked = " (UNMASKED: full ID numbers and names)" if written.unmasked else ""
+    click.echo(f"audit workbook {written.path}{unmasked}")
+    click.echo(
+        f"  {written.detail_rows} detail rows; verdict {verdict}; sha256 {written.sha256_path}"
+    )
 
 
 def main() -> None:
