@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -166,12 +166,21 @@ def _canonical(value: Any) -> str:
     return str(value)
 
 
+RowDigestSink = Callable[[str, str], None]
+
+
 def register_fingerprint(
-    conn: Connection, table: Table, key: str = "record_id", progress: Progress = no_progress
+    conn: Connection,
+    table: Table,
+    key: str = "record_id",
+    progress: Progress = no_progress,
+    on_row: RowDigestSink | None = None,
 ) -> str:
     """SHA-256 over every register row in key order, the same on every database: two registers with
-    the same fingerprint hold the same records."""
+    the same fingerprint hold the same records. ``on_row(key, digest)`` receives a short digest of
+    each row, in key order, for record-by-record comparison with a rehearsal's plan."""
     columns = [c for c in table.columns if c.name not in _FINGERPRINT_EXCLUDED]
+    key_index = [c.name for c in columns].index(key)
     total = conn.execute(select(func.count()).select_from(table)).scalar_one()
     digest = hashlib.sha256()
     with progress("指纹 fingerprint", int(total), "行") as advance:
@@ -180,7 +189,10 @@ def register_fingerprint(
         )
         for partition in result.partitions():
             for row in partition:
-                digest.update("\x1f".join(_canonical(v) for v in row).encode("utf-8"))
+                data = "\x1f".join(_canonical(v) for v in row).encode("utf-8")
+                digest.update(data)
                 digest.update(b"\n")
+                if on_row is not None:
+                    on_row(str(row[key_index]), hashlib.blake2b(data, digest_size=8).hexdigest())
             advance(len(partition))
     return digest.hexdigest()

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -48,7 +49,13 @@ from .codes import (
     code_table_to_json,
 )
 from .db import display_url, translate_errors
-from .errors import Aborted, RegisterStateError, RunMismatchError, UnmappedCodesError
+from .errors import (
+    Aborted,
+    PlanMismatchError,
+    RegisterStateError,
+    RunMismatchError,
+    UnmappedCodesError,
+)
 from .findings import Finding
 from .inflight import (
     Decision,
@@ -59,6 +66,18 @@ from .inflight import (
     moved_census,
 )
 from .instants import format_instant, now
+from .plan import (
+    Difference,
+    Plan,
+    PlanComparison,
+    PlanRecorder,
+    RecordComparer,
+    compare_census,
+    compare_outcome,
+    compare_parameters,
+    load_plan,
+    plan_document,
+)
 from .profiles import BUILTIN_PROFILES, Profile, ResolvedCutoff
 from .progress import Progress, no_progress
 from .runlock import live_run_lock
@@ -96,6 +115,8 @@ class CutoverResult:
     batches: int = 0
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    plan_path: Path | None = None  # the plan a rehearsal wrote
+    plan_comparison: PlanComparison | None = None  # the real run against ``--expect PLAN``
 
     @property
     def unmapped(self) -> list[Any]:
@@ -106,17 +127,46 @@ Confirm = Callable[[CutoverPlan], bool]
 
 
 def rehearse(
-    engine: Engine, profile: Profile, cutoff: ResolvedCutoff, progress: Progress = no_progress
+    engine: Engine,
+    profile: Profile,
+    cutoff: ResolvedCutoff,
+    progress: Progress = no_progress,
+    plan_dir: Path | None = None,
 ) -> CutoverResult:
-    """The dry run: reads the register, writes nothing anywhere in the database."""
+    """The dry run: reads the register, writes nothing anywhere in the database. With ``plan_dir``
+    it writes the plan a real run can be held to (``run_cutover(expect=…)``)."""
     _require_register(engine)
     started = now()
-    with translate_errors(), engine.connect() as conn:
-        decisions = decide(conn, profile, profile.codes, cutoff.instant)
-        census = moved_census(take_census(conn, R, profile), decisions)
-        fingerprint = register_fingerprint(conn, R, progress=progress)
-        findings = gather_findings(conn, profile, decisions)
-        conn.rollback()
+    recorder = (
+        PlanRecorder(plan_dir, f"hukou-plan-{profile.name}-{started:%Y%m%dT%H%M%S}")
+        if plan_dir is not None
+        else None
+    )
+    try:
+        with translate_errors(), engine.connect() as conn:
+            decisions = decide(conn, profile, profile.codes, cutoff.instant)
+            census = moved_census(take_census(conn, R, profile), decisions)
+            fingerprint = register_fingerprint(conn, R, progress=progress, on_row=recorder)
+            findings = gather_findings(conn, profile, decisions)
+            conn.rollback()
+    except BaseException:
+        if recorder is not None:
+            recorder.discard()
+        raise
+    plan_path = None
+    if recorder is not None:
+        plan_path = recorder.commit(
+            plan_document(
+                profile=profile.name,
+                profile_fingerprint=profile.fingerprint(),
+                cutoff=format_instant(cutoff.instant),
+                database=display_url(engine.url),
+                fingerprint=fingerprint,
+                census=census,
+                applications=_outcomes(decisions),
+                findings=_finding_keys(findings),
+            )
+        )
     return CutoverResult(
         rehearsal=True,
         profile=profile,
@@ -129,7 +179,20 @@ def rehearse(
         findings=findings,
         started_at=started,
         finished_at=now(),
+        plan_path=plan_path,
     )
+
+
+def _outcomes(decisions: list[Decision]) -> dict[str, str]:
+    return {d.application_id: d.outcome.value for d in decisions}
+
+
+def _finding_keys(findings: list[Finding]) -> list[tuple[str, int | None]]:
+    return [(f.code, f.record_id) for f in findings]
+
+
+def _by_key(converted_by: Counter[tuple[Nature, Category | None]]) -> dict[str, int]:
+    return {f"{n.value}/{c.value if c else ''}": v for (n, c), v in converted_by.items()}
 
 
 def run_cutover(
@@ -140,15 +203,33 @@ def run_cutover(
     batch_size: int = DEFAULT_BATCH_SIZE,
     confirm: Confirm | None = None,
     progress: Progress = no_progress,
+    expect: Path | None = None,
+    accept_changes: bool = False,
 ) -> CutoverResult:
-    """The real run, or the continuation of an unfinished one with the same profile and cutoff."""
+    """The real run, or the continuation of an unfinished one with the same profile and cutoff.
+
+    With ``expect`` (a rehearsal's plan) the run compares before writing anything — parameters,
+    census, and every register record — and refuses on a difference unless ``accept_changes``;
+    after finishing it compares what it did with what the plan said.
+    """
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
+    plan = load_plan(expect) if expect is not None else None
     _require_register(engine)
     with translate_errors():
         schema.ensure_schema(engine)
         with live_run_lock(engine, lambda: describe_live_run(engine)):
-            return _locked_cutover(engine, profile, cutoff, batch_size, confirm, progress)
+            result = _locked_cutover(
+                engine, profile, cutoff, batch_size, confirm, progress, plan, accept_changes
+            )
+    if plan is not None and result.plan_comparison is not None:
+        result.plan_comparison.after = compare_outcome(
+            plan,
+            _by_key(result.converted_by),
+            _outcomes(result.decisions),
+            _finding_keys(result.findings),
+        )
+    return result
 
 
 def _locked_cutover(
@@ -158,7 +239,10 @@ def _locked_cutover(
     batch_size: int,
     confirm: Confirm | None,
     progress: Progress,
+    plan: Plan | None,
+    accept_changes: bool,
 ) -> CutoverResult:
+    comparison = PlanComparison(str(plan.path)) if plan is not None else None
     with engine.connect() as conn:
         unfinished = conn.execute(select(RUNS).where(RUNS.c.status == "running")).first()
         completed = conn.execute(
@@ -179,12 +263,18 @@ def _locked_cutover(
             )
         outcome = "resumed"
         started = unfinished.started_at
+        if comparison is not None:
+            comparison.compared_before = False  # the register is already partly converted
     elif completed is not None:
         if (
             completed.profile_fingerprint == profile.fingerprint()
             and completed.cutoff == cutoff.instant
         ):
-            return _finished_result(engine, completed, profile, cutoff, "already-complete")
+            done = _finished_result(engine, completed, profile, cutoff, "already-complete")
+            if comparison is not None:
+                comparison.compared_before = False
+            done.plan_comparison = comparison
+            return done
         raise RunMismatchError(
             f"run {completed.run_id} already converted the {profile.name} register (cutoff"
             f" {format_instant(completed.cutoff)}, profile fingerprint"
@@ -199,10 +289,28 @@ def _locked_cutover(
             raise UnmappedCodesError(unmapped, rehearsal=False)
         if confirm is not None and not confirm(CutoverPlan(profile, cutoff, predicted, None)):
             raise Aborted("not confirmed: nothing was written")
+        comparer = RecordComparer(plan) if plan is not None else None
+        with engine.connect() as conn:
+            fingerprint = register_fingerprint(conn, R, progress=progress, on_row=comparer)
+        if plan is not None and comparer is not None and comparison is not None:
+            comparer.finish()
+            comparison.before = (
+                compare_parameters(
+                    plan, profile.name, profile.fingerprint(), format_instant(cutoff.instant)
+                )
+                + compare_census(plan, predicted)
+                + comparer.shown
+            )
+            comparison.record_differences = comparer.count
+            if comparison.before:
+                if not accept_changes:
+                    total = len(comparison.before) - len(comparer.shown) + comparer.count
+                    raise PlanMismatchError(
+                        str(plan.path), [_describe(d) for d in comparison.before], total
+                    )
+                comparison.accepted = True
         run_id = _new_run_id()
         started = now()
-        with engine.connect() as conn:
-            fingerprint = register_fingerprint(conn, R, progress=progress)
         census = _record_run(
             engine, run_id, profile, cutoff, decisions, fingerprint, batch_size, started
         )
@@ -226,7 +334,14 @@ def _locked_cutover(
     result = _finished_result(engine, row, profile, cutoff, outcome)
     result.batches = batches
     result.started_at = started
+    result.plan_comparison = comparison
     return result
+
+
+def _describe(d: Difference) -> str:
+    if d.kind == "record":
+        return f"record {d.key}: {d.actual}"
+    return f"{d.kind} {d.key}: rehearsal {d.expected}, now {d.actual}"
 
 
 def _check_same_run(run: Row[Any], profile: Profile, cutoff: ResolvedCutoff) -> None:

@@ -133,6 +133,28 @@ class DatabaseError(HukouError):
     exit_code = 10
 
 
+class PlanMismatchError(HukouError):
+    """The register or the parameters differ from the rehearsal's plan; nothing was written."""
+
+    exit_code = 12
+
+    def __init__(self, plan_path: str, differences: Sequence[str], total: int) -> None:
+        self.plan_path = plan_path
+        self.differences = list(differences)
+        self.total = total
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        shown = "\n  ".join(self.differences[:20])
+        more = self.total - min(20, len(self.differences))
+        tail = f"\n  … and {more} more" if more > 0 else ""
+        return (
+            f"the register or the parameters changed since the rehearsal ({self.plan_path}):"
+            f" {self.total} difference(s); nothing was written. Rehearse again, or run with"
+            f" --accept-changes to go ahead\n  {shown}{tail}"
+        )
+
+
 class Aborted(HukouError):
     """The operator did not confirm a destructive step."""
 

@@ -1,0 +1,271 @@
+"""The rehearsal's plan, and the real run's comparison with it.
+
+A rehearsal writes a plan (JSON) beside its workbook: parameters, the census as of the cutoff, the
+counts to convert by nature and 户别, the outcome of every in-flight application, the exceptions (by
+code and record key), the register fingerprint, and a sidecar ``.records.gz`` with a short digest of
+every register row in key order. ``cutover --expect PLAN`` compares before it writes anything (record
+by record, streaming: memory stays flat) and after it finishes. No personal data is in a plan: record
+keys and digests only.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from . import __version__
+from .census import Census
+from .errors import InputFileError
+from .instants import format_instant, now
+
+PLAN_FORMAT = "hukou-convert-plan/1"
+SHOWN_RECORDS = 1000  # record differences kept for display; all are counted
+
+
+@dataclass(frozen=True)
+class Difference:
+    kind: str  # parameter | record | census | count | application | finding
+    key: str
+    expected: str
+    actual: str
+
+
+@dataclass
+class PlanComparison:
+    plan_path: str
+    before: list[Difference] = field(default_factory=list)
+    record_differences: int = 0  # all of them; ``before`` shows the first SHOWN_RECORDS
+    after: list[Difference] = field(default_factory=list)
+    accepted: bool = False  # the operator told the run to go ahead on a changed register
+    compared_before: bool = True  # False when a resumed run could no longer compare
+
+    @property
+    def matches(self) -> bool:
+        return not self.before and not self.after
+
+
+def _sort_key(key: str) -> tuple[int, int | str]:
+    return (0, int(key)) if key.isdigit() else (1, key)
+
+
+class PlanRecorder:
+    """Receives (key, digest) per register row during the rehearsal's fingerprint pass."""
+
+    def __init__(self, out_dir: Path, stem: str) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = out_dir / f"{stem}.json"
+        self.records_path = out_dir / f"{stem}.records.gz"
+        self._tmp = out_dir / f".{stem}.records.gz.{os.getpid()}.tmp"
+        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # closed by commit() or discard(): the recorder lives across the fingerprint pass
+        self._raw = os.fdopen(fd, "wb")
+        self._gz: IO[str] = gzip.open(self._raw, "wt", encoding="ascii")  # noqa: SIM115
+
+    def __call__(self, key: str, digest: str) -> None:
+        self._gz.write(f"{key}\t{digest}\n")
+
+    def commit(self, plan: dict[str, Any]) -> Path:
+        self._gz.close()
+        self._raw.close()
+        os.replace(self._tmp, self.records_path)
+        plan["records_file"] = self.records_path.name
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(plan, fh, ensure_ascii=False, indent=1)
+        os.replace(tmp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        self._gz.close()
+        self._raw.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+def plan_document(
+    *,
+    profile: str,
+    profile_fingerprint: str,
+    cutoff: str,
+    database: str,
+    fingerprint: str,
+    census: Census,
+    applications: dict[str, str],
+    findings: list[tuple[str, int | None]],
+) -> dict[str, Any]:
+    return {
+        "format": PLAN_FORMAT,
+        "tool_version": __version__,
+        "written_at": format_instant(now()),
+        "profile": profile,
+        "profile_fingerprint": profile_fingerprint,
+        "cutoff": cutoff,
+        "database": database,
+        "register_sha256": fingerprint,
+        "census": [
+            {
+                "in_scope": line.in_scope,
+                "active": line.active,
+                "raw_code": line.raw_code,
+                "category_label": line.category_label,
+                "records": line.records,
+            }
+            for line in census.lines
+        ],
+        "counts": census_counts(census),
+        "to_convert_by": {
+            f"{nature.value}/{category.value if category else ''}": n
+            for (nature, category), n in sorted(census.to_convert_by().items())
+        },
+        "applications": applications,
+        "findings": [[code, record_id] for code, record_id in findings],
+    }
+
+
+def census_counts(census: Census) -> dict[str, int]:
+    return {
+        "total": census.total,
+        "out_of_scope": census.out_of_scope,
+        "inactive": census.inactive,
+        "in_scope_active": census.in_scope_active,
+        "to_convert": census.to_convert,
+        "already_resident": census.already_resident,
+        "not_permanent": census.not_permanent,
+        "unmapped": sum(v.count for v in census.unmapped()),
+    }
+
+
+@dataclass
+class Plan:
+    path: Path
+    data: dict[str, Any]
+
+    @property
+    def records_path(self) -> Path:
+        return self.path.with_name(str(self.data["records_file"]))
+
+    def records(self) -> Iterator[tuple[str, str]]:
+        with gzip.open(self.records_path, "rt", encoding="ascii") as fh:
+            for line in fh:
+                key, digest = line.rstrip("\n").split("\t")
+                yield key, digest
+
+
+def load_plan(path: Path) -> Plan:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputFileError(str(path), "plan file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputFileError(str(path), f"not a plan file written by a rehearsal ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+        raise InputFileError(str(path), f"not a {PLAN_FORMAT} plan written by a rehearsal")
+    plan = Plan(path, data)
+    if not plan.records_path.exists():
+        raise InputFileError(str(plan.records_path), "the plan's record digests are missing")
+    return plan
+
+
+class RecordComparer:
+    """Merge-joins the register's row digests (fed in key order) with the plan's."""
+
+    def __init__(self, plan: Plan) -> None:
+        self._plan = plan.records()
+        self._pending: tuple[str, str] | None = next(self._plan, None)
+        self.shown: list[Difference] = []
+        self.count = 0
+
+    def _note(self, key: str, expected: str, actual: str) -> None:
+        self.count += 1
+        if len(self.shown) < SHOWN_RECORDS:
+            self.shown.append(Difference("record", key, expected, actual))
+
+    def __call__(self, key: str, digest: str) -> None:
+        target = _sort_key(key)
+        while self._pending is not None and _sort_key(self._pending[0]) < target:
+            self._note(self._pending[0], "present at the rehearsal", "removed since")
+            self._pending = next(self._plan, None)
+        if self._pending is not None and self._pending[0] == key:
+            if self._pending[1] != digest:
+                self._note(key, "as at the rehearsal", "changed since")
+            self._pending = next(self._plan, None)
+        else:
+            self._note(key, "absent at the rehearsal", "added since")
+
+    def finish(self) -> None:
+        while self._pending is not None:
+            self._note(self._pending[0], "present at the rehearsal", "removed since")
+            self._pending = next(self._plan, None)
+
+
+def compare_parameters(
+    plan: Plan, profile: str, profile_fingerprint: str, cutoff: str
+) -> list[Difference]:
+    out = []
+    for key, actual in (
+        ("profile", profile),
+        ("profile_fingerprint", profile_fingerprint),
+        ("cutoff", cutoff),
+    ):
+        if str(plan.data.get(key)) != actual:
+            out.append(Difference("parameter", key, str(plan.data.get(key)), actual))
+    return out
+
+
+def compare_census(plan: Plan, census: Census) -> list[Difference]:
+    expected = plan.data.get("counts", {})
+    actual = census_counts(census)
+    return [
+        Difference("census", name, str(expected.get(name)), str(value))
+        for name, value in actual.items()
+        if expected.get(name) != value
+    ]
+
+
+def compare_outcome(
+    plan: Plan,
+    converted_by: dict[str, int],
+    applications: dict[str, str],
+    findings: list[tuple[str, int | None]],
+) -> list[Difference]:
+    """After the run: what it did against what the rehearsal said it would."""
+    out: list[Difference] = []
+    expected_by: dict[str, int] = dict(plan.data.get("to_convert_by", {}))
+    for key in sorted(set(expected_by) | set(converted_by)):
+        if expected_by.get(key, 0) != converted_by.get(key, 0):
+            out.append(
+                Difference(
+                    "count", key, str(expected_by.get(key, 0)), str(converted_by.get(key, 0))
+                )
+            )
+    expected_apps: dict[str, str] = dict(plan.data.get("applications", {}))
+    for key in sorted(set(expected_apps) | set(applications)):
+        if expected_apps.get(key) != applications.get(key):
+            out.append(
+                Difference(
+                    "application", key, str(expected_apps.get(key)), str(applications.get(key))
+                )
+            )
+    expected_findings = Counter(
+        (str(code), None if rid is None else int(rid))
+        for code, rid in plan.data.get("findings", [])
+    )
+    actual_findings = Counter(findings)
+    for code, rid in sorted(
+        set(expected_findings) ^ set(actual_findings), key=lambda x: (x[0], x[1] or 0)
+    ):
+        out.append(
+            Difference(
+                "finding",
+                f"{code} record {rid}",
+                "reported" if (code, rid) in expected_findings else "not reported",
+                "reported" if (code, rid) in actual_findings else "not reported",
+            )
+        )
+    return out

@@ -1,0 +1,102 @@
+"""The rehearsal's plan predicts the cutover; a changed register is shown record by record."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, update
+
+from hukou_convert import schema
+from hukou_convert.cutover import rehearse, run_cutover
+from hukou_convert.errors import PlanMismatchError
+from hukou_convert.ingest import ImportMode, import_applications, import_register
+from hukou_convert.profiles import BUILTIN_PROFILES, resolve_cutoff
+
+from .conftest import SAMPLE
+from .helpers import ident, person, table_dump, write_register
+
+ZHENHAI = BUILTIN_PROFILES["zhenhai"]
+CUTOFF = resolve_cutoff(ZHENHAI, None)
+
+
+def _loaded(engine: Engine, sample_csv: Path) -> None:
+    import_register(engine, sample_csv)
+    import_applications(engine, SAMPLE / "zhenhai_applications.csv")
+
+
+def test_plan_matches_the_cutover_on_an_unchanged_register(
+    engine: Engine, sample_csv: Path, tmp_path: Path
+) -> None:
+    _loaded(engine, sample_csv)
+    rehearsal = rehearse(engine, ZHENHAI, CUTOFF, plan_dir=tmp_path / "reports")
+    assert rehearsal.plan_path is not None
+    plan = json.loads(rehearsal.plan_path.read_text(encoding="utf-8"))
+    assert stat.S_IMODE(os.stat(rehearsal.plan_path).st_mode) == 0o600
+    assert plan["register_sha256"] == rehearsal.fingerprint
+    assert plan["counts"]["to_convert"] == rehearsal.converted
+    assert len(plan["applications"]) == 6
+    text = rehearsal.plan_path.read_text(encoding="utf-8")
+    assert ident("330211", "20000101", 22) not in text  # no personal data in a plan
+
+    result = run_cutover(engine, ZHENHAI, CUTOFF, expect=rehearsal.plan_path)
+    comparison = result.plan_comparison
+    assert comparison is not None
+    assert comparison.before == [] and comparison.after == []
+    assert comparison.matches and comparison.compared_before
+
+
+def test_an_edited_record_refuses_the_run_and_is_named(
+    engine: Engine, sample_csv: Path, tmp_path: Path
+) -> None:
+    _loaded(engine, sample_csv)
+    plan_path = rehearse(engine, ZHENHAI, CUTOFF, plan_dir=tmp_path).plan_path
+    assert plan_path is not None
+    R = schema.register
+    with engine.begin() as conn:
+        conn.execute(update(R).where(R.c.record_id == 17).values(hukou_type="1"))
+    before = table_dump(engine)
+    with pytest.raises(PlanMismatchError) as err:
+        run_cutover(engine, ZHENHAI, CUTOFF, expect=plan_path)
+    assert "record 17: changed since" in err.value.message()
+    assert table_dump(engine) == before  # nothing was written
+
+    result = run_cutover(engine, ZHENHAI, CUTOFF, expect=plan_path, accept_changes=True)
+    comparison = result.plan_comparison
+    assert comparison is not None and comparison.accepted
+    assert [(d.kind, d.key) for d in comparison.before if d.kind == "record"] == [("record", "17")]
+    assert comparison.record_differences == 1
+
+
+def test_an_added_record_shows_as_added_and_moves_the_counts(
+    engine: Engine, sample_csv: Path, tmp_path: Path
+) -> None:
+    _loaded(engine, sample_csv)
+    plan_path = rehearse(engine, ZHENHAI, CUTOFF, plan_dir=tmp_path).plan_path
+    assert plan_path is not None
+    extra = write_register(tmp_path / "more.csv", [person(ident("330211", "19800101", 1), "2")])
+    import_register(engine, extra, mode=ImportMode.APPEND)
+    with pytest.raises(PlanMismatchError) as err:
+        run_cutover(engine, ZHENHAI, CUTOFF, expect=plan_path)
+    message = err.value.message()
+    assert "record 329: added since" in message
+    assert "census to_convert: rehearsal" in message
+    result = run_cutover(engine, ZHENHAI, CUTOFF, expect=plan_path, accept_changes=True)
+    assert result.plan_comparison is not None
+    after = {(d.kind, d.key): d for d in result.plan_comparison.after}
+    moved = after[("count", "AGRICULTURAL/FAMILY")]
+    assert int(moved.actual) == int(moved.expected) + 1
+
+
+def test_a_plan_for_other_parameters_is_refused(
+    engine: Engine, sample_csv: Path, tmp_path: Path
+) -> None:
+    _loaded(engine, sample_csv)
+    plan_path = rehearse(engine, ZHENHAI, CUTOFF, plan_dir=tmp_path).plan_path
+    assert plan_path is not None
+    other = resolve_cutoff(ZHENHAI, "2016-10-15 00:00", force=True)
+    with pytest.raises(PlanMismatchError, match="parameter cutoff"):
+        run_cutover(engine, ZHENHAI, other, expect=plan_path)
