@@ -32,6 +32,7 @@ from .profiles import BUILTIN_PROFILES, load_profile, resolve_cutoff
 from .progress import Advance, Progress
 from .sample import SampleOptions, write_sample
 from .verify import verify_run
+from .workbook import WorkbookResult, rewrite_report, write_run_workbook
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -312,6 +313,12 @@ def profiles_command(show: str | None) -> None:
     show_default=True,
     help="Records per transaction (each batch is a checkpoint to resume from).",
 )
+@out_dir_option("reports")
+@click.option(
+    "--unmasked",
+    is_flag=True,
+    help="Write full ID numbers and names into the audit workbook (masked by default).",
+)
 @db_option
 @quiet_option
 @pass_app
@@ -323,12 +330,16 @@ def cutover_command(
     dry_run: bool,
     yes: bool,
     batch_size: int,
+    out: Path,
+    unmasked: bool,
 ) -> None:
     """Re-register every active person in scope as 居民户口 at the cutoff.
 
     With --dry-run this is the rehearsal: the same census and counts as the real run, nothing
     written. The real run asks for confirmation (unless --yes), holds the database's live-run lock,
     and can be re-run after any interruption: it continues the same run.
+
+    Both write the audit workbook (xlsx, personal data masked unless --unmasked) into --out.
     """
     profile = load_profile(profile_name)
     resolved = resolve_cutoff(profile, cutoff, force_cutoff)
@@ -364,6 +375,8 @@ def cutover_command(
             progress=app.progress(),
         )
     _print_cutover(result, display_url(engine.url))
+    written = write_run_workbook(engine, result, out, unmasked=unmasked, progress=app.progress())
+    _print_workbook(written)
     if result.rehearsal and result.unmapped:
         raise UnmappedCodesError(result.unmapped, rehearsal=True)
 
@@ -585,6 +598,37 @@ def _wide(text: str, width: int) -> str:
 
     shown = sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
     return text + " " * max(0, width - shown)
+
+
+# ---------------------------------------------------------------- report
+
+
+@cli.command("report")
+@click.option("--run", "run_id", metavar="ID", help="The finished run (default: the latest).")
+@out_dir_option("reports")
+@click.option(
+    "--unmasked",
+    is_flag=True,
+    help="Write full ID numbers and names (masked by default).",
+)
+@db_option
+@quiet_option
+@pass_app
+def report_command(app: App, run_id: str | None, out: Path, unmasked: bool) -> None:
+    """Write the audit workbook of a finished cutover again.
+
+    A rehearsal's workbook is written by the rehearsal itself (cutover --dry-run).
+    """
+    _print_workbook(rewrite_report(app.engine(), run_id, out, unmasked, progress=app.progress()))
+
+
+def _print_workbook(written: WorkbookResult) -> None:
+    verdict = "通过 PASSED" if written.verdict_ok else "不通过 NOT PASSED"
+    unmasked = " (UNMASKED: full ID numbers and names)" if written.unmasked else ""
+    click.echo(f"audit workbook {written.path}{unmasked}")
+    click.echo(
+        f"  {written.detail_rows} detail rows; verdict {verdict}; sha256 {written.sha256_path}"
+    )
 
 
 def main() -> None:

@@ -1,0 +1,476 @@
+"""The audit workbook: what a rehearsal or a cutover changed, for auditors to filter and sign off.
+
+One xlsx per rehearsal and per real run, streamed with openpyxl's write-only mode (memory does not
+grow with the register), personal data masked unless asked otherwise, no cell ever a formula, written
+under a temporary name and renamed when complete, 0600, with a ``.sha256`` file beside it.
+
+Sheets: 概要 (summary and verdict), 分类汇总 (by district, township and original nature, with a
+chart), 变更明细 (one row per converted record, continued on 变更明细2 … past a sheet's rows),
+异常清单 (the findings) and 城乡统计 (urban and rural registered population per district).
+
+The detail rows of a rehearsal are the records the run WOULD convert, selected with the predicate
+the conversion itself uses; those of a real run are its history rows. Both come out identical.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from openpyxl import Workbook
+from openpyxl.styles import Font
+from openpyxl.worksheet.worksheet import Worksheet
+from sqlalchemy import Engine, Select, and_, select
+
+from . import __version__, schema
+from .census import in_scope, is_active
+from .codes import CATEGORY_LABELS, NATURE_LABELS, RESIDENT_TYPE, Category, Nature
+from .cutover import CutoverResult, conversion_expressions, load_run_result
+from .db import display_url, translate_errors
+from .findings import Finding
+from .idnumbers import mask_id, mask_name
+from .inflight import Outcome
+from .instants import format_instant, now
+from .progress import Progress, no_progress
+from .tallies import BREAKDOWN_COLUMNS, Places, fill_breakdown, write_urban_rural
+from .verify import verify_run
+from .xlsx import (
+    Column,
+    PageSetup,
+    TableWriter,
+    discard,
+    save_atomically,
+    styled,
+    write_text_atomically,
+)
+
+R = schema.register
+H = schema.history
+
+YIELD_PER = 10_000
+SEVERITY_LABELS = {"error": "错误", "warning": "警告"}
+
+MODE_REHEARSAL = ("rehearsal", "演练")
+MODE_CUTOVER = ("cutover", "正式")
+
+
+@dataclass
+class WorkbookResult:
+    path: Path
+    sha256_path: Path
+    sha256: str
+    detail_rows: int
+    sheets: list[str]
+    verdict_ok: bool
+    unmasked: bool
+
+
+@dataclass
+class _Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def write_run_workbook(
+    engine: Engine,
+    result: CutoverResult,
+    out_dir: Path,
+    *,
+    unmasked: bool = False,
+    findings: Sequence[Finding] | None = None,
+    progress: Progress = no_progress,
+) -> WorkbookResult:
+    """Write the audit workbook of a rehearsal or a finished real run into ``out_dir``.
+
+    ``findings`` default to those the result carries (``result.findings``).
+    """
+    if findings is None:
+        findings = result.findings
+    if not result.rehearsal and result.run_id is None:
+        raise ValueError("a real run's workbook needs its run id")
+    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    target = out_dir / workbook_name(result, unmasked)
+    wb = Workbook(write_only=True)
+    try:
+        with translate_errors():
+            detail_rows, ok = _build(wb, engine, result, unmasked, findings, progress)
+            digest = save_atomically(wb, target)
+    except BaseException:
+        discard(wb)
+        raise
+    sha_path = target.with_name(target.name + ".sha256")
+    write_text_atomically(sha_path, f"{digest}  {target.name}\n")
+    return WorkbookResult(target, sha_path, digest, detail_rows, wb.sheetnames, ok, unmasked)
+
+
+def rewrite_report(
+    engine: Engine,
+    run_id: str | None,
+    out_dir: Path,
+    unmasked: bool = False,
+    progress: Progress = no_progress,
+    findings: Sequence[Finding] | None = None,
+) -> WorkbookResult:
+    """The workbook of a finished real run, written again (default: the latest run)."""
+    result = load_run_result(engine, run_id)
+    return write_run_workbook(
+        engine, result, out_dir, unmasked=unmasked, findings=findings, progress=progress
+    )
+
+
+def workbook_name(result: CutoverResult, unmasked: bool) -> str:
+    mode = MODE_REHEARSAL if result.rehearsal else MODE_CUTOVER
+    profile = re.sub(r"[^A-Za-z0-9_.-]+", "_", result.profile.name) or "profile"
+    if result.rehearsal:
+        when = result.started_at or now()
+        ident = f"{when:%Y%m%dT%H%M%S}"
+    else:
+        ident = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(result.run_id))
+    suffix = "-UNMASKED" if unmasked else ""
+    return f"hukou-{mode[0]}-{mode[1]}-{profile}-{ident}{suffix}.xlsx"
+
+
+# ---------------------------------------------------------------- building the workbook
+
+
+def _build(
+    wb: Workbook,
+    engine: Engine,
+    result: CutoverResult,
+    unmasked: bool,
+    findings: Sequence[Finding],
+    progress: Progress,
+) -> tuple[int, bool]:
+    places = Places()
+    if result.rehearsal:
+        banner = "演练 REHEARSAL：本工作簿是演练结果，数据库未作任何修改，不是正式转换记录"
+        page = PageSetup(f"演练 REHEARSAL — {result.profile.name} — 非正式转换记录", "FF9900")
+    else:
+        banner = f"正式 CUTOVER：正式转换记录，运行编号 {result.run_id}"
+        page = PageSetup(f"正式 CUTOVER — {result.profile.name} — 运行 {result.run_id}", "00B050")
+    page = PageSetup(page.banner.replace("&", "&&"), page.tab_color)
+    summary = _summary_table(wb, page, result, banner, unmasked)
+    breakdown = TableWriter(wb, "分类汇总", BREAKDOWN_COLUMNS, page)
+    by_division: dict[str, Counter[Nature]] = {}
+    detail_rows = _write_details(engine, wb, page, places, result, unmasked, by_division, progress)
+    table_total = fill_breakdown(breakdown, places, by_division)
+    _write_findings(wb, page, findings, unmasked)
+    write_urban_rural(engine, wb, page, places, result)
+    checks = _verdict(engine, result, detail_rows, table_total)
+    ok = all(c.ok for c in checks)
+    _fill_summary(summary, engine, result, unmasked, findings, detail_rows, checks, wb.sheetnames)
+    return detail_rows, ok
+
+
+def _text_font(color: str, size: int = 14) -> Font:
+    return Font(bold=True, size=size, color=color)
+
+
+def _summary_table(
+    wb: Workbook, page: PageSetup, result: CutoverResult, banner: str, unmasked: bool
+) -> TableWriter:
+    color = "C00000" if result.rehearsal else "006100"
+    privacy = (
+        "未脱敏 UNMASKED：本工作簿含完整公民身份号码和姓名，须按个人信息保护要求保管"
+        if unmasked
+        else "个人信息已脱敏：公民身份号码保留前6位和后4位，姓名保留首字"
+    )
+
+    def preamble(ws: Worksheet) -> list[list[object]]:
+        return [
+            [styled(ws, banner, _text_font(color, 16))],
+            [styled(ws, privacy, _text_font("C00000" if unmasked else "000000", 11))],
+            [],
+        ]
+
+    columns = [Column("项目", 26), Column("内容", 60), Column("说明", 70)]
+    return TableWriter(wb, "概要", columns, page, preamble)
+
+
+def _fill_summary(
+    table: TableWriter,
+    engine: Engine,
+    result: CutoverResult,
+    unmasked: bool,
+    findings: Sequence[Finding],
+    detail_rows: int,
+    checks: list[_Check],
+    sheets: list[str],
+) -> None:
+    c = result.census
+    p = result.profile
+    rows: list[tuple[str, object, str]] = [
+        ("模式", "演练（未写入数据库）" if result.rehearsal else "正式转换", ""),
+        ("运行编号", result.run_id or "（演练无运行编号）", ""),
+        ("辖区", f"{p.display_name}（{p.name}）" if p.display_name else p.name, ""),
+        ("政策文件", p.policy_document, ""),
+        ("范围（区划代码前缀）", ",".join(p.scope), ""),
+        ("截止时点", result.cutoff.instant, format_instant(result.cutoff.instant)),
+        ("截止时点依据", result.cutoff.source, ""),
+        ("开始时间", result.started_at, "北京时间 +08:00"),
+        ("结束时间", result.finished_at, "北京时间 +08:00"),
+        ("工作簿生成时间", now(), "北京时间 +08:00"),
+        ("工具版本", __version__, "hukou-convert"),
+        ("数据库", display_url(engine.url), "不含密码"),
+        ("登记库指纹 SHA-256", result.fingerprint, "转换前读取的登记库，按记录号顺序的全部行"),
+        ("个人信息", "未脱敏" if unmasked else "已脱敏", ""),
+        ("登记记录总数", c.total, ""),
+        ("范围外", c.out_of_scope, "区划代码不在范围内"),
+        ("范围内非有效状态", c.inactive, "注销、死亡等"),
+        ("范围内有效", c.in_scope_active, "= 转换 + 已是居民户口 + 未落常住/暂住 + 未映射"),
+        ("应转换" if result.rehearsal else "已转换", result.converted, "改登记为居民户口"),
+        ("已是居民户口", c.already_resident, "无需转换"),
+        ("不在常住户口登记内", c.not_permanent, "未落常住户口、暂住户口：不转换"),
+        ("未映射的户口性质", sum(v.count for v in c.unmapped()), "不猜测：须补充代码表"),
+        ("异常", len(findings), "见 异常清单"),
+        ("变更明细行数", detail_rows, "、".join(s for s in sheets if s.startswith("变更明细"))),
+    ]
+    for nature, category in sorted(result.converted_by, key=lambda k: (k[0].value, k[1] or "")):
+        cat = CATEGORY_LABELS[category] if category else "户别不明"
+        rows.append(
+            (f"  {NATURE_LABELS[nature]} / {cat}", result.converted_by[(nature, category)], "")
+        )
+    ok = all(ch.ok for ch in checks)
+    rows.append(
+        ("核验结论", "通过" if ok else "不通过", "; ".join(_failed(checks)) or "全部核验通过")
+    )
+    for ch in checks:
+        rows.append((f"核验：{ch.name}", "通过" if ch.ok else "不通过", ch.detail))
+    for label, value, note in rows:
+        table.append([label, value, note])
+    table.finish()
+
+
+def _failed(checks: list[_Check]) -> list[str]:
+    return [ch.name for ch in checks if not ch.ok]
+
+
+def _verdict(
+    engine: Engine, result: CutoverResult, detail_rows: int, table_total: int
+) -> list[_Check]:
+    c = result.census
+    checks: list[_Check] = []
+    if result.rehearsal:
+        accounted = c.to_convert + c.already_resident + c.not_permanent
+        unmapped = c.unmapped()
+        checks.append(
+            _Check(
+                "普查覆盖范围内全部有效记录",
+                accounted == c.in_scope_active,
+                f"范围内有效 {c.in_scope_active}，已归类 {accounted}",
+            )
+        )
+        checks.append(
+            _Check(
+                "无未映射的户口性质（正式转换可以开始）",
+                not unmapped,
+                "无"
+                if not unmapped
+                else "；".join(
+                    f"{'(空)' if v.raw_code is None else v.raw_code}: {v.count}" for v in unmapped
+                ),
+            )
+        )
+    else:
+        verified = verify_run(engine, result.run_id)
+        checks.extend(_Check(ch.name, ch.ok, ch.detail) for ch in verified.checks)
+    expected = result.converted
+    checks.append(
+        _Check("变更明细行数 = 转换人数", detail_rows == expected, f"{detail_rows} / {expected}")
+    )
+    checks.append(
+        _Check("分类汇总合计 = 转换人数", table_total == expected, f"{table_total} / {expected}")
+    )
+    return checks
+
+
+# ---------------------------------------------------------------- 分类汇总
+
+
+def _would_convert(result: CutoverResult, raws: list[str]) -> Any:
+    """The predicate the conversion uses (cutover._convert_batches), for a rehearsal."""
+    p = result.profile
+    return and_(in_scope(R, p.scope), is_active(R, p.active_statuses), R.c.hukou_type.in_(raws))
+
+
+# ---------------------------------------------------------------- 变更明细
+
+
+DETAIL_COLUMNS = [
+    Column("记录号", 10, "int", "0"),
+    Column("公民身份号码", 21, "code"),
+    Column("姓名", 10),
+    Column("户号", 19, "code"),
+    Column("行政区划代码", 15, "code"),
+    Column("行政区划名称", 26),
+    Column("原户口性质代码", 12, "code"),
+    Column("原户口类别", 16),
+    Column("原户口性质", 12),
+    Column("户别", 8),
+    Column("新户口类别", 10),
+    Column("生效时间（北京时间）", 20, "datetime"),
+]
+
+
+def _detail_query(result: CutoverResult) -> Select[Any]:
+    """(record id, ID number, name, household, division, original code, nature, category,
+    effective at) in key order, for the run's history or the rehearsal's would-be conversion."""
+    if result.rehearsal:
+        raws, nature, category, _label = conversion_expressions(result.census.codes)
+        return (
+            select(
+                R.c.record_id,
+                R.c.id_number,
+                R.c.name,
+                R.c.household_id,
+                R.c.division_code,
+                R.c.hukou_type,
+                nature,
+                category,
+            )
+            .where(_would_convert(result, raws))
+            .order_by(R.c.record_id)
+        )
+    return (
+        select(
+            H.c.record_id,
+            H.c.id_number,
+            R.c.name,
+            R.c.household_id,
+            H.c.division_code,
+            H.c.original_code,
+            H.c.original_nature,
+            H.c.household_category,
+            H.c.effective_at,
+        )
+        .select_from(H.outerjoin(R, R.c.record_id == H.c.record_id))
+        .where(H.c.run_id == result.run_id, H.c.reverted_at.is_(None))
+        .order_by(H.c.record_id, H.c.history_id)
+    )
+
+
+def _moved_codes(result: CutoverResult) -> dict[int, str]:
+    """Record -> code as of the cutoff, for the approved applications a rehearsal predicts the
+    real run applies before converting (the real run's history already holds them). 农转非/非转农
+    keeps the 户别, so only the code and the nature change."""
+    if not result.rehearsal:
+        return {}
+    return {
+        d.record_id: d.to_code
+        for d in result.decisions
+        if d.outcome is Outcome.APPLIED
+        and d.to_code is not None
+        and d.record_id is not None
+        and not d.stored
+    }
+
+
+def _maskers(unmasked: bool) -> tuple[Callable[[str | None], str], Callable[[str | None], str]]:
+    if unmasked:
+        return (lambda v: v or ""), (lambda v: v or "")
+    return mask_id, mask_name
+
+
+def _write_details(
+    engine: Engine,
+    wb: Workbook,
+    page: PageSetup,
+    places: Places,
+    result: CutoverResult,
+    unmasked: bool,
+    by_division: dict[str, Counter[Nature]],
+    progress: Progress,
+) -> int:
+    """The detail rows, streamed; counts them by division and nature into ``by_division``."""
+    codes = result.census.codes
+    ident, name = _maskers(unmasked)
+    table = TableWriter(wb, "变更明细", DETAIL_COLUMNS, page)
+    label_cache: dict[str | None, str] = {}
+    cutoff = result.cutoff.instant
+    moved = _moved_codes(result)
+    with (
+        progress("工作簿 workbook", result.converted, "行") as advance,
+        engine.connect() as conn,
+    ):
+        rows = conn.execution_options(stream_results=True, yield_per=YIELD_PER).execute(
+            _detail_query(result)
+        )
+        for partition in rows.partitions():
+            for r in partition:
+                division = r[4]
+                if division not in label_cache:
+                    label_cache[division] = places.label(division)
+                raw = r[5]
+                nature = Nature(r[6])
+                if r[0] in moved:  # rehearsal: an approved 农转非/非转农 applied first
+                    raw = moved[r[0]]
+                    entry = codes.get(raw)
+                    assert entry is not None and entry.nature is not None
+                    nature = entry.nature
+                category = Category(r[7]) if r[7] else None
+                by_division.setdefault(division or "", Counter())[nature] += 1
+                table.append(
+                    [
+                        r[0],
+                        ident(r[1]),
+                        name(r[2]),
+                        r[3],
+                        division,
+                        label_cache[division],
+                        raw,
+                        codes.label(raw) if raw is not None else "",
+                        NATURE_LABELS[nature],
+                        CATEGORY_LABELS[category] if category else "",
+                        RESIDENT_TYPE,
+                        r[8] if len(r) > 8 else cutoff,
+                    ]
+                )
+            advance(len(partition))
+    table.finish()
+    return table.data_rows
+
+
+# ---------------------------------------------------------------- 异常清单
+
+
+def _write_findings(
+    wb: Workbook, page: PageSetup, findings: Sequence[Finding], unmasked: bool
+) -> None:
+    ident, name = _maskers(unmasked)
+    columns = [
+        Column("序号", 7, "int", "0"),
+        Column("类别代码", 22, "code"),
+        Column("类别", 10),
+        Column("严重程度", 9),
+        Column("记录号", 10, "int", "0"),
+        Column("公民身份号码", 21, "code"),
+        Column("18位号码（由15位升级）", 21, "code"),
+        Column("姓名", 10),
+        Column("说明", 50),
+        Column("处理", 40),
+    ]
+    table = TableWriter(wb, "异常清单", columns, page)
+    for i, f in enumerate(findings, start=1):
+        table.append(
+            [
+                i,
+                f.code,
+                f.category,
+                SEVERITY_LABELS.get(f.severity, f.severity),
+                f.record_id,
+                ident(f.id_number),
+                ident(f.upgraded_id) if f.upgraded_id else None,
+                name(f.name),
+                f.explanation,
+                f.action,
+            ]
+        )
+    table.finish()
