@@ -36,6 +36,7 @@ from sqlalchemy import (
 
 from . import __version__, schema
 from .census import Census, CensusLine, in_scope, is_active, register_fingerprint, take_census
+from .checks import run_checks
 from .codes import (
     CATEGORY_LABELS,
     CATEGORY_OF_LABEL,
@@ -147,7 +148,7 @@ def rehearse(
             decisions = decide(conn, profile, profile.codes, cutoff.instant)
             census = moved_census(take_census(conn, R, profile), decisions)
             fingerprint = register_fingerprint(conn, R, progress=progress, on_row=recorder)
-            findings = gather_findings(conn, profile, decisions)
+            findings = gather_findings(conn, profile, cutoff, decisions, progress)
             conn.rollback()
     except BaseException:
         if recorder is not None:
@@ -371,7 +372,7 @@ def _finished_result(
         ):
             by[(Nature(nature), Category(category) if category else None)] += int(n)
         decisions = decide(conn, profile, census.codes, cutoff.instant)
-        findings = gather_findings(conn, profile, decisions)
+        findings = gather_findings(conn, profile, cutoff, decisions)
     return CutoverResult(
         rehearsal=False,
         profile=profile,
@@ -622,9 +623,18 @@ def _convert_batches(
 # ---------------------------------------------------------------- queries about runs
 
 
-def gather_findings(conn: Connection, profile: Profile, decisions: list[Decision]) -> list[Finding]:
-    """Every exception the report lists: in-flight business and changes during the freeze."""
-    findings = [d.finding() for d in decisions]
+def gather_findings(
+    conn: Connection,
+    profile: Profile,
+    cutoff: ResolvedCutoff,
+    decisions: list[Decision],
+    progress: Progress = no_progress,
+) -> list[Finding]:
+    """Every exception the report lists: the register checks (错、重、假、漏), in-flight business,
+    and changes during the freeze. The checks read fields the conversion does not change, so a
+    rehearsal and the run after it report the same records."""
+    findings = list(run_checks(conn, profile, cutoff=cutoff.instant, progress=progress).findings)
+    findings.extend(d.finding() for d in decisions)
     findings.extend(late_changes(conn, profile))
     return findings
 

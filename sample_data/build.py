@@ -64,19 +64,14 @@ def case(
 def special_cases() -> list[dict[str, Any]]:
     """One record per kind of case; the comments say what each exercises."""
     r: list[dict[str, Any]] = []
-    # GA 324.1 codes 0-8 in one household each
-    for code, sex, seq in [
-        ("0", "男", 11),
-        ("1", "女", 12),
-        ("2", "男", 13),
-        ("5", "女", 14),
-        ("6", "男", 15),
-        ("7", "女", 16),
-        ("8", "男", 17),
-    ]:
+    # GA 324.1 codes 0-8 in one household each (odd sequence numbers are men, even are women)
+    for i, (code, sex) in enumerate(
+        [("0", "男"), ("1", "女"), ("2", "男"), ("5", "女"), ("6", "男"), ("7", "女"), ("8", "男")]
+    ):
+        seq = 2 * (10 + i) + (1 if sex == "男" else 2)
         r.append(
             case(
-                ident("330211", "19800101", seq if sex == "男" else seq + 1),
+                ident("330211", "19800101", seq),
                 f"样{code}甲",
                 sex,
                 "1980-01-01",
@@ -152,6 +147,8 @@ def special_cases() -> list[dict[str, Any]]:
                 RURAL if i % 2 else URBAN,
             )
         )
+    # 重: one number registered twice (标签8 carries 标签7's number), for the checks to find
+    r[-1]["公民身份号码"] = r[-2]["公民身份号码"]
     # already resident
     for i, label in enumerate(["居民户口", "居民家庭户口", "居民集体户口"]):
         r.append(
