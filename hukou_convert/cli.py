@@ -123,7 +123,11 @@ def db_option(f: F) -> F:
 
 def quiet_option(f: F) -> F:
     return click.option(
-        "--quiet", "-q", is_flag=True, expose_value=False, callback=_set_quiet,
+        "--quiet",
+        "-q",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_quiet,
         help="No progress bars on stderr.",
     )(f)
 
@@ -279,7 +283,9 @@ def profiles_command(show: str | None) -> None:
     """List the built-in jurisdiction profiles, or show one with its code table."""
     if show is None:
         for p in BUILTIN_PROFILES.values():
-            click.echo(f"{p.name:<10} {p.display_name:<8} scope {','.join(p.scope):<8} {p.cutoff_rule()}")
+            click.echo(
+                f"{p.name:<10} {p.display_name:<8} scope {','.join(p.scope):<8} {p.cutoff_rule()}"
+            )
             click.echo(f"{'':<10} {p.policy_document}")
         return
     p = load_profile(show)
@@ -469,7 +475,7 @@ def lookup_command(app: App, id_numbers: tuple[str, ...], fmt: str, unmasked: bo
             records.append(
                 base
                 | {
-                    "name": e.name and (e.name if unmasked else mask_name(e.name)) or "",
+                    "name": (e.name if unmasked else mask_name(e.name)) if e.name else "",
                     "original_type": e.original_label,
                     "original_code": e.original_code or "",
                     "original_nature": e.original_nature,
@@ -482,9 +488,9 @@ def lookup_command(app: App, id_numbers: tuple[str, ...], fmt: str, unmasked: bo
     if fmt == "json":
         click.echo(json.dumps(records, ensure_ascii=False, indent=2))
     elif fmt == "csv":
-        writer = csv.DictWriter(click.get_text_stream("stdout"), list(records[0]))
-        writer.writeheader()
-        writer.writerows(records)
+        writer = csv.writer(sys.stdout)
+        writer.writerow(list(records[0]))
+        writer.writerows([list(rec.values()) for rec in records])
     else:
         for rec in records:
             if rec["status"] != "found":

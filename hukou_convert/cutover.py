@@ -35,7 +35,7 @@ from sqlalchemy import (
 )
 
 from . import __version__, schema
-from .census import Census, CensusLine, in_scope, is_active, register_fingerprint, take_census
+from .census import Census, in_scope, is_active, register_fingerprint, take_census
 from .checks import run_checks
 from .codes import (
     CATEGORY_LABELS,
@@ -46,7 +46,6 @@ from .codes import (
     Category,
     CodeTable,
     Nature,
-    code_table_from_json,
     code_table_to_json,
 )
 from .db import display_url, translate_errors
@@ -79,9 +78,10 @@ from .plan import (
     load_plan,
     plan_document,
 )
-from .profiles import BUILTIN_PROFILES, Profile, ResolvedCutoff
+from .profiles import Profile, ResolvedCutoff
 from .progress import Progress, no_progress
 from .runlock import live_run_lock
+from .runs import describe_live_run, find_run, load_census, run_codes, run_profile
 
 DEFAULT_BATCH_SIZE = 50_000
 
@@ -317,7 +317,7 @@ def _locked_cutover(
         )
         outcome = "completed"
 
-    codes = _run_codes(engine, run_id)
+    codes = run_codes(engine, run_id)
     batches = _convert_batches(engine, run_id, codes, profile, cutoff, batch_size, census, progress)
     with engine.begin() as conn:
         converted = conn.execute(
@@ -449,27 +449,6 @@ def _record_run(
     return census
 
 
-def _run_codes(engine: Engine, run_id: str) -> CodeTable:
-    with engine.connect() as conn:
-        return code_table_from_json(
-            conn.execute(select(RUNS.c.code_table).where(RUNS.c.run_id == run_id)).scalar_one()
-        )
-
-
-def load_census(engine: Engine, run_id: str) -> Census:
-    """The census a run took before its first write, with the code table it used."""
-    codes = _run_codes(engine, run_id)
-    C = schema.run_census
-    with engine.connect() as conn:
-        lines = [
-            CensusLine(
-                bool(r.in_scope), bool(r.active), r.raw_code, r.category_label, int(r.records)
-            )
-            for r in conn.execute(select(C).where(C.c.run_id == run_id).order_by(C.c.line))
-        ]
-    return Census(lines, codes)
-
-
 # ---------------------------------------------------------------- the set-based conversion
 
 
@@ -559,6 +538,7 @@ def _convert_batches(
                     R.c.record_id,
                     R.c.division_code,
                     application,
+                    R.c.household_category,
                 ).where(window, scope_pred)
                 conn.execute(
                     insert(H).from_select(
@@ -574,6 +554,7 @@ def _convert_batches(
                             "record_id",
                             "division_code",
                             "application_id",
+                            "original_category_label",
                         ],
                         source,
                     )
@@ -647,46 +628,6 @@ def _require_register(engine: Engine) -> None:
             )
 
 
-def describe_live_run(engine: Engine) -> str:
-    """Who holds the live-run lock, as far as the runs table tells."""
-    try:
-        with engine.connect() as conn:
-            row = conn.execute(
-                select(RUNS.c.run_id, RUNS.c.profile, RUNS.c.pid, RUNS.c.host, RUNS.c.started_at)
-                .where(RUNS.c.status == "running")
-                .order_by(RUNS.c.started_at.desc())
-                .limit(1)
-            ).first()
-    except Exception:
-        row = None
-    if row is None:
-        return "another hukou-convert process (its run is not recorded yet)"
-    return (
-        f"run {row.run_id} (profile {row.profile}, pid {row.pid} on {row.host},"
-        f" started {format_instant(row.started_at)})"
-    )
-
-
-def find_run(engine: Engine, run_id: str | None) -> Row[Any]:
-    """A run by id, or the latest one."""
-    with translate_errors(), engine.connect() as conn:
-        if not schema.has_register(engine) or "hukou_runs" in schema.missing_tables(engine):
-            raise RegisterStateError("no cutover has run on this database")
-        query = select(RUNS)
-        if run_id is not None:
-            query = query.where(RUNS.c.run_id == run_id)
-        else:
-            query = query.order_by(RUNS.c.started_at.desc()).limit(1)
-        row = conn.execute(query).first()
-    if row is None:
-        raise RegisterStateError(
-            f"no run {run_id!r} in this database"
-            if run_id
-            else "no cutover has run on this database"
-        )
-    return row
-
-
 def load_run_result(engine: Engine, run_id: str | None) -> CutoverResult:
     """The result of a finished real run (default: the latest), rebuilt from what the run recorded:
     for writing its report again later."""
@@ -695,18 +636,6 @@ def load_run_result(engine: Engine, run_id: str | None) -> CutoverResult:
         raise RegisterStateError(
             f"run {run.run_id} is unfinished (status {run.status}): continue it first"
         )
-    codes = _run_codes(engine, str(run.run_id))
-    builtin = BUILTIN_PROFILES.get(str(run.profile))
-    if builtin is not None and builtin.fingerprint() == run.profile_fingerprint:
-        profile = builtin
-    else:  # a profile file: what the run kept of it
-        profile = Profile(
-            name=str(run.profile),
-            display_name="",
-            policy_document="(profile file; not kept with the run)",
-            scope=tuple(str(run.scope).split(",")),
-            codes=codes,
-            active_statuses=tuple(str(run.active_statuses).split(",")),
-        )
+    profile = run_profile(engine, run)
     cutoff = ResolvedCutoff(run.cutoff, str(run.cutoff_source or "recorded with the run"))
     return _finished_result(engine, run, profile, cutoff, "completed")

@@ -71,7 +71,11 @@ class Instant(TypeDecorator[datetime]):
 Key = BigInteger().with_variant(Integer, "sqlite")
 
 metadata = MetaData()
-_mysql: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_engine": "InnoDB", "mariadb_charset": "utf8mb4"}
+_mysql: dict[str, Any] = {
+    "mysql_charset": "utf8mb4",
+    "mysql_engine": "InnoDB",
+    "mariadb_charset": "utf8mb4",
+}
 
 register = Table(
     "hukou_register",
@@ -194,6 +198,7 @@ history = Table(
     Column("original_code", String(40)),
     Column("original_nature", String(24), nullable=False),
     Column("household_category", String(12)),
+    Column("original_category_label", String(20)),  # 户别 exactly as it was: rollback restores it
     Column("new_type", String(12), nullable=False),
     Column("effective_at", Instant, nullable=False),
     Column("converted_at", Instant, nullable=False),

@@ -15,9 +15,9 @@ from sqlalchemy import Engine, and_, func, select
 from . import schema
 from .census import in_scope, is_active, take_census
 from .codes import RESIDENT_TYPE, Action
-from .cutover import find_run, load_census
 from .db import translate_errors
 from .profiles import Profile
+from .runs import find_run, load_census
 
 R = schema.register
 H = schema.history

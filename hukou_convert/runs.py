@@ -1,0 +1,94 @@
+"""Runs as recorded in ``hukou_runs``: finding them, who holds the lock, what they kept."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, Row, select
+
+from . import schema
+from .census import Census, CensusLine
+from .codes import CodeTable, code_table_from_json
+from .db import translate_errors
+from .errors import RegisterStateError
+from .instants import format_instant
+from .profiles import BUILTIN_PROFILES, Profile
+
+RUNS = schema.runs
+LIVE_STATUSES = ("running", "rolling_back")  # a run in one of these holds work to finish
+
+
+def run_codes(engine: Engine, run_id: str) -> CodeTable:
+    with engine.connect() as conn:
+        return code_table_from_json(
+            conn.execute(select(RUNS.c.code_table).where(RUNS.c.run_id == run_id)).scalar_one()
+        )
+
+
+def load_census(engine: Engine, run_id: str) -> Census:
+    """The census a run took before its first write, with the code table it used."""
+    codes = run_codes(engine, run_id)
+    C = schema.run_census
+    with engine.connect() as conn:
+        lines = [
+            CensusLine(
+                bool(r.in_scope), bool(r.active), r.raw_code, r.category_label, int(r.records)
+            )
+            for r in conn.execute(select(C).where(C.c.run_id == run_id).order_by(C.c.line))
+        ]
+    return Census(lines, codes)
+
+
+def describe_live_run(engine: Engine) -> str:
+    """Who holds the live-run lock, as far as the runs table tells."""
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                select(RUNS.c.run_id, RUNS.c.profile, RUNS.c.pid, RUNS.c.host, RUNS.c.started_at)
+                .where(RUNS.c.status.in_(LIVE_STATUSES))
+                .order_by(RUNS.c.started_at.desc())
+                .limit(1)
+            ).first()
+    except Exception:
+        row = None
+    if row is None:
+        return "another hukou-convert process (its run is not recorded yet)"
+    return (
+        f"run {row.run_id} (profile {row.profile}, pid {row.pid} on {row.host},"
+        f" started {format_instant(row.started_at)})"
+    )
+
+
+def find_run(engine: Engine, run_id: str | None) -> Row[Any]:
+    """A run by id, or the latest one."""
+    with translate_errors(), engine.connect() as conn:
+        if not schema.has_register(engine) or "hukou_runs" in schema.missing_tables(engine):
+            raise RegisterStateError("no cutover has run on this database")
+        query = select(RUNS)
+        if run_id is not None:
+            query = query.where(RUNS.c.run_id == run_id)
+        else:
+            query = query.order_by(RUNS.c.started_at.desc()).limit(1)
+        row = conn.execute(query).first()
+    if row is None:
+        raise RegisterStateError(
+            f"no run {run_id!r} in this database"
+            if run_id
+            else "no cutover has run on this database"
+        )
+    return row
+
+
+def run_profile(engine: Engine, run: Row[Any]) -> Profile:
+    """The profile a run used: the built-in one if unchanged, else what the run kept of its file."""
+    builtin = BUILTIN_PROFILES.get(str(run.profile))
+    if builtin is not None and builtin.fingerprint() == run.profile_fingerprint:
+        return builtin
+    return Profile(
+        name=str(run.profile),
+        display_name="",
+        policy_document="(profile file; not kept with the run)",
+        scope=tuple(str(run.scope).split(",")),
+        codes=run_codes(engine, str(run.run_id)),
+        active_statuses=tuple(str(run.active_statuses).split(",")),
+    )
