@@ -30,6 +30,7 @@ from .ingest import ImportMode, ImportResult, import_applications, import_regist
 from .instants import format_instant
 from .profiles import BUILTIN_PROFILES, load_profile, resolve_cutoff
 from .progress import Advance, Progress
+from .rollback import rollback_run
 from .sample import SampleOptions, write_sample
 from .verify import verify_run
 from .workbook import WorkbookResult, rewrite_report, write_run_workbook
@@ -635,6 +636,67 @@ def _print_workbook(written: WorkbookResult) -> None:
     click.echo(
         f"  {written.detail_rows} detail rows; verdict {verdict}; sha256 {written.sha256_path}"
     )
+
+
+@cli.command("rollback")
+@click.option("--run", "run_id", required=True, metavar="ID", help="The run to undo.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation before restoring.")
+@click.option(
+    "--skip-changed",
+    is_flag=True,
+    help="Leave records changed since the cutover as they are and restore all others.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=DEFAULT_BATCH_SIZE,
+    show_default=True,
+    help="History rows per transaction (each batch is a checkpoint to resume from).",
+)
+@db_option
+@quiet_option
+@pass_app
+def rollback_command(app: App, run_id: str, yes: bool, skip_changed: bool, batch_size: int) -> None:
+    """Undo a cutover: restore every record of the run to its original code and 户别.
+
+    The history is kept (its rows are marked reverted_at). Refuses, listing them, when records were
+    changed after the cutover, unless --skip-changed. Killed at any point, the same command
+    continues; afterwards a new cutover can run.
+    """
+    engine = app.engine()
+
+    def confirm(run: str, records: int) -> bool:
+        if yes:
+            return True
+        click.echo(
+            f"Restore {records} records of run {run} to their original type in"
+            f" {display_url(engine.url)}.",
+            err=True,
+        )
+        try:
+            return click.confirm("This writes to the register. Proceed?", err=True)
+        except click.Abort:
+            return False
+
+    result = rollback_run(
+        engine,
+        run_id,
+        skip_changed=skip_changed,
+        batch_size=batch_size,
+        confirm=confirm,
+        progress=app.progress(),
+    )
+    verbs = {
+        "reverted": "rolled back",
+        "resumed": "rollback resumed and finished",
+        "already-reverted": "already rolled back: nothing to do",
+    }
+    click.echo(f"回退 ROLLBACK run {result.run_id}: {verbs[result.outcome]}")
+    click.echo(f"  records restored             {result.restored:>10}")
+    click.echo(f"  skipped, changed since       {result.skipped_changed:>10}")
+    if result.changed_records:
+        keys = ", ".join(str(k) for k in result.changed_records)
+        click.echo(f"  changed records (keys): {keys}")
 
 
 def main() -> None:

@@ -81,7 +81,7 @@ from .plan import (
 from .profiles import Profile, ResolvedCutoff
 from .progress import Progress, no_progress
 from .runlock import live_run_lock
-from .runs import describe_live_run, find_run, load_census, run_codes, run_profile
+from .runs import LIVE_STATUSES, describe_live_run, find_run, load_census, run_codes, run_profile
 
 DEFAULT_BATCH_SIZE = 50_000
 
@@ -245,10 +245,15 @@ def _locked_cutover(
 ) -> CutoverResult:
     comparison = PlanComparison(str(plan.path)) if plan is not None else None
     with engine.connect() as conn:
-        unfinished = conn.execute(select(RUNS).where(RUNS.c.status == "running")).first()
+        unfinished = conn.execute(select(RUNS).where(RUNS.c.status.in_(LIVE_STATUSES))).first()
         completed = conn.execute(
             select(RUNS).where(RUNS.c.status == "completed", RUNS.c.profile == profile.name)
         ).first()
+    if unfinished is not None and unfinished.status == "rolling_back":
+        raise RunMismatchError(
+            f"the rollback of run {unfinished.run_id} is unfinished: finish it first with"
+            f" 'hukou-convert rollback --run {unfinished.run_id}'"
+        )
     if unfinished is not None:
         _check_same_run(unfinished, profile, cutoff)
         run_id = str(unfinished.run_id)

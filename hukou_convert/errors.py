@@ -155,6 +155,23 @@ class PlanMismatchError(HukouError):
         )
 
 
+class ChangedSinceCutoverError(HukouError):
+    """A rollback would overwrite records changed after the cutover; nothing was restored."""
+
+    exit_code = 13
+
+    def __init__(self, run_id: str, record_keys: Sequence[int], shown: int) -> None:
+        self.run_id = run_id
+        self.record_keys = list(record_keys)
+        super().__init__(
+            f"rollback of run {run_id} refused: {len(self.record_keys)} record(s) changed after the"
+            f" cutover would be overwritten (record keys: "
+            f"{', '.join(str(k) for k in self.record_keys[:shown])}"
+            f"{' …' if len(self.record_keys) > shown else ''}); nothing was restored."
+            " Review them, or use --skip-changed to restore all others"
+        )
+
+
 class Aborted(HukouError):
     """The operator did not confirm a destructive step."""
 

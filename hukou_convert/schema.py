@@ -149,11 +149,14 @@ runs = Table(
     Column("cutoff", Instant, nullable=False),
     Column("cutoff_source", String(200)),
     Column("register_sha256", String(64)),  # the register as read before the first write
-    Column("status", String(16), nullable=False),  # running | completed
+    # running -> completed -> (rolling_back ->) reverted
+    Column("status", String(16), nullable=False),
     Column("batch_size", Integer, nullable=False),
     Column("started_at", Instant, nullable=False),
     Column("finished_at", Instant),
     Column("converted", BigInteger),
+    Column("reverted_at", Instant),
+    Column("rollback_skipped", BigInteger),  # records changed since the cutover, left converted
     Column("tool_version", String(20)),
     Column("database_url", String(400)),
     Column("host", String(100)),
@@ -185,6 +188,19 @@ run_batches = Table(
     Column("first_key", String(64)),
     Column("last_key", String(64)),
     Column("converted", Integer, nullable=False),
+    Column("committed_at", Instant, nullable=False),
+    PrimaryKeyConstraint("run_id", "batch_no"),
+    **_mysql,
+)
+
+# One row per committed rollback batch, in the same transaction as the restore.
+rollback_batches = Table(
+    "hukou_rollback_batches",
+    metadata,
+    Column("run_id", String(40), nullable=False),
+    Column("batch_no", Integer, nullable=False),
+    Column("last_key", String(64)),
+    Column("restored", Integer, nullable=False),
     Column("committed_at", Instant, nullable=False),
     PrimaryKeyConstraint("run_id", "batch_no"),
     **_mysql,

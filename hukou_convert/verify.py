@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import Engine, and_, func, select
+from sqlalchemy import Engine, Row, and_, func, or_, select
+from sqlalchemy.orm import aliased
 
 from . import schema
 from .census import in_scope, is_active, take_census
@@ -53,6 +55,9 @@ def verify_run(engine: Engine, run_id: str | None = None) -> VerifyResult:
     scope = str(run.scope).split(",")
     result = VerifyResult(run_id, str(run.profile))
     add = result.checks.append
+    if run.status in ("reverted", "rolling_back"):
+        _verify_reverted(engine, run, result)
+        return result
 
     add(
         Check(
@@ -199,3 +204,87 @@ def verify_run(engine: Engine, run_id: str | None = None) -> VerifyResult:
         )
     )
     return result
+
+
+def _verify_reverted(engine: Engine, run: Row[Any], result: VerifyResult) -> None:
+    """A rolled-back run: every history row reverted (or its record skipped as changed since the
+    cutover), and every reverted record back to its original code and 户别."""
+    add = result.checks.append
+    run_id = str(run.run_id)
+    add(
+        Check(
+            "rollback finished",
+            run.status == "reverted",
+            f"status {run.status}" + ("" if run.status == "reverted" else ": finish the rollback"),
+        )
+    )
+    later = aliased(H)
+    reconverted = (
+        select(later.c.history_id)
+        .where(
+            later.c.record_id == R.c.record_id,
+            later.c.run_id != run_id,
+            later.c.reverted_at.is_(None),
+        )
+        .exists()
+    )
+    with translate_errors(), engine.connect() as conn:
+        reverted = conn.execute(
+            select(func.count())
+            .select_from(H)
+            .where(H.c.run_id == run_id, H.c.reverted_at.is_not(None))
+        ).scalar_one()
+        live = conn.execute(
+            select(func.count())
+            .select_from(H)
+            .where(H.c.run_id == run_id, H.c.reverted_at.is_(None))
+        ).scalar_one()
+        not_restored = (
+            conn.execute(
+                select(R.c.record_id)
+                .join(H, H.c.record_id == R.c.record_id)
+                .where(
+                    H.c.run_id == run_id,
+                    H.c.reverted_at.is_not(None),
+                    ~reconverted,  # a later run converted it again: that run's verify covers it
+                    or_(
+                        R.c.hukou_type != H.c.original_code,
+                        and_(R.c.hukou_type.is_(None), H.c.original_code.is_not(None)),
+                        R.c.household_category != H.c.original_category_label,
+                        and_(
+                            R.c.household_category.is_(None),
+                            H.c.original_category_label.is_not(None),
+                        ),
+                        and_(
+                            R.c.household_category.is_not(None),
+                            H.c.original_category_label.is_(None),
+                        ),
+                    ),
+                )
+                .limit(10)
+            )
+            .scalars()
+            .all()
+        )
+    skipped = int(run.rollback_skipped or 0)
+    add(
+        Check(
+            "history rows reverted",
+            live == skipped,
+            f"{reverted} reverted, {live} still live, {skipped} skipped as changed since the cutover",
+        )
+    )
+    add(
+        Check(
+            "history rows = converted records",
+            reverted + live == int(run.converted or reverted + live),
+            f"{reverted + live} history rows, run converted {run.converted}",
+        )
+    )
+    add(
+        Check(
+            "reverted records hold their original code and 户别",
+            not not_restored,
+            "all do" if not not_restored else f"records not restored: {list(not_restored)}",
+        )
+    )
