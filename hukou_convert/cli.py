@@ -23,8 +23,15 @@ from . import __version__
 from .codes import CATEGORY_LABELS, NATURE_LABELS
 from .cutover import DEFAULT_BATCH_SIZE, CutoverPlan, CutoverResult, rehearse, run_cutover
 from .db import DEFAULT_URL, ENV_URL, display_url, make_engine, parse_url
-from .errors import DatabaseError, HukouError, UnmappedCodesError, VerificationFailed
+from .errors import (
+    DatabaseError,
+    HukouError,
+    UnmappedCodesError,
+    UsageError,
+    VerificationFailed,
+)
 from .history import lookup as lookup_history
+from .identity import STATUS_LABELS, lookup_file
 from .idnumbers import mask_id, mask_name
 from .ingest import ImportMode, ImportResult, import_applications, import_register
 from .instants import format_instant
@@ -452,19 +459,65 @@ def verify_command(app: App, run_id: str | None) -> None:
 
 
 @cli.command("lookup")
-@click.argument("id_numbers", nargs=-1, required=True)
+@click.argument("id_numbers", nargs=-1)
 @click.option(
     "--format",
     "fmt",
     type=click.Choice(["table", "json", "csv"]),
     default="table",
     show_default=True,
+    help="How to print the answers for ID numbers given as arguments.",
 )
-@click.option("--unmasked", is_flag=True, help="Print names in full (masked by default).")
+@click.option(
+    "--file",
+    "id_file",
+    type=click.Path(path_type=Path),
+    help="A CSV or .xlsx of ID numbers (any header) to answer in bulk; needs --out.",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --file: the result, .xlsx or .csv, every input row with the answer appended.",
+)
+@click.option("--column", help="With --file: the header of the ID number column (default: found).")
+@click.option("--encoding", help="With --file: force the CSV encoding (utf-8, gbk, gb18030).")
+@click.option("--unmasked", is_flag=True, help="Names and ID numbers in full (masked by default).")
 @db_option
+@quiet_option
 @pass_app
-def lookup_command(app: App, id_numbers: tuple[str, ...], fmt: str, unmasked: bool) -> None:
-    """What was this person's type before the reform? One line per history entry."""
+def lookup_command(
+    app: App,
+    id_numbers: tuple[str, ...],
+    fmt: str,
+    id_file: Path | None,
+    out: Path | None,
+    column: str | None,
+    encoding: str | None,
+    unmasked: bool,
+) -> None:
+    """What was this person's type before the reform? For ID numbers, or a file of thousands.
+
+    Not found, invalid, and converted-then-reverted numbers are reported as such, never dropped.
+    """
+    if id_file is not None:
+        if out is None or id_numbers:
+            raise UsageError("--file needs --out, and no ID numbers as arguments")
+        bulk = lookup_file(
+            app.engine(),
+            id_file,
+            out,
+            column=column,
+            encoding=encoding,
+            unmasked=unmasked,
+            progress=app.progress(),
+        )
+        counts = ", ".join(f"{STATUS_LABELS[k]} {v}" for k, v in sorted(bulk.by_status.items()))
+        click.echo(f"{bulk.rows} rows looked up (column {bulk.id_column!r}): {counts}")
+        click.echo(f"  result: {bulk.output}{'  (UNMASKED)' if unmasked else ''}")
+        return
+    if not id_numbers:
+        raise UsageError("give ID numbers, or --file FILE --out RESULT")
     results = lookup_history(app.engine(), id_numbers)
     records: list[dict[str, str]] = []
     for r in results:

@@ -45,8 +45,11 @@ class LookupResult:
 _LOOKUP_CHUNK = 500
 
 
-def lookup(engine: Engine, queries: Iterable[str]) -> list[LookupResult]:
-    """History entries per ID number, newest run first; not-found and invalid IDs are kept."""
+def lookup(
+    engine: Engine, queries: Iterable[str], labels: dict[str, dict[str, str]] | None = None
+) -> list[LookupResult]:
+    """History entries per ID number, newest run first; not-found and invalid IDs are kept.
+    ``labels`` (from :func:`run_labels`) saves re-reading the runs' code tables per call."""
     results: list[LookupResult] = []
     for raw in queries:
         number = normalise(raw)
@@ -69,11 +72,15 @@ def lookup(engine: Engine, queries: Iterable[str]) -> list[LookupResult]:
     with translate_errors():
         if "hukou_type_history" in schema.missing_tables(engine):
             raise RegisterStateError("no history table in this database: no cutover has run")
+        # A register may hold the old 15-digit form of a number asked in 18 digits, or the reverse:
+        # both forms are looked up.
         by_number: dict[str, list[LookupResult]] = {}
         for r in results:
-            by_number.setdefault(r.id_number, []).append(r)
+            for form in {r.id_number, *_other_forms(r.id_number)}:
+                by_number.setdefault(form, []).append(r)
         numbers = list(by_number)
-        labels = _run_labels(engine)
+        if labels is None:
+            labels = run_labels(engine)
         with engine.connect() as conn:
             for start in range(0, len(numbers), _LOOKUP_CHUNK):
                 chunk = numbers[start : start + _LOOKUP_CHUNK]
@@ -90,7 +97,7 @@ def lookup(engine: Engine, queries: Iterable[str]) -> list[LookupResult]:
                     )
                     .outerjoin(R, R.c.record_id == H.c.record_id)
                     .where(H.c.id_number.in_(chunk))
-                    .order_by(H.c.id_number, H.c.converted_at.desc())
+                    .order_by(H.c.id_number, H.c.converted_at.desc(), H.c.history_id.desc())
                 )
                 for row in rows:
                     entry = HistoryEntry(
@@ -119,7 +126,7 @@ def lookup(engine: Engine, queries: Iterable[str]) -> list[LookupResult]:
     return results
 
 
-def _run_labels(engine: Engine) -> dict[str, dict[str, str]]:
+def run_labels(engine: Engine) -> dict[str, dict[str, str]]:
     """Raw code -> legacy label, per run, from the code table each run used."""
     out: dict[str, dict[str, str]] = {}
     with engine.connect() as conn:
@@ -127,3 +134,18 @@ def _run_labels(engine: Engine) -> dict[str, dict[str, str]]:
             codes = code_table_from_json(table)
             out[run_id] = {e.raw: codes.label(e.raw) for e in codes.entries()}
     return out
+
+
+def current_entry(result: LookupResult) -> HistoryEntry | None:
+    """The entry that answers "what was the type before the reform": the newest live one."""
+    for entry in result.entries:
+        if entry.reverted_at is None:
+            return entry
+    return None
+
+
+def _other_forms(number: str) -> list[str]:
+    """The 15-digit form of an 18-digit number born in the 1900s (what a legacy register may hold)."""
+    if len(number) == 18 and number[6:8] == "19" and number[:17].isdigit():
+        return [number[:6] + number[8:17]]
+    return []
