@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__
 from .codes import CATEGORY_LABELS, NATURE_LABELS
-from .cutover import DEFAULT_BATCH_SIZE, CutoverPlan, CutoverResult, rehearse, run_cutover
+from .cutover import DEFAULT_BATCH_SIZE, CutoverPlan, CutoverResult
 from .db import DEFAULT_URL, ENV_URL, display_url, make_engine, parse_url
 from .errors import (
     DatabaseError,
@@ -35,12 +35,14 @@ from .identity import STATUS_LABELS, lookup_file
 from .idnumbers import mask_id, mask_name
 from .ingest import ImportMode, ImportResult, import_applications, import_register
 from .instants import format_instant
+from .plan import PlanComparison
 from .profiles import BUILTIN_PROFILES, load_profile, resolve_cutoff
 from .progress import Advance, Progress
 from .rollback import rollback_run
+from .runbook import cutover_and_report
 from .sample import SampleOptions, write_sample
 from .verify import verify_run
-from .workbook import WorkbookResult, rewrite_report, write_run_workbook
+from .workbook import WorkbookResult, rewrite_report
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -333,6 +335,23 @@ def profiles_command(show: str | None) -> None:
     is_flag=True,
     help="Write full ID numbers and names into the audit workbook (masked by default).",
 )
+@click.option(
+    "--expect",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="PLAN",
+    help="A rehearsal's plan (.json): compared before writing anything and after finishing.",
+)
+@click.option(
+    "--accept-changes",
+    is_flag=True,
+    help="With --expect: go ahead although the register changed since the rehearsal.",
+)
+@click.option(
+    "--max-exceptions",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Refuse to start when the checks find more than N exceptions of severity error.",
+)
 @db_option
 @quiet_option
 @pass_app
@@ -346,53 +365,80 @@ def cutover_command(
     batch_size: int,
     out: Path,
     unmasked: bool,
+    expect: Path | None,
+    accept_changes: bool,
+    max_exceptions: int | None,
 ) -> None:
     """Re-register every active person in scope as 居民户口 at the cutoff.
 
     With --dry-run this is the rehearsal: the same census and counts as the real run, nothing
-    written. The real run asks for confirmation (unless --yes), holds the database's live-run lock,
-    and can be re-run after any interruption: it continues the same run.
+    written to the database; it writes its plan beside the workbook. The real run asks for
+    confirmation (unless --yes), holds the database's live-run lock, and can be re-run after any
+    interruption: it continues the same run. With --expect PLAN it refuses to start on a register
+    that changed since that rehearsal (unless --accept-changes) and shows what changed.
 
     Both write the audit workbook (xlsx, personal data masked unless --unmasked) into --out.
     """
+    if dry_run and (expect or accept_changes or max_exceptions is not None):
+        raise UsageError("--expect, --accept-changes and --max-exceptions are for the real run")
     profile = load_profile(profile_name)
     resolved = resolve_cutoff(profile, cutoff, force_cutoff)
     engine = app.engine()
-    if dry_run:
-        result = rehearse(engine, profile, resolved, progress=app.progress())
-    else:
 
-        def confirm(plan: CutoverPlan) -> bool:
-            if yes:
-                return True
-            what = (
-                f"Continue unfinished run {plan.resuming_run}"
-                if plan.resuming_run
-                else f"Convert {plan.census.to_convert} records"
-            )
-            click.echo(
-                f"{what} of {plan.profile.name} ({plan.profile.display_name}) at cutoff"
-                f" {format_instant(plan.cutoff.instant)} in {display_url(engine.url)}.",
-                err=True,
-            )
-            try:
-                return click.confirm("This writes to the register. Proceed?", err=True)
-            except click.Abort:
-                return False
-
-        result = run_cutover(
-            engine,
-            profile,
-            resolved,
-            batch_size=batch_size,
-            confirm=confirm,
-            progress=app.progress(),
+    def confirm(plan: CutoverPlan) -> bool:
+        if yes:
+            return True
+        what = (
+            f"Continue unfinished run {plan.resuming_run}"
+            if plan.resuming_run
+            else f"Convert {plan.census.to_convert} records"
         )
+        click.echo(
+            f"{what} of {plan.profile.name} ({plan.profile.display_name}) at cutoff"
+            f" {format_instant(plan.cutoff.instant)} in {display_url(engine.url)}.",
+            err=True,
+        )
+        try:
+            return click.confirm("This writes to the register. Proceed?", err=True)
+        except click.Abort:
+            return False
+
+    report = cutover_and_report(
+        engine,
+        profile,
+        resolved,
+        rehearsal=dry_run,
+        out_dir=out,
+        unmasked=unmasked,
+        batch_size=batch_size,
+        confirm=confirm,
+        expect=expect,
+        accept_changes=accept_changes,
+        max_exceptions=max_exceptions,
+        progress=app.progress(),
+    )
+    result = report.result
     _print_cutover(result, display_url(engine.url))
-    written = write_run_workbook(engine, result, out, unmasked=unmasked, progress=app.progress())
-    _print_workbook(written)
+    _print_workbook(report.workbook)
+    if result.plan_path is not None:
+        click.echo(f"plan for the real run: {result.plan_path} (cutover --expect PLAN)")
+    if result.plan_comparison is not None:
+        _print_comparison(result.plan_comparison)
     if result.rehearsal and result.unmapped:
         raise UnmappedCodesError(result.unmapped, rehearsal=True)
+
+
+def _print_comparison(comparison: PlanComparison) -> None:
+    state = "matches" if comparison.matches else "DIFFERS"
+    click.echo(f"compared with the rehearsal plan {comparison.plan_path}: {state}")
+    if not comparison.compared_before:
+        click.echo("  before: not compared (the run was resumed or already complete)")
+    if comparison.accepted:
+        click.echo("  the run went ahead on a changed register (--accept-changes)")
+    if comparison.record_differences:
+        click.echo(f"  records changed since the rehearsal: {comparison.record_differences}")
+    for d in (comparison.before + comparison.after)[:40]:
+        click.echo(f"  {d.kind:<11} {d.key}: rehearsal {d.expected}, run {d.actual}")
 
 
 def _print_cutover(result: CutoverResult, db: str) -> None:

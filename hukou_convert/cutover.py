@@ -54,6 +54,7 @@ from .errors import (
     PlanMismatchError,
     RegisterStateError,
     RunMismatchError,
+    TooManyExceptionsError,
     UnmappedCodesError,
 )
 from .findings import Finding
@@ -206,8 +207,12 @@ def run_cutover(
     progress: Progress = no_progress,
     expect: Path | None = None,
     accept_changes: bool = False,
+    max_exceptions: int | None = None,
 ) -> CutoverResult:
     """The real run, or the continuation of an unfinished one with the same profile and cutoff.
+
+    With ``max_exceptions`` a new run first runs the checks a rehearsal runs and refuses to start
+    when they find more exceptions of severity error.
 
     With ``expect`` (a rehearsal's plan) the run compares before writing anything — parameters,
     census, and every register record — and refuses on a difference unless ``accept_changes``;
@@ -221,7 +226,15 @@ def run_cutover(
         schema.ensure_schema(engine)
         with live_run_lock(engine, lambda: describe_live_run(engine)):
             result = _locked_cutover(
-                engine, profile, cutoff, batch_size, confirm, progress, plan, accept_changes
+                engine,
+                profile,
+                cutoff,
+                batch_size,
+                confirm,
+                progress,
+                plan,
+                accept_changes,
+                max_exceptions,
             )
     if plan is not None and result.plan_comparison is not None:
         result.plan_comparison.after = compare_outcome(
@@ -242,6 +255,7 @@ def _locked_cutover(
     progress: Progress,
     plan: Plan | None,
     accept_changes: bool,
+    max_exceptions: int | None = None,
 ) -> CutoverResult:
     comparison = PlanComparison(str(plan.path)) if plan is not None else None
     with engine.connect() as conn:
@@ -293,6 +307,15 @@ def _locked_cutover(
         unmapped = predicted.unmapped()
         if unmapped:
             raise UnmappedCodesError(unmapped, rehearsal=False)
+        if max_exceptions is not None:
+            with engine.connect() as conn:
+                errors = Counter(
+                    f.code
+                    for f in gather_findings(conn, profile, cutoff, decisions, progress)
+                    if f.severity == "error"
+                )
+            if sum(errors.values()) > max_exceptions:
+                raise TooManyExceptionsError(sum(errors.values()), max_exceptions, dict(errors))
         if confirm is not None and not confirm(CutoverPlan(profile, cutoff, predicted, None)):
             raise Aborted("not confirmed: nothing was written")
         comparer = RecordComparer(plan) if plan is not None else None

@@ -172,6 +172,24 @@ class ChangedSinceCutoverError(HukouError):
         )
 
 
+class TooManyExceptionsError(HukouError):
+    """--max-exceptions: the census before the real run found more exceptions than allowed."""
+
+    exit_code = 14
+
+    def __init__(self, found: int, allowed: int, by_code: dict[str, int]) -> None:
+        self.found = found
+        self.allowed = allowed
+        self.by_code = dict(by_code)
+        listed = ", ".join(
+            f"{code} {n}" for code, n in sorted(by_code.items(), key=lambda kv: -kv[1])
+        )
+        super().__init__(
+            f"cutover refused before writing anything: {found} exception(s) of severity error"
+            f" where --max-exceptions allows {allowed} ({listed})"
+        )
+
+
 class Aborted(HukouError):
     """The operator did not confirm a destructive step."""
 

@@ -202,3 +202,54 @@ def test_rehearsal_leaves_the_database_untouched(db_url: str, sample_csv: Path) 
     assert run("cutover", "-p", "zhenhai", "--dry-run", "-q", "--db", db_url)[0] == 0
     assert table_dump(engine) == before
     engine.dispose()
+
+
+def test_rehearsal_plan_then_cutover_expect(db_url: str, sample_csv: Path, tmp_path: Path) -> None:
+    db = ["--db", db_url]
+    reports = tmp_path / "reports"
+    run("import", str(sample_csv), *db)
+    code, out, _ = run("cutover", "-p", "zhenhai", "--dry-run", "-q", "--out", str(reports), *db)
+    assert code == 0
+    [plan] = list(reports.glob("hukou-plan-zhenhai-*.json"))
+    assert f"plan for the real run: {plan}" in out
+
+    engine = make_engine(parse_url(db_url))
+    with engine.begin() as conn:
+        conn.execute(
+            update(schema.register).where(schema.register.c.record_id == 5).values(name="改名")
+        )
+    engine.dispose()
+    code, out, err = run("cutover", "-p", "zhenhai", "--yes", "-q", "--expect", str(plan), *db)
+    assert code == 12
+    assert "record 5: changed since" in err and "nothing was written" in err
+
+    code, out, _ = run(
+        "cutover",
+        "-p",
+        "zhenhai",
+        "--yes",
+        "-q",
+        "--expect",
+        str(plan),
+        "--accept-changes",
+        "--out",
+        str(reports),
+        *db,
+    )
+    assert code == 0, out
+    assert "DIFFERS" in out and "records changed since the rehearsal: 1" in out
+
+
+def test_max_exceptions_refuses_the_real_run(sqlite_url: str, sample_csv: Path) -> None:
+    db = ["--db", sqlite_url]
+    run("import", str(sample_csv), *db)
+    engine = make_engine(parse_url(sqlite_url))
+    before = table_dump(engine)
+    code, _, err = run("cutover", "-p", "zhenhai", "--yes", "-q", "--max-exceptions", "0", *db)
+    assert code == 14
+    assert "WRONG_CHECK_DIGIT 1" in err and "DUPLICATE_ID_NUMBER 2" in err
+    assert table_dump(engine) == before
+    code, _, _ = run("cutover", "-p", "zhenhai", "--yes", "-q", "--max-exceptions", "50", *db)
+    assert code == 0
+    code, _, err = run("cutover", "-p", "zhenhai", "--dry-run", "--max-exceptions", "5", *db)
+    assert code == 2 and "for the real run" in err
