@@ -75,7 +75,7 @@ INACTIVE_NOT_CONVERTED = "非在册记录（注销等），本不在转换之列
 NEVER_CONVERTED = "不属于任何辖区范围，任何转换都不会处理；补录行政区划代码后重新检查"
 
 _STREAM_ROWS = 20_000
-_HEAD_RELATIONS = ("本人", "户主")
+HEAD_RELATIONS = ("本人", "户主")
 _EARLIEST_BIRTH = date(1900, 1, 1)
 _DIVISION_SHAPE = re.compile(r"^(?:\d{6}|\d{9}|\d{12})$")
 _LISTED_OTHERS = 10  # other record ids named in a duplicate's explanation
@@ -116,6 +116,8 @@ _SPECS = (
 )
 
 CHECKS: dict[str, CheckSpec] = {spec.code: spec for spec in _SPECS}
+# What a profile may hold back (``hold_back``): the register checks and changes during the freeze.
+HOLDABLE_CODES = frozenset(CHECKS) | {"LATE_CHANGE"}
 
 
 @dataclass
@@ -529,7 +531,7 @@ def _households_without_head(
     conn: Connection, profile: Profile, scope: ColumnElement[bool], add: _Add
 ) -> None:
     has_relation = _flag(~_blank(R.c.relation))
-    is_head = _flag(R.c.relation.in_(_HEAD_RELATIONS))
+    is_head = _flag(R.c.relation.in_(HEAD_RELATIONS))
     collective = _flag(_collective(profile))
     households = (
         select(

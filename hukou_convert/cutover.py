@@ -58,8 +58,17 @@ from .errors import (
     UnmappedCodesError,
 )
 from .findings import Finding
+from .holds import (
+    current_holds,
+    held_breakdown,
+    held_records,
+    not_held,
+    store_holds,
+    with_hold_actions,
+)
 from .inflight import (
     Decision,
+    Outcome,
     applied_application,
     apply_decisions,
     decide,
@@ -117,6 +126,8 @@ class CutoverResult:
     batches: int = 0
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    held: dict[int, list[str]] = field(default_factory=dict)  # record key -> hold-back codes
+    released: int = 0  # held records converted by this invocation, their exception resolved
     plan_path: Path | None = None  # the plan a rehearsal wrote
     plan_comparison: PlanComparison | None = None  # the real run against ``--expect PLAN``
 
@@ -150,6 +161,14 @@ def rehearse(
             census = moved_census(take_census(conn, R, profile), decisions)
             fingerprint = register_fingerprint(conn, R, progress=progress, on_row=recorder)
             findings = gather_findings(conn, profile, cutoff, decisions, progress)
+            held, held_by = held_breakdown(
+                conn,
+                profile,
+                profile.codes,
+                held_records(findings, profile.hold_back),
+                _moves(decisions),
+            )
+            converted_by = census.to_convert_by() - held_by
             conn.rollback()
     except BaseException:
         if recorder is not None:
@@ -165,6 +184,7 @@ def rehearse(
                 database=display_url(engine.url),
                 fingerprint=fingerprint,
                 census=census,
+                converted_by=_by_key(converted_by),
                 applications=_outcomes(decisions),
                 findings=_finding_keys(findings),
             )
@@ -174,15 +194,25 @@ def rehearse(
         profile=profile,
         cutoff=cutoff,
         census=census,
-        converted=census.to_convert,
-        converted_by=census.to_convert_by(),
+        converted=sum(converted_by.values()),
+        converted_by=converted_by,
         fingerprint=fingerprint,
         decisions=decisions,
         findings=findings,
+        held=held,
         started_at=started,
         finished_at=now(),
         plan_path=plan_path,
     )
+
+
+def _moves(decisions: list[Decision]) -> dict[int, str]:
+    """Register codes that approved applications change before the conversion."""
+    return {
+        d.record_id: d.to_code
+        for d in decisions
+        if d.outcome is Outcome.APPLIED and d.to_code and d.record_id is not None and not d.stored
+    }
 
 
 def _outcomes(decisions: list[Decision]) -> dict[str, str]:
@@ -290,7 +320,15 @@ def _locked_cutover(
             completed.profile_fingerprint == profile.fingerprint()
             and completed.cutoff == cutoff.instant
         ):
-            done = _finished_result(engine, completed, profile, cutoff, "already-complete")
+            released = _release_resolved(engine, completed, profile, cutoff, progress)
+            with engine.connect() as conn:
+                completed = conn.execute(
+                    select(RUNS).where(RUNS.c.run_id == completed.run_id)
+                ).one()
+            done = _finished_result(
+                engine, completed, profile, cutoff, "released" if released else "already-complete"
+            )
+            done.released = released
             if comparison is not None:
                 comparison.compared_before = False
             done.plan_comparison = comparison
@@ -307,13 +345,19 @@ def _locked_cutover(
         unmapped = predicted.unmapped()
         if unmapped:
             raise UnmappedCodesError(unmapped, rehearsal=False)
-        if max_exceptions is not None:
+        held: dict[int, list[str]] = {}
+        if max_exceptions is not None or profile.hold_back:
             with engine.connect() as conn:
-                errors = Counter(
-                    f.code
-                    for f in gather_findings(conn, profile, cutoff, decisions, progress)
-                    if f.severity == "error"
+                found = gather_findings(conn, profile, cutoff, decisions, progress)
+                held, _ = held_breakdown(
+                    conn,
+                    profile,
+                    profile.codes,
+                    held_records(found, profile.hold_back),
+                    _moves(decisions),
                 )
+        if max_exceptions is not None:
+            errors = Counter(f.code for f in found if f.severity == "error")
             if sum(errors.values()) > max_exceptions:
                 raise TooManyExceptionsError(sum(errors.values()), max_exceptions, dict(errors))
         if confirm is not None and not confirm(CutoverPlan(profile, cutoff, predicted, None)):
@@ -341,7 +385,7 @@ def _locked_cutover(
         run_id = _new_run_id()
         started = now()
         census = _record_run(
-            engine, run_id, profile, cutoff, decisions, fingerprint, batch_size, started
+            engine, run_id, profile, cutoff, decisions, held, fingerprint, batch_size, started
         )
         outcome = "completed"
 
@@ -401,6 +445,7 @@ def _finished_result(
             by[(Nature(nature), Category(category) if category else None)] += int(n)
         decisions = decide(conn, profile, census.codes, cutoff.instant)
         findings = gather_findings(conn, profile, cutoff, decisions)
+        held = current_holds(conn, run_id)
     return CutoverResult(
         rehearsal=False,
         profile=profile,
@@ -413,6 +458,7 @@ def _finished_result(
         fingerprint=str(run.register_sha256 or ""),
         decisions=decisions,
         findings=findings,
+        held=held,
         started_at=run.started_at,
         finished_at=run.finished_at,
     )
@@ -428,6 +474,7 @@ def _record_run(
     profile: Profile,
     cutoff: ResolvedCutoff,
     decisions: list[Decision],
+    held: dict[int, list[str]],
     fingerprint: str,
     batch_size: int,
     started: datetime,
@@ -457,6 +504,7 @@ def _record_run(
             )
         )
         apply_decisions(conn, run_id, decisions)
+        store_holds(conn, run_id, held)
         census = take_census(conn, R, profile)
         if census.lines:
             conn.execute(
@@ -517,11 +565,8 @@ def _convert_batches(
     census: Census,
     progress: Progress,
 ) -> int:
-    raws, nature, category, new_label = conversion_expressions(codes)
-    application = applied_application(run_id)
-    scope_pred = and_(
-        in_scope(R, profile.scope), is_active(R, profile.active_statuses), R.c.hukou_type.in_(raws)
-    )
+    exprs = conversion_expressions(codes)
+    scope_pred = _conversion_predicate(run_id, exprs[0], profile)
     key = R.c.record_id
     B = schema.run_batches
     with engine.connect() as conn:
@@ -552,63 +597,12 @@ def _convert_batches(
                     if hi is None:
                         break  # nothing after the last checkpoint: the run is complete
                 window = and_(after, key <= hi)
-                effective = bindparam("effective_at", cutoff.instant, type_=schema.Instant())
-                converted_at = bindparam("converted_at", now(), type_=schema.Instant())
-                source = select(
-                    R.c.id_number,
-                    R.c.hukou_type,
-                    nature,
-                    category,
-                    literal(NEW_TYPE),
-                    effective,
-                    converted_at,
-                    literal(run_id),
-                    R.c.record_id,
-                    R.c.division_code,
-                    application,
-                    R.c.household_category,
-                ).where(window, scope_pred)
-                conn.execute(
-                    insert(H).from_select(
-                        [
-                            "id_number",
-                            "original_code",
-                            "original_nature",
-                            "household_category",
-                            "new_type",
-                            "effective_at",
-                            "converted_at",
-                            "run_id",
-                            "record_id",
-                            "division_code",
-                            "application_id",
-                            "original_category_label",
-                        ],
-                        source,
-                    )
+                history_window = and_(
+                    H.c.record_id > (lo if lo is not None else -1), H.c.record_id <= hi
                 )
-                # MySQL evaluates single-table SET clauses left to right: 户别 first, while
-                # hukou_type still holds the original code.
-                updated = conn.execute(
-                    update(R)
-                    .where(window, scope_pred)
-                    .ordered_values(
-                        (R.c.household_category, new_label), (R.c.hukou_type, RESIDENT_TYPE)
-                    )
-                ).rowcount
-                # Counted, not taken from the INSERT's rowcount (psycopg reports -1 for
-                # INSERT … SELECT through SQLAlchemy): an independent check of the batch.
-                inserted = conn.execute(
-                    select(func.count())
-                    .select_from(H)
-                    .where(H.c.run_id == run_id, H.c.record_id > (lo if lo is not None else -1))
-                    .where(H.c.record_id <= hi)
-                ).scalar_one()
-                if inserted != updated:
-                    raise RegisterStateError(
-                        f"batch {batch_no + 1}: {inserted} history rows but {updated} records"
-                        " updated (the register changed under the run?); batch rolled back"
-                    )
+                updated = _convert_window(
+                    conn, run_id, exprs, scope_pred, cutoff, window, history_window, batch_no + 1
+                )
                 batch_no += 1
                 conn.execute(
                     insert(B).values(
@@ -629,6 +623,151 @@ def _convert_batches(
     return batches
 
 
+def _conversion_predicate(run_id: str, raws: list[str], profile: Profile) -> ColumnElement[bool]:
+    """What the run converts: active records in scope with a code to convert, not held back."""
+    return and_(
+        in_scope(R, profile.scope),
+        is_active(R, profile.active_statuses),
+        R.c.hukou_type.in_(raws),
+        not_held(run_id),
+    )
+
+
+def _convert_window(
+    conn: Connection,
+    run_id: str,
+    exprs: tuple[list[str], ColumnElement[Any], ColumnElement[Any], ColumnElement[Any]],
+    scope_pred: ColumnElement[bool],
+    cutoff: ResolvedCutoff,
+    window: ColumnElement[bool],
+    history_window: ColumnElement[bool],
+    batch_no: int,
+) -> int:
+    """One batch, set-based: the history rows (INSERT … SELECT), then the register (one UPDATE)."""
+    _raws, nature, category, new_label = exprs
+    effective = bindparam("effective_at", cutoff.instant, type_=schema.Instant())
+    converted_at = bindparam("converted_at", now(), type_=schema.Instant())
+    source = select(
+        R.c.id_number,
+        R.c.hukou_type,
+        nature,
+        category,
+        literal(NEW_TYPE),
+        effective,
+        converted_at,
+        literal(run_id),
+        R.c.record_id,
+        R.c.division_code,
+        applied_application(run_id),
+        R.c.household_category,
+    ).where(window, scope_pred)
+    conn.execute(
+        insert(H).from_select(
+            [
+                "id_number",
+                "original_code",
+                "original_nature",
+                "household_category",
+                "new_type",
+                "effective_at",
+                "converted_at",
+                "run_id",
+                "record_id",
+                "division_code",
+                "application_id",
+                "original_category_label",
+            ],
+            source,
+        )
+    )
+    # MySQL evaluates single-table SET clauses left to right: 户别 first, while hukou_type still
+    # holds the original code.
+    updated = conn.execute(
+        update(R)
+        .where(window, scope_pred)
+        .ordered_values((R.c.household_category, new_label), (R.c.hukou_type, RESIDENT_TYPE))
+    ).rowcount
+    # Counted, not taken from the INSERT's rowcount (psycopg reports -1 for INSERT … SELECT
+    # through SQLAlchemy): an independent check of the batch.
+    inserted = conn.execute(
+        select(func.count()).select_from(H).where(H.c.run_id == run_id, history_window)
+    ).scalar_one()
+    if inserted != updated:
+        raise RegisterStateError(
+            f"batch {batch_no}: {inserted} history rows but {updated} records updated (the"
+            " register changed under the run?); batch rolled back"
+        )
+    return int(updated)
+
+
+def _release_resolved(
+    engine: Engine, run: Row[Any], profile: Profile, cutoff: ResolvedCutoff, progress: Progress
+) -> int:
+    """Convert, within the same run, held records whose hold-back exceptions are resolved."""
+    run_id = str(run.run_id)
+    with engine.connect() as conn:
+        held = current_holds(conn, run_id)
+        if not held:
+            return 0
+        decisions = decide(conn, profile, profile.codes, cutoff.instant)
+        still = held_records(
+            gather_findings(conn, profile, cutoff, decisions, progress), profile.hold_back
+        )
+    resolved = sorted(k for k in held if k not in still)
+    if not resolved:
+        return 0
+    exprs = conversion_expressions(run_codes(engine, run_id))
+    scope_pred = _conversion_predicate(run_id, exprs[0], profile)
+    B = schema.run_batches
+    released = 0
+    for start in range(0, len(resolved), 1_000):
+        keys = resolved[start : start + 1_000]
+        with engine.begin() as conn:
+            conn.execute(
+                update(schema.run_holds)
+                .where(
+                    schema.run_holds.c.run_id == run_id,
+                    schema.run_holds.c.record_id.in_(keys),
+                    schema.run_holds.c.state == "held",
+                )
+                .values(state="released", released_at=now())
+            )
+            last = conn.execute(
+                select(B.c.batch_no, B.c.last_key)
+                .where(B.c.run_id == run_id)
+                .order_by(B.c.batch_no.desc())
+                .limit(1)
+            ).one()
+            batch_no = int(last.batch_no)
+            converted = _convert_window(
+                conn,
+                run_id,
+                exprs,
+                scope_pred,
+                cutoff,
+                R.c.record_id.in_(keys),
+                H.c.record_id.in_(keys),
+                batch_no + 1,
+            )
+            conn.execute(
+                insert(B).values(
+                    run_id=run_id,
+                    batch_no=batch_no + 1,
+                    first_key="released",  # a release batch: the key window is unchanged
+                    last_key=last.last_key,
+                    converted=converted,
+                    committed_at=now(),
+                )
+            )
+            conn.execute(
+                update(RUNS)
+                .where(RUNS.c.run_id == run_id)
+                .values(converted=RUNS.c.converted + converted)
+            )
+        released += converted
+    return released
+
+
 # ---------------------------------------------------------------- queries about runs
 
 
@@ -645,7 +784,7 @@ def gather_findings(
     findings = list(run_checks(conn, profile, cutoff=cutoff.instant, progress=progress).findings)
     findings.extend(d.finding() for d in decisions)
     findings.extend(late_changes(conn, profile))
-    return findings
+    return with_hold_actions(findings, profile.hold_back)
 
 
 def _require_register(engine: Engine) -> None:

@@ -96,6 +96,7 @@ def plan_document(
     database: str,
     fingerprint: str,
     census: Census,
+    converted_by: dict[str, int],
     applications: dict[str, str],
     findings: list[tuple[str, int | None]],
 ) -> dict[str, Any]:
@@ -119,10 +120,8 @@ def plan_document(
             for line in census.lines
         ],
         "counts": census_counts(census),
-        "to_convert_by": {
-            f"{nature.value}/{category.value if category else ''}": n
-            for (nature, category), n in sorted(census.to_convert_by().items())
-        },
+        # what the run will convert (records held back for review excluded)
+        "to_convert_by": dict(sorted(converted_by.items())),
         "applications": applications,
         "findings": [[code, record_id] for code, record_id in findings],
     }

@@ -33,6 +33,8 @@ class Profile:
     deadline: datetime | None = None  # "…前": the latest allowed cutoff
     freeze_start: datetime | None = None  # 停办: register business stopped from here
     active_statuses: tuple[str, ...] = ("正常",)
+    # exception codes whose records the real run holds back for manual review instead of converting
+    hold_back: tuple[str, ...] = ()
     notes: str = ""
 
     def fingerprint(self) -> str:
@@ -40,6 +42,7 @@ class Profile:
         payload = {
             "scope": sorted(self.scope),
             "active": sorted(self.active_statuses),
+            "hold_back": sorted(self.hold_back),
             "codes": sorted(
                 (e.raw, e.action.value, e.nature or "", e.category or "")
                 for e in self.codes.entries()
@@ -151,6 +154,7 @@ _KNOWN_KEYS = {
     "deadline",
     "freeze_start",
     "active_statuses",
+    "hold_back",
     "base",
     "builtin_codes",
     "codes",
@@ -199,11 +203,25 @@ def _profile_from_dict(data: dict[str, Any], origin: str) -> Profile:
         active_statuses=tuple(
             str(s) for s in data.get("active_statuses", base.active_statuses if base else ("正常",))
         ),
+        hold_back=_hold_back(data.get("hold_back", base.hold_back if base else ())),
         notes=str(data.get("notes", base.notes if base else "")),
     )
     if profile.cutoff is not None and profile.deadline is not None:
         profile = replace(profile, deadline=None)
     return profile
+
+
+def _hold_back(raw: Any) -> tuple[str, ...]:
+    from .checks import HOLDABLE_CODES  # checks depend on profiles: imported when needed
+
+    codes = tuple(str(c) for c in raw)
+    unknown = [c for c in codes if c not in HOLDABLE_CODES]
+    if unknown:
+        raise ValueError(
+            f"hold_back: unknown exception code(s) {', '.join(unknown)}; known:"
+            f" {', '.join(sorted(HOLDABLE_CODES))}"
+        )
+    return codes
 
 
 def _code_entry(raw: str, spec: Any) -> CodeEntry:

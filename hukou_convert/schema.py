@@ -193,6 +193,20 @@ run_batches = Table(
     **_mysql,
 )
 
+# Records a run held back for manual review (profile ``hold_back``): held, or released later and
+# converted by the same run once their exception was resolved.
+run_holds = Table(
+    "hukou_run_holds",
+    metadata,
+    Column("run_id", String(40), nullable=False),
+    Column("record_id", BigInteger, nullable=False),
+    Column("codes", String(400), nullable=False),  # the exception codes that held it
+    Column("state", String(10), nullable=False),  # held | released
+    Column("released_at", Instant),
+    PrimaryKeyConstraint("run_id", "record_id"),
+    **_mysql,
+)
+
 # One row per committed rollback batch, in the same transaction as the restore.
 rollback_batches = Table(
     "hukou_rollback_batches",
@@ -225,6 +239,20 @@ history = Table(
     Column("reverted_at", Instant),
     Index("ix_hukou_type_history_id_number", "id_number"),
     Index("ix_hukou_type_history_run_record", "run_id", "record_id"),
+    **_mysql,
+)
+
+
+# Divisions imported with ``hukou-convert divisions import``: overlaid on the table the tool ships.
+divisions = Table(
+    "hukou_divisions",
+    metadata,
+    Column("code", String(12), primary_key=True),  # 12 digits
+    Column("name", String(100), nullable=False),
+    Column("level", Integer, nullable=False),  # 2 city, 3 county, 4 township, 5 village-level
+    Column("parent_code", String(12)),
+    Column("urban_rural_code", String(3)),  # 1xx urban, 2xx rural; village level only
+    Column("source", String(400)),  # the file it was imported from, and its SHA-256
     **_mysql,
 )
 

@@ -140,7 +140,9 @@ def test_resume_with_other_parameters_exit_8(sqlite_url: str, sample_csv: Path) 
     from hukou_convert.profiles import BUILTIN_PROFILES, resolve_cutoff
 
     zhenhai = BUILTIN_PROFILES["zhenhai"]
-    _record_run(engine, "R-unfinished", zhenhai, resolve_cutoff(zhenhai, None), [], "", 10, now())
+    _record_run(
+        engine, "R-unfinished", zhenhai, resolve_cutoff(zhenhai, None), [], {}, "", 10, now()
+    )
     code, _, err = run(
         "cutover",
         "-p",

@@ -1,0 +1,102 @@
+"""Records held back for manual review (a profile's ``hold_back`` exception codes).
+
+By default an exception is reported and the record converted: the reform applies to everyone. A
+profile may instead hold back the records of some exception codes. The real run then leaves them
+unconverted and lists them in ``hukou_run_holds`` (state ``held``), so that none is forgotten; once
+the exception is resolved in the register, running the same cutover command again converts them
+within the same run (state ``released``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+
+from sqlalchemy import ColumnElement, Connection, and_, exists, insert, select
+
+from . import schema
+from .census import derive_category, in_scope, is_active
+from .codes import Action, Category, CodeTable, Nature
+from .findings import Finding
+from .profiles import Profile
+
+R = schema.register
+HOLDS = schema.run_holds
+
+HELD_ACTION = "暂缓转换（保留原类型），待人工核查；问题解决后重新执行同一转换命令即予转换"
+
+
+def held_records(findings: Iterable[Finding], hold_back: Iterable[str]) -> dict[int, list[str]]:
+    """Record key -> the hold-back codes found on it."""
+    codes = set(hold_back)
+    out: dict[int, list[str]] = defaultdict(list)
+    for f in findings:
+        if f.code in codes and f.record_id is not None and f.code not in out[f.record_id]:
+            out[f.record_id].append(f.code)
+    return dict(out)
+
+
+def with_hold_actions(findings: list[Finding], hold_back: Iterable[str]) -> list[Finding]:
+    """The findings, the held ones saying what is done with them."""
+    codes = set(hold_back)
+    if not codes:
+        return findings
+    return [replace(f, action=HELD_ACTION) if f.code in codes else f for f in findings]
+
+
+def held_breakdown(
+    conn: Connection,
+    profile: Profile,
+    codes: CodeTable,
+    held: Mapping[int, list[str]],
+    moves: Mapping[int, str] | None = None,
+) -> tuple[dict[int, list[str]], Counter[tuple[Nature, Category | None]]]:
+    """Of the flagged records, those the run would otherwise convert (only these are held), and
+    their count by nature and 户别. ``moves``: register codes an approved application changes
+    first (record key -> new code)."""
+    out: Counter[tuple[Nature, Category | None]] = Counter()
+    kept: dict[int, list[str]] = {}
+    keys = sorted(held)
+    scoped = and_(in_scope(R, profile.scope), is_active(R, profile.active_statuses))
+    for start in range(0, len(keys), 500):
+        rows = conn.execute(
+            select(R.c.record_id, R.c.hukou_type, R.c.household_category).where(
+                R.c.record_id.in_(keys[start : start + 500]), scoped
+            )
+        )
+        for record_id, raw, label in rows:
+            raw = (moves or {}).get(int(record_id), raw)
+            entry = codes.get(raw)
+            if entry is None or entry.action is not Action.CONVERT or entry.nature is None:
+                continue
+            out[(entry.nature, derive_category(codes, raw, label))] += 1
+            kept[int(record_id)] = held[int(record_id)]
+    return kept, out
+
+
+def store_holds(conn: Connection, run_id: str, held: Mapping[int, list[str]]) -> None:
+    rows = [
+        {"run_id": run_id, "record_id": k, "codes": ",".join(v)[:400], "state": "held"}
+        for k, v in sorted(held.items())
+    ]
+    for start in range(0, len(rows), 5_000):
+        conn.execute(insert(HOLDS), rows[start : start + 5_000])
+
+
+def not_held(run_id: str) -> ColumnElement[bool]:
+    """Records the run converts: those it does not hold."""
+    return ~exists(
+        select(HOLDS.c.record_id).where(
+            HOLDS.c.run_id == run_id, HOLDS.c.record_id == R.c.record_id, HOLDS.c.state == "held"
+        )
+    )
+
+
+def current_holds(conn: Connection, run_id: str) -> dict[int, list[str]]:
+    rows = conn.execute(
+        select(HOLDS.c.record_id, HOLDS.c.codes).where(
+            HOLDS.c.run_id == run_id, HOLDS.c.state == "held"
+        )
+    )
+    return {int(k): str(v).split(",") for k, v in rows}
