@@ -6,6 +6,8 @@ birth place is expensive and only needed by the 假 checks, once per distinct ad
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 _WEIGHTS = [pow(2, 17 - i, 11) for i in range(17)]
 
 
@@ -51,3 +53,10 @@ def mask_name(name: str | None) -> str:
     if not name:
         return ""
     return name[0] + "*" * (len(name) - 1)
+
+
+def maskers(unmasked: bool) -> tuple[Callable[[str | None], str], Callable[[str | None], str]]:
+    """(ID number, name) as shown: masked by default, in full when asked."""
+    if unmasked:
+        return (lambda v: v or ""), (lambda v: v or "")
+    return mask_id, mask_name

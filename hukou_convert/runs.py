@@ -92,3 +92,25 @@ def run_profile(engine: Engine, run: Row[Any]) -> Profile:
         codes=run_codes(engine, str(run.run_id)),
         active_statuses=tuple(str(run.active_statuses).split(",")),
     )
+
+
+def completed_run(engine: Engine, run_id: str | None) -> Row[Any]:
+    """A completed run by id, or the latest completed one (reports after the cutover read it)."""
+    if run_id is not None:
+        run = find_run(engine, run_id)
+        if run.status != "completed":
+            raise RegisterStateError(
+                f"run {run.run_id} is not a completed cutover (status {run.status})"
+            )
+        return run
+    find_run(engine, None)  # no runs table or no run at all: say so
+    with translate_errors(), engine.connect() as conn:
+        row = conn.execute(
+            select(RUNS)
+            .where(RUNS.c.status == "completed")
+            .order_by(RUNS.c.started_at.desc())
+            .limit(1)
+        ).first()
+    if row is None:
+        raise RegisterStateError("no completed cutover run in this database")
+    return row

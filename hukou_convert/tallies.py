@@ -1,13 +1,14 @@
 """The statistical sheets of the audit workbook: 分类汇总 (converted persons by district, township
 and original nature, with a chart) and 城乡统计 (registered population in urban and rural units, and
-户籍人口城镇化率), with division names from the shipped NBS table.
+户籍人口城镇化率), with division names from the division table in effect (the shipped NBS table,
+overlaid with imported divisions). ``stats.py`` builds on the same pieces.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from openpyxl import Workbook
 from openpyxl.chart import BarChart, Reference
@@ -16,21 +17,29 @@ from sqlalchemy import func as sqlfunc
 
 from . import schema
 from .census import in_scope, is_active
-from .codes import NATURE_LABELS, Action, Nature
+from .codes import NATURE_LABELS, Action, CodeTable, Nature
 from .cutover import CutoverResult
-from .divisions import Division, by_code
+from .divisions import Division, by_code, division_lookup
+from .profiles import Profile
 from .xlsx import HEADER_FILL, HEADER_FONT, Column, PageSetup, TableWriter, styled
 
 R = schema.register
+AreaLevel = Literal["county", "township"]
 UNKNOWN_DIVISION = "（未知区划）"
 NATURE_ORDER = list(NATURE_LABELS)
 
 
 @dataclass
 class Places:
-    """Names and urban-rural codes from the shipped NBS table; unknown codes are shown as such."""
+    """Names and urban-rural codes of divisions; unknown codes are shown as such. ``Places.of(engine)``
+    is the table in effect in a database (imported divisions over the shipped ones); ``Places()``
+    the shipped table alone."""
 
     table: dict[str, Division] = field(default_factory=by_code)
+
+    @classmethod
+    def of(cls, engine: Engine) -> Places:
+        return cls(division_lookup(engine))
 
     @staticmethod
     def _full(code: str | None) -> str:
@@ -41,6 +50,9 @@ class Places:
 
     def township(self, code: str | None) -> str:
         return self._full(code)[:9] + "000"
+
+    def area(self, code: str | None, by: AreaLevel) -> str:
+        return self.county(code) if by == "county" else self.township(code)
 
     def name(self, code: str, level: int) -> str:
         d = self.table.get(code)
@@ -118,21 +130,47 @@ def fill_breakdown(
         + [total]
     )
     if counties:
-        chart = BarChart()
-        chart.type = "col"
+        add_bar_chart(
+            ws,
+            "转换人数：按区县和原户口性质",
+            [5 + i for i, nature in enumerate(NATURE_ORDER) if grand[nature]],
+            header_row,
+            last,
+            category_column=2,
+            anchor="N2",
+        )
+    return total
+
+
+def add_bar_chart(
+    ws: Any,
+    title: str,
+    series_columns: list[int],
+    header_row: int,
+    last_row: int,
+    *,
+    category_column: int,
+    anchor: str,
+    stacked: bool = True,
+) -> None:
+    """A column chart over rows ``header_row + 1 .. last_row``: one series per column (its title
+    from the header row), categories from ``category_column``."""
+    chart = BarChart()
+    chart.type = "col"
+    if stacked:
         chart.grouping = "stacked"
         chart.overlap = 100
-        chart.title = "转换人数：按区县和原户口性质"
-        chart.y_axis.title = "人"
-        chart.width, chart.height = 22, 11
-        for i, nature in enumerate(NATURE_ORDER):
-            if grand[nature]:
-                col = 5 + i
-                data = Reference(ws, min_col=col, min_row=header_row, max_row=last)
-                chart.add_data(data, titles_from_data=True)
-        chart.set_categories(Reference(ws, min_col=2, min_row=header_row + 1, max_row=last))
-        ws.add_chart(chart, "N2")
-    return total
+    chart.title = title
+    chart.y_axis.title = "人"
+    chart.width, chart.height = 22, 11
+    for col in series_columns:
+        chart.add_data(
+            Reference(ws, min_col=col, min_row=header_row, max_row=last_row), titles_from_data=True
+        )
+    chart.set_categories(
+        Reference(ws, min_col=category_column, min_row=header_row + 1, max_row=last_row)
+    )
+    ws.add_chart(chart, anchor)
 
 
 def _code_cell(ws: Any, code: str) -> Any:
@@ -147,22 +185,9 @@ def _code_cell(ws: Any, code: str) -> Any:
 def write_urban_rural(
     engine: Engine, wb: Workbook, page: PageSetup, places: Places, result: CutoverResult
 ) -> None:
-    p = result.profile
-    codes = result.census.codes
-    not_permanent = [e.raw for e in codes.entries() if e.action is Action.NOT_PERMANENT]
-    registered = and_(
-        in_scope(R, p.scope),
-        is_active(R, p.active_statuses),
-        or_(R.c.hukou_type.is_(None), R.c.hukou_type.notin_(not_permanent)),
+    per_county = urban_rural_by_area(
+        places, registered_by_division(engine, result.profile, result.census.codes), "county"
     )
-    per_county: dict[str, Counter[str]] = {}
-    with engine.connect() as conn:
-        for division, n in conn.execute(
-            select(R.c.division_code, sqlfunc.count()).where(registered).group_by(R.c.division_code)
-        ):
-            urban = places.is_urban(division)
-            key = "unknown" if urban is None else "urban" if urban else "rural"
-            per_county.setdefault(places.county(division), Counter())[key] += int(n)
     columns = [
         Column("区县代码", 14, "code"),
         Column("区县名称", 14),
@@ -177,20 +202,58 @@ def write_urban_rural(
     for county in sorted(per_county):
         counts = per_county[county]
         total.update(counts)
-        table.append([county, places.name(county, 3), *_urban_row(counts)])
-    table.append_total(["合计", None, *_urban_row(total)])
+        table.append([county, places.name(county, 3), *urban_row(counts)])
+    table.append_total(["合计", None, *urban_row(total)])
     table.finish()
     table.append_below([])
-    table.append_below(
-        [
-            "口径：范围内、状态有效、常住户口登记的人口（不含未落常住户口、暂住户口），按人员登记所在"
-            "村级单位的城乡分类代码统计（1xx 城镇，2xx 乡村；代码不在区划表中的计入“城乡属性不明”）。"
-            "户籍人口城镇化率 = 城镇人口 ÷（城镇人口 + 乡村人口）。统计时点：写出本工作簿时的登记库。"
-        ]
+    table.append_below([URBAN_RURAL_BASIS + "统计时点：写出本工作簿时的登记库。"])
+
+
+URBAN_RURAL_BASIS = (
+    "口径：范围内、状态有效、常住户口登记的人口（不含未落常住户口、暂住户口），按人员登记所在"
+    "村级单位的城乡分类代码统计（1xx 城镇，2xx 乡村；代码不在区划表中的计入“城乡属性不明”）。"
+    "户籍人口城镇化率 = 城镇人口 ÷（城镇人口 + 乡村人口）。"
+)
+
+
+def registered_by_division(engine: Engine, profile: Profile, codes: CodeTable) -> dict[str, int]:
+    """Registered population per division code, in one grouped query: active records in the
+    profile's scope, in the permanent register (not 未落常住户口 / 暂住户口)."""
+    not_permanent = [e.raw for e in codes.entries() if e.action is Action.NOT_PERMANENT]
+    registered = and_(
+        in_scope(R, profile.scope),
+        is_active(R, profile.active_statuses),
+        or_(R.c.hukou_type.is_(None), R.c.hukou_type.notin_(not_permanent)),
     )
+    with engine.connect() as conn:
+        return {
+            division or "": int(n)
+            for division, n in conn.execute(
+                select(R.c.division_code, sqlfunc.count())
+                .where(registered)
+                .group_by(R.c.division_code)
+            )
+        }
 
 
-def _urban_row(counts: Counter[str]) -> list[object]:
+def urban_rural_by_area(
+    places: Places, per_division: dict[str, int], by: AreaLevel
+) -> dict[str, Counter[str]]:
+    """Per county or township: persons in urban units, rural units, and units of unknown kind."""
+    out: dict[str, Counter[str]] = {}
+    for division, n in per_division.items():
+        urban = places.is_urban(division)
+        key = "unknown" if urban is None else "urban" if urban else "rural"
+        out.setdefault(places.area(division, by), Counter())[key] += n
+    return out
+
+
+def urbanisation_rate(urban: int, rural: int) -> float | None:
+    """户籍人口城镇化率 = urban ÷ (urban + rural); None when there is neither."""
+    return urban / (urban + rural) if urban + rural else None
+
+
+def urban_row(counts: Counter[str]) -> list[object]:
+    """Urban, rural, unknown, total, rate."""
     urban, rural, unknown = counts["urban"], counts["rural"], counts["unknown"]
-    rate = urban / (urban + rural) if urban + rural else None
-    return [urban, rural, unknown, urban + rural + unknown, rate]
+    return [urban, rural, unknown, urban + rural + unknown, urbanisation_rate(urban, rural)]

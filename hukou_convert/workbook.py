@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,21 +32,13 @@ from .codes import CATEGORY_LABELS, NATURE_LABELS, RESIDENT_TYPE, Category, Natu
 from .cutover import CutoverResult, conversion_expressions, load_run_result
 from .db import display_url, translate_errors
 from .findings import Finding
-from .idnumbers import mask_id, mask_name
+from .idnumbers import maskers
 from .inflight import Outcome
 from .instants import format_instant, now
 from .progress import Progress, no_progress
 from .tallies import BREAKDOWN_COLUMNS, Places, fill_breakdown, write_urban_rural
 from .verify import verify_run
-from .xlsx import (
-    Column,
-    PageSetup,
-    TableWriter,
-    discard,
-    save_atomically,
-    styled,
-    write_text_atomically,
-)
+from .xlsx import Column, PageSetup, TableWriter, styled, write_workbook
 
 R = schema.register
 H = schema.history
@@ -96,19 +88,15 @@ def write_run_workbook(
         findings = result.findings
     if not result.rehearsal and result.run_id is None:
         raise ValueError("a real run's workbook needs its run id")
-    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    target = out_dir / workbook_name(result, unmasked)
-    wb = Workbook(write_only=True)
-    try:
-        with translate_errors():
-            detail_rows, ok = _build(wb, engine, result, unmasked, findings, progress)
-            digest = save_atomically(wb, target)
-    except BaseException:
-        discard(wb)
-        raise
-    sha_path = target.with_name(target.name + ".sha256")
-    write_text_atomically(sha_path, f"{digest}  {target.name}\n")
-    return WorkbookResult(target, sha_path, digest, detail_rows, wb.sheetnames, ok, unmasked)
+    chosen = findings
+    with translate_errors():
+        (detail_rows, ok), saved = write_workbook(
+            out_dir / workbook_name(result, unmasked),
+            lambda wb: _build(wb, engine, result, unmasked, chosen, progress),
+        )
+    return WorkbookResult(
+        saved.path, saved.sha256_path, saved.sha256, detail_rows, saved.sheets, ok, unmasked
+    )
 
 
 def rewrite_report(
@@ -149,7 +137,7 @@ def _build(
     findings: Sequence[Finding],
     progress: Progress,
 ) -> tuple[int, bool]:
-    places = Places()
+    places = Places.of(engine)
     if result.rehearsal:
         banner = "演练 REHEARSAL：本工作簿是演练结果，数据库未作任何修改，不是正式转换记录"
         page = PageSetup(f"演练 REHEARSAL — {result.profile.name} — 非正式转换记录", "FF9900")
@@ -157,7 +145,8 @@ def _build(
         banner = f"正式 CUTOVER：正式转换记录，运行编号 {result.run_id}"
         page = PageSetup(f"正式 CUTOVER — {result.profile.name} — 运行 {result.run_id}", "00B050")
     page = PageSetup(page.banner.replace("&", "&&"), page.tab_color)
-    summary = _summary_table(wb, page, result, banner, unmasked)
+    color = "C00000" if result.rehearsal else "006100"
+    summary = summary_table(wb, page, banner, color, unmasked)
     breakdown = TableWriter(wb, "分类汇总", BREAKDOWN_COLUMNS, page)
     by_division: dict[str, Counter[Nature]] = {}
     detail_rows = _write_details(engine, wb, page, places, result, unmasked, by_division, progress)
@@ -174,10 +163,10 @@ def _text_font(color: str, size: int = 14) -> Font:
     return Font(bold=True, size=size, color=color)
 
 
-def _summary_table(
-    wb: Workbook, page: PageSetup, result: CutoverResult, banner: str, unmasked: bool
+def summary_table(
+    wb: Workbook, page: PageSetup, banner: str, color: str, unmasked: bool
 ) -> TableWriter:
-    color = "C00000" if result.rehearsal else "006100"
+    """The 概要 sheet's table (项目, 内容, 说明) under a banner and the privacy notice."""
     privacy = (
         "未脱敏 UNMASKED：本工作簿含完整公民身份号码和姓名，须按个人信息保护要求保管"
         if unmasked
@@ -373,12 +362,6 @@ def _moved_codes(result: CutoverResult) -> dict[int, str]:
     }
 
 
-def _maskers(unmasked: bool) -> tuple[Callable[[str | None], str], Callable[[str | None], str]]:
-    if unmasked:
-        return (lambda v: v or ""), (lambda v: v or "")
-    return mask_id, mask_name
-
-
 def _write_details(
     engine: Engine,
     wb: Workbook,
@@ -391,7 +374,7 @@ def _write_details(
 ) -> int:
     """The detail rows, streamed; counts them by division and nature into ``by_division``."""
     codes = result.census.codes
-    ident, name = _maskers(unmasked)
+    ident, name = maskers(unmasked)
     table = TableWriter(wb, "变更明细", DETAIL_COLUMNS, page)
     label_cache: dict[str | None, str] = {}
     cutoff = result.cutoff.instant
@@ -444,7 +427,7 @@ def _write_details(
 def _write_findings(
     wb: Workbook, page: PageSetup, findings: Sequence[Finding], unmasked: bool
 ) -> None:
-    ident, name = _maskers(unmasked)
+    ident, name = maskers(unmasked)
     columns = [
         Column("序号", 7, "int", "0"),
         Column("类别代码", 22, "code"),

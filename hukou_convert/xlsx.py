@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
@@ -306,6 +306,32 @@ def safe_value(ws: Worksheet, value: object) -> object:
 
 
 # ---------------------------------------------------------------- files written atomically
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SavedWorkbook:
+    path: Path
+    sha256_path: Path
+    sha256: str
+    sheets: list[str]
+
+
+def write_workbook(target: Path, build: Callable[[Workbook], T]) -> tuple[T, SavedWorkbook]:
+    """A streamed (write-only) workbook filled by ``build``, saved atomically as ``target`` (0600)
+    with ``<target>.sha256`` beside it; on any failure no file and no temporary rows are left."""
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    wb = Workbook(write_only=True)
+    try:
+        built = build(wb)
+        digest = save_atomically(wb, target)
+    except BaseException:
+        discard(wb)
+        raise
+    sha_path = target.with_name(target.name + ".sha256")
+    write_text_atomically(sha_path, f"{digest}  {target.name}\n")
+    return built, SavedWorkbook(target, sha_path, digest, wb.sheetnames)
 
 
 def save_atomically(wb: Workbook, target: Path) -> str:
