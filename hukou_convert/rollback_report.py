@@ -23,7 +23,7 @@ from .progress import Advance, Progress, no_progress
 from .rollback import RollbackResult
 from .runs import find_run, run_codes
 from .tallies import Places
-from .workbook import summary_table
+from .workbook import DETAIL_COLUMNS, summary_table
 from .xlsx import Column, PageSetup, TableWriter, write_workbook
 
 R = schema.register
@@ -31,14 +31,7 @@ H = schema.history
 YIELD_PER = 10_000
 OUTCOMES = {"reverted": "已回退", "resumed": "中断后继续，已回退", "already-reverted": "此前已回退"}
 
-_RECORD = [
-    Column("记录号", 10, "int", "0"),
-    Column("公民身份号码", 21, "code"),
-    Column("姓名", 10),
-    Column("户号", 19, "code"),
-    Column("行政区划代码", 15, "code"),
-    Column("行政区划名称", 26),
-]
+_RECORD = DETAIL_COLUMNS[:6]  # record, ID number, name, household, division code and name
 RESTORED_COLUMNS = [
     *_RECORD,
     Column("恢复的户口性质代码", 14, "code"),
