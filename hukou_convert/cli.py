@@ -450,6 +450,7 @@ def _print_cutover(result: CutoverResult, db: str) -> None:
             "completed": "completed",
             "resumed": "resumed and completed",
             "already-complete": "already complete: nothing to do",
+            "released": f"already complete; {result.released} held record(s) released, converted",
         }
         click.echo(f"正式 CUTOVER run {result.run_id}: {verbs.get(result.outcome, result.outcome)}")
     p = result.profile
@@ -468,6 +469,8 @@ def _print_cutover(result: CutoverResult, db: str) -> None:
         ("  not in permanent register", census.not_permanent),
         ("  unmapped 户口性质", sum(v.count for v in census.unmapped())),
     ]
+    if result.held:
+        rows.insert(5, ("  held back for review", len(result.held)))
     for label, n in rows:
         click.echo(f"  {label:<28} {n:>10}")
     if result.converted_by:
@@ -752,15 +755,31 @@ def _print_workbook(written: WorkbookResult) -> None:
     show_default=True,
     help="History rows per transaction (each batch is a checkpoint to resume from).",
 )
+@out_dir_option("reports")
+@click.option(
+    "--unmasked",
+    is_flag=True,
+    help="Write full ID numbers and names into the rollback workbook (masked by default).",
+)
 @db_option
 @quiet_option
 @pass_app
-def rollback_command(app: App, run_id: str, yes: bool, skip_changed: bool, batch_size: int) -> None:
+def rollback_command(
+    app: App,
+    run_id: str,
+    yes: bool,
+    skip_changed: bool,
+    batch_size: int,
+    out: Path,
+    unmasked: bool,
+) -> None:
     """Undo a cutover: restore every record of the run to its original code and 户别.
 
     The history is kept (its rows are marked reverted_at). Refuses, listing them, when records were
     changed after the cutover, unless --skip-changed. Killed at any point, the same command
     continues; afterwards a new cutover can run.
+
+    Writes the rollback workbook (restored and skipped records, masked unless --unmasked) into --out.
     """
     engine = app.engine()
 
@@ -796,6 +815,133 @@ def rollback_command(app: App, run_id: str, yes: bool, skip_changed: bool, batch
     if result.changed_records:
         keys = ", ".join(str(k) for k in result.changed_records)
         click.echo(f"  changed records (keys): {keys}")
+    from .rollback_report import write_rollback_workbook
+
+    written = write_rollback_workbook(engine, result, out, unmasked, progress=app.progress())
+    shown = " (UNMASKED: full ID numbers and names)" if written.unmasked else ""
+    verdict = "通过 PASSED" if written.ok else "不通过 NOT PASSED"
+    click.echo(f"rollback workbook {written.path}{shown}")
+    click.echo(
+        f"  {written.restored_rows} restored, {written.skipped_rows} skipped rows; check {verdict};"
+        f" sha256 {written.sha256_path}"
+    )
+
+
+# ---------------------------------------------------------------- stats, divisions, booklets
+
+
+@cli.command("stats")
+@click.option("--run", "run_id", metavar="ID", help="The completed run (default: the latest).")
+@click.option(
+    "--by",
+    type=click.Choice(["county", "township"]),
+    default="county",
+    show_default=True,
+    help="One row per county/district or per township (乡镇/街道).",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write FILE.xlsx (with charts) or FILE.csv instead of printing a table.",
+)
+@db_option
+@quiet_option
+@pass_app
+def stats_command(app: App, run_id: str | None, by: str, out: Path | None) -> None:
+    """Population by area as of the cutoff and after the reform.
+
+    Persons the run converted, by original nature (from the history table); registered population
+    in urban (1xx) and rural (2xx) units and 户籍人口城镇化率 = urban ÷ (urban + rural), per
+    county/district (or township) and in total.
+    """
+    from .stats import population_stats, write_stats
+
+    result = population_stats(
+        app.engine(), run_id, "township" if by == "township" else "county", app.progress()
+    )
+    if out is not None:
+        click.echo(f"statistics of run {result.run_id} written to {write_stats(result, out)}")
+        return
+    click.echo(f"户籍人口统计 run {result.run_id} ({result.profile} {result.jurisdiction})")
+    click.echo(
+        f"{_wide('代码 code', 13)} {_wide('名称 name', 22)} {'converted':>10} {'urban':>10}"
+        f" {'rural':>10} {'unknown':>8} {'total':>10} {'城镇化率':>8}"
+    )
+    for area in [*result.areas, result.total]:
+        rate = "-" if area.rate is None else f"{area.rate:.2%}"
+        click.echo(
+            f"{_wide(area.code, 13)} {_wide(area.name, 22)} {area.converted_total:>10}"
+            f" {area.urban:>10} {area.rural:>10} {area.unknown:>8} {area.registered:>10}"
+            f" {rate:>8}"
+        )
+
+
+@cli.group("divisions")
+def divisions_group() -> None:
+    """The division table (统计用区划和城乡划分代码): names and urban-rural codes."""
+
+
+@divisions_group.command("import")
+@click.argument("division_file", type=click.Path(path_type=Path))
+@db_option
+@quiet_option
+@pass_app
+def divisions_import_command(app: App, division_file: Path) -> None:
+    """Load a division table (CSV: code,name,level,parent_code,urban_rural_code) over the shipped one.
+
+    Inserts new codes and updates changed ones in one transaction; any invalid row refuses the
+    whole file (exit 3, naming line and column).
+    """
+    from .divisions import import_divisions
+
+    result = import_divisions(app.engine(), division_file, app.progress())
+    click.echo(
+        f"divisions: {result.rows} rows from {result.file}: {result.inserted} new,"
+        f" {result.updated} updated, {result.unchanged} unchanged;"
+        f" {result.in_effect} divisions in effect"
+    )
+
+
+@divisions_group.command("list")
+@click.option("--prefix", default="", metavar="DIGITS", help="Only codes starting with these.")
+@db_option
+@pass_app
+def divisions_list_command(app: App, prefix: str) -> None:
+    """List the divisions in effect (imported over shipped): code, level, urban-rural code, name."""
+    from .divisions import list_divisions
+
+    for d in list_divisions(app.engine(), prefix):
+        click.echo(f"{d.code} {d.level} {d.urban_rural_code or '---'} {d.name}")
+
+
+@cli.command("booklets")
+@click.option("--run", "run_id", metavar="ID", help="The completed run (default: the latest).")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The xlsx to write (default reports/hukou-booklets-<run>.xlsx).",
+)
+@click.option("--unmasked", is_flag=True, help="Heads' names and ID numbers in full.")
+@db_option
+@quiet_option
+@pass_app
+def booklets_command(app: App, run_id: str | None, out: Path | None, unmasked: bool) -> None:
+    """Booklet replacement list: per police station, households whose 户口簿 shows an abolished type.
+
+    Households with at least one member converted by the run; replaced on request.
+    """
+    from .booklets import write_booklet_list
+
+    result = write_booklet_list(
+        app.engine(), run_id, out, unmasked=unmasked, progress=app.progress()
+    )
+    shown = " (UNMASKED: full ID numbers and names)" if result.unmasked else ""
+    click.echo(f"booklet list of run {result.run_id}: {result.path}{shown}")
+    for station, n in sorted(result.by_station.items()):
+        click.echo(f"  {_wide(station, 30)} {n:>8} households")
+    click.echo(f"  {_wide('合计 total', 30)} {result.households:>8} households")
 
 
 def main() -> None:

@@ -1,0 +1,233 @@
+"""Benchmark: import and cutover beside their floors, in the same run (FLOORS.md's method).
+
+Run on demand (not a test):
+
+    python benchmarks/bench_cutover.py --persons 1000000 [--db sqlite|postgresql] [--work DIR]
+
+For the given size: a synthetic register CSV (zhenhai, ~85 % legacy types), then, each step in a
+fresh process so that its peak RSS is its own:
+
+- import: ``hukou-convert import`` against the floor, csv.reader + one executemany transaction into a
+  table with the same indexes (SQLite) / the same rows inserted with COPY (PostgreSQL);
+- cutover: ``hukou-convert cutover --yes`` against the floor, one ``INSERT INTO history SELECT …``
+  and one ``UPDATE`` with the same CASE expressions on a copy of the register, in one transaction.
+
+The cutover's phases come from its progress callback (census, fingerprint, conversion, checks after
+the commit), so the closed window (start to the conversion's commit) is shown beside the floor.
+Prints one table; figures vary from machine to machine, ratios much less.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from sqlalchemy import create_engine, text  # noqa: E402
+
+from hukou_convert.sample import PERSON_HEADER, SampleOptions, generate_persons  # noqa: E402
+
+PG_ADMIN = os.environ.get(
+    "HUKOU_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def child(code: str, *args: str) -> dict[str, Any]:
+    """Run a Python snippet in a fresh process; it prints a JSON dict; add its peak RSS."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], check=True, capture_output=True, text=True
+    ).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    result["peak_mb"] = max(before, after) / 1024
+    return result
+
+
+IMPORT = r"""
+import json, sys, time
+from pathlib import Path
+from hukou_convert.db import make_engine, parse_url
+from hukou_convert.ingest import import_register
+url, path = sys.argv[1], Path(sys.argv[2])
+t = time.perf_counter()
+r = import_register(make_engine(parse_url(url)), path)
+print(json.dumps({"seconds": time.perf_counter() - t, "loaded": r.loaded}))
+"""
+
+IMPORT_FLOOR = r"""
+import csv, json, sys, time
+from sqlalchemy import create_engine, text
+url, path = sys.argv[1], sys.argv[2]
+engine = create_engine(url)
+t = time.perf_counter()
+with engine.begin() as conn:
+    conn.execute(text("CREATE TABLE floor_register (record_id INTEGER PRIMARY KEY, id_number VARCHAR(32),"
+        " name VARCHAR(100), sex VARCHAR(4), birth_date VARCHAR(10), household_id VARCHAR(40),"
+        " hukou_type VARCHAR(40), household_category VARCHAR(20), division_code VARCHAR(20),"
+        " status VARCHAR(20), updated_at VARCHAR(30), address VARCHAR(200), police_station VARCHAR(100),"
+        " relation VARCHAR(20))"))
+    conn.execute(text("CREATE INDEX ix_floor_id ON floor_register (id_number)"))
+    conn.execute(text("CREATE INDEX ix_floor_hh ON floor_register (household_id)"))
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh); next(reader)
+        raw = conn.connection.driver_connection
+        if conn.dialect.name == "postgresql":
+            with raw.cursor().copy("COPY floor_register (id_number, name, sex, birth_date, household_id,"
+                    " hukou_type, household_category, division_code, status, updated_at, address,"
+                    " police_station, relation) FROM STDIN") as copy:
+                for row in reader:
+                    copy.write_row(row)
+        else:
+            cur = raw.cursor()
+            batch = []
+            for row in reader:
+                batch.append(row)
+                if len(batch) == 5000:
+                    cur.executemany("INSERT INTO floor_register (id_number, name, sex, birth_date,"
+                        " household_id, hukou_type, household_category, division_code, status, updated_at,"
+                        " address, police_station, relation) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", batch)
+                    batch = []
+            if batch:
+                cur.executemany("INSERT INTO floor_register (id_number, name, sex, birth_date,"
+                    " household_id, hukou_type, household_category, division_code, status, updated_at,"
+                    " address, police_station, relation) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", batch)
+print(json.dumps({"seconds": time.perf_counter() - t}))
+"""
+
+CUTOVER = r"""
+import json, sys, time
+from contextlib import contextmanager
+from hukou_convert.cutover import run_cutover
+from hukou_convert.db import make_engine, parse_url
+from hukou_convert.profiles import BUILTIN_PROFILES, resolve_cutoff
+url = sys.argv[1]
+phases = {}
+t0 = time.perf_counter()
+@contextmanager
+def progress(phase, total, unit):
+    start = time.perf_counter()
+    yield lambda n: None
+    phases[phase] = phases.get(phase, 0.0) + time.perf_counter() - start
+    phases.setdefault("_end_" + phase, time.perf_counter() - t0)
+p = BUILTIN_PROFILES["zhenhai"]
+r = run_cutover(make_engine(parse_url(url)), p, resolve_cutoff(p, None), progress=progress)
+print(json.dumps({"seconds": time.perf_counter() - t0, "converted": r.converted, "phases": phases}))
+"""
+
+CUTOVER_FLOOR = r"""
+import json, sys, time
+from sqlalchemy import create_engine, text
+url = sys.argv[1]
+engine = create_engine(url)
+codes = {"1": "NON_AGRICULTURAL", "2": "AGRICULTURAL", "3": "NON_AGRICULTURAL", "4": "AGRICULTURAL",
+    "5": "SELF_SUPPLIED_GRAIN", "6": "LODGING", "8": "OTHER", "农业": "AGRICULTURAL",
+    "非农业": "NON_AGRICULTURAL", "城镇户口": "NON_AGRICULTURAL", "蓝印户口": "BLUE_STAMP",
+    "自理户口": "SELF_SUPPLIED_GRAIN", "地方城镇居民户口": "LOCAL_URBAN"}
+case = "CASE hukou_type " + " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in codes.items()) + " END"
+inlist = ", ".join(f"'{k}'" for k in codes)
+with engine.begin() as conn:
+    conn.execute(text("CREATE TABLE floor_copy AS SELECT * FROM hukou_register"))
+    conn.execute(text("CREATE TABLE floor_history (id_number VARCHAR(32), original_code VARCHAR(40),"
+        " original_nature VARCHAR(24), household_category VARCHAR(20), record_id BIGINT)"))
+t = time.perf_counter()
+with engine.begin() as conn:
+    conn.execute(text(f"INSERT INTO floor_history SELECT id_number, hukou_type, {case}, household_category,"
+        f" record_id FROM floor_copy WHERE division_code LIKE '330211%' AND status = '正常'"
+        f" AND hukou_type IN ({inlist})"))
+    conn.execute(text(f"UPDATE floor_copy SET hukou_type = '居民户口' WHERE division_code LIKE '330211%'"
+        f" AND status = '正常' AND hukou_type IN ({inlist})"))
+print(json.dumps({"seconds": time.perf_counter() - t}))
+"""
+
+
+def fresh_url(kind: str, work: Path) -> tuple[str, Any]:
+    if kind == "sqlite":
+        db = work / f"bench-{uuid.uuid4().hex[:8]}.db"
+        return f"sqlite:///{db}", lambda: db.unlink(missing_ok=True)
+    name = f"hk_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    return PG_ADMIN.rsplit("/", 1)[0] + "/" + name, drop
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--persons", type=int, default=1_000_000)
+    parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/hukou-bench"))
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    register = args.work / f"register-{args.persons}.csv"
+    if not register.exists():
+        t = time.perf_counter()
+        with register.open("w", encoding="utf-8", newline="") as fh:
+            writer = csv.DictWriter(fh, PERSON_HEADER)
+            writer.writeheader()
+            writer.writerows(generate_persons(SampleOptions(("330211",), args.persons, seed=7)))
+        print(f"generated {register} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+
+    url, drop = fresh_url(args.db, args.work)
+    floor_url, floor_drop = fresh_url(args.db, args.work)
+    try:
+        imp = child(IMPORT, url, str(register))
+        imp_floor = child(IMPORT_FLOOR, floor_url, str(register))
+        cut = child(CUTOVER, url)
+        # the conversion floor works on a copy of the same register, imported the same way
+        child(IMPORT, floor_url, str(register))
+        cut_floor = child(CUTOVER_FLOOR, floor_url)
+    finally:
+        drop()
+        floor_drop()
+
+    phases = cut["phases"]
+    window = phases.get("_end_转换 cutover", cut["seconds"])
+    n = args.persons
+    rows = [
+        ("import", imp["seconds"], imp_floor["seconds"], imp["peak_mb"]),
+        (
+            "cutover: closed window (to the last batch's commit)",
+            window,
+            cut_floor["seconds"],
+            cut["peak_mb"],
+        ),
+        (
+            "cutover: conversion batches alone",
+            phases.get("转换 cutover", 0.0),
+            cut_floor["seconds"],
+            None,
+        ),
+        ("cutover: whole command (with checks after the commit)", cut["seconds"], None, None),
+    ]
+    print(f"\n{args.db}, {n:,} persons, {cut['converted']:,} converted")
+    print(f"{'step':<55} {'seconds':>9} {'floor':>9} {'ratio':>7} {'peak MB':>8}")
+    for name, seconds, floor, peak in rows:
+        ratio = f"{seconds / floor:.2f}" if floor else ""
+        floor_s = f"{floor:.1f}" if floor else ""
+        peak_s = f"{peak:.0f}" if peak else ""
+        print(f"{name:<55} {seconds:>9.1f} {floor_s:>9} {ratio:>7} {peak_s:>8}")
+    print("phases of the cutover:")
+    for phase, seconds in phases.items():
+        if not phase.startswith("_end_"):
+            print(f"  {phase:<40} {seconds:>8.1f} s")
+
+
+if __name__ == "__main__":
+    main()
