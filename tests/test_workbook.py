@@ -21,6 +21,7 @@ import openpyxl
 import pytest
 from click.testing import CliRunner
 from openpyxl.worksheet.worksheet import Worksheet
+from openpyxl.writer.excel import ExcelWriter
 from sqlalchemy import Engine, select, update
 
 from hukou_convert import schema, xlsx
@@ -400,11 +401,11 @@ def test_a_failed_write_leaves_no_file(
     import_register(engine, sample_csv)
     result = rehearse(engine, ZHENHAI, CUTOFF)
 
-    def broken(self: Any, target: Any) -> None:
-        target.write(b"PK half a file")
+    def broken(self: Any) -> None:
+        self._archive.writestr("xl/half.xml", "half a file")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(openpyxl.Workbook, "save", broken)
+    monkeypatch.setattr(ExcelWriter, "save", broken)
     out = tmp_path / "out"
     with pytest.raises(OSError):
         write_run_workbook(engine, result, out)
