@@ -22,11 +22,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
@@ -35,6 +36,7 @@ from openpyxl.styles import Alignment, Font, PatternFill
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.properties import PageSetupProperties
 from openpyxl.worksheet.worksheet import Worksheet
+from openpyxl.writer.excel import ExcelWriter
 
 from .instants import to_cst
 
@@ -334,13 +336,34 @@ def write_workbook(target: Path, build: Callable[[Workbook], T]) -> tuple[T, Sav
     return built, SavedWorkbook(target, sha_path, digest, wb.sheetnames)
 
 
+def _save(wb: Workbook, fh: Any) -> None:
+    """``wb.save(fh)``, except that a failed save (disk full) does not leave openpyxl's ZipFile open:
+    collected later, it would try to finish the archive in a closed file and print a traceback."""
+    if wb.write_only and not wb.worksheets:
+        wb.create_sheet()
+    archive = zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED, allowZip64=True)
+    try:
+        wb.properties.modified = datetime.now(tz=UTC).replace(tzinfo=None)
+        ExcelWriter(wb, archive).save()
+    except BaseException:
+        archive.fp = None  # ZipFile.close() and __del__ then do nothing
+        raise
+
+
+def _naming(err: OSError, target: Path) -> OSError:
+    """The same error, naming the file it was about (a failed write() names none)."""
+    if err.filename is not None:
+        return err
+    return OSError(err.errno, err.strerror or str(err), str(target))
+
+
 def save_atomically(wb: Workbook, target: Path) -> str:
     """Save under a temporary name in the same directory, fsync, rename; the file's SHA-256."""
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w+b") as fh:
-            wb.save(fh)
+            _save(wb, fh)
             fh.flush()
             os.fsync(fh.fileno())
             fh.seek(0)
@@ -349,8 +372,10 @@ def save_atomically(wb: Workbook, target: Path) -> str:
                 digest.update(block)
         os.chmod(tmp, 0o600)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise _naming(err, target) from None
         raise
     _fsync_dir(target.parent)
     return digest.hexdigest()
@@ -379,8 +404,10 @@ def write_text_atomically(target: Path, text: str) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise _naming(err, target) from None
         raise
     _fsync_dir(target.parent)
 
