@@ -35,6 +35,7 @@ from .findings import Finding
 from .idnumbers import maskers
 from .inflight import Outcome
 from .instants import format_instant, now
+from .plan import SHOWN_RECORDS, PlanComparison
 from .progress import Progress, no_progress
 from .tallies import BREAKDOWN_COLUMNS, Places, fill_breakdown, write_urban_rural
 from .verify import verify_run
@@ -152,6 +153,8 @@ def _build(
     detail_rows = _write_details(engine, wb, page, places, result, unmasked, by_division, progress)
     table_total = fill_breakdown(breakdown, places, by_division)
     _write_findings(wb, page, findings, unmasked)
+    if result.plan_comparison is not None:
+        _write_comparison(engine, wb, page, result.plan_comparison, unmasked)
     write_urban_rural(engine, wb, page, places, result)
     checks = _verdict(engine, result, detail_rows, table_total)
     ok = all(c.ok for c in checks)
@@ -219,6 +222,7 @@ def _fill_summary(
         ("已是居民户口", c.already_resident, "无需转换"),
         ("不在常住户口登记内", c.not_permanent, "未落常住户口、暂住户口：不转换"),
         ("未映射的户口性质", sum(v.count for v in c.unmapped()), "不猜测：须补充代码表"),
+        ("暂缓转换（待人工核查）", len(result.held), "配置 hold_back 的异常类别：见 异常清单"),
         ("异常", len(findings), "见 异常清单"),
         ("变更明细行数", detail_rows, "、".join(s for s in sheets if s.startswith("变更明细"))),
     ]
@@ -379,6 +383,8 @@ def _write_details(
     label_cache: dict[str | None, str] = {}
     cutoff = result.cutoff.instant
     moved = _moved_codes(result)
+    # a rehearsal lists what the run will convert: records held back for review are not
+    held = set(result.held) if result.rehearsal else set()
     with (
         progress("工作簿 workbook", result.converted, "行") as advance,
         engine.connect() as conn,
@@ -388,6 +394,8 @@ def _write_details(
         )
         for partition in rows.partitions():
             for r in partition:
+                if r[0] in held:
+                    continue
                 division = r[4]
                 if division not in label_cache:
                     label_cache[division] = places.label(division)
@@ -419,6 +427,84 @@ def _write_details(
             advance(len(partition))
     table.finish()
     return table.data_rows
+
+
+# ---------------------------------------------------------------- 演练对比
+
+COMPARISON_COLUMNS = [
+    Column("类别", 12),
+    Column("项目", 30, "code"),
+    Column("公民身份号码", 21, "code"),
+    Column("姓名", 10),
+    Column("演练时", 26),
+    Column("正式转换时", 26),
+]
+_KIND_LABELS = {
+    "parameter": "参数",
+    "census": "统计",
+    "record": "记录",
+    "count": "转换数",
+    "application": "在办业务",
+    "finding": "异常",
+}
+
+
+def _write_comparison(
+    engine: Engine, wb: Workbook, page: PageSetup, comparison: PlanComparison, unmasked: bool
+) -> None:
+    """The real run against the rehearsal's plan: every difference, records by key (masked)."""
+    ident, name = maskers(unmasked)
+    differences = comparison.before + comparison.after
+    record_keys = sorted(
+        {int(d.key) for d in differences if d.kind == "record" and d.key.isdigit()}
+    )
+    people: dict[int, tuple[str | None, str | None]] = {}
+    with engine.connect() as conn:
+        for start in range(0, len(record_keys), 500):
+            for key, number, person in conn.execute(
+                select(R.c.record_id, R.c.id_number, R.c.name).where(
+                    R.c.record_id.in_(record_keys[start : start + 500])
+                )
+            ):
+                people[int(key)] = (number, person)
+    state = "一致" if comparison.matches else "不一致"
+    notes = [
+        f"演练计划 {Path(comparison.plan_path).name}：{state}",
+        "转换前已比对登记库的每一条记录"
+        if comparison.compared_before
+        else "转换前未比对（本次为续跑或已完成的运行）",
+    ]
+    if comparison.accepted:
+        notes.append("登记库在演练后有变化，操作员以 --accept-changes 确认继续")
+    if comparison.record_differences > len([d for d in differences if d.kind == "record"]):
+        notes.append(
+            f"记录差异共 {comparison.record_differences} 条，下表列出前 {SHOWN_RECORDS} 条"
+        )
+
+    def preamble(ws: Any) -> list[list[object]]:
+        return [
+            [styled(ws, text, _text_font("C00000" if not comparison.matches else "006100", 12))]
+            for text in notes
+        ]
+
+    table = TableWriter(wb, "演练对比", COMPARISON_COLUMNS, page, preamble=preamble)
+    for d in differences:
+        number, person = (
+            people.get(int(d.key), (None, None))
+            if d.kind == "record" and d.key.isdigit()
+            else (None, None)
+        )
+        table.append(
+            [
+                _KIND_LABELS.get(d.kind, d.kind),
+                d.key,
+                ident(number) if number else "",
+                name(person) if person else "",
+                d.expected,
+                d.actual,
+            ]
+        )
+    table.finish()
 
 
 # ---------------------------------------------------------------- 异常清单

@@ -95,3 +95,26 @@ def test_held_records_are_listed_not_converted_then_released(
 def test_unknown_hold_back_code_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ProfileError, match="NOT_A_CODE"):
         load_profile(str(_profile(tmp_path, '["NOT_A_CODE"]')))
+
+
+def test_the_rehearsal_workbook_lists_what_the_run_converts(
+    engine: Engine, sample_csv: Path, tmp_path: Path
+) -> None:
+    from openpyxl import load_workbook
+
+    from hukou_convert.workbook import write_run_workbook
+
+    profile = load_profile(str(_profile(tmp_path)))
+    import_register(engine, sample_csv)
+    pair = _duplicates(engine)
+    rehearsal = rehearse(engine, profile, resolve_cutoff(profile, None))
+    written = write_run_workbook(engine, rehearsal, tmp_path / "reports")
+    assert written.detail_rows == rehearsal.converted
+    wb = load_workbook(written.path, read_only=True)
+    keys = {r[0] for r in wb["变更明细"].iter_rows(min_row=2, values_only=True)}
+    assert not keys & set(pair)
+    summary = {r[0]: r[1] for r in wb["概要"].iter_rows(values_only=True) if len(r) > 1 and r[0]}
+    assert summary["暂缓转换（待人工核查）"] == 2
+    actions = [r for r in wb["异常清单"].iter_rows(values_only=True) if HELD_ACTION in r]
+    assert len(actions) == 2
+    assert written.verdict_ok

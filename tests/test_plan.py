@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, select, update
 
 from hukou_convert import schema
 from hukou_convert.cutover import rehearse, run_cutover
@@ -100,3 +100,34 @@ def test_a_plan_for_other_parameters_is_refused(
     other = resolve_cutoff(ZHENHAI, "2016-10-15 00:00", force=True)
     with pytest.raises(PlanMismatchError, match="parameter cutoff"):
         run_cutover(engine, ZHENHAI, other, expect=plan_path)
+
+
+def test_the_cutover_workbook_shows_the_comparison(
+    engine: Engine, sample_csv: Path, tmp_path: Path
+) -> None:
+    from openpyxl import load_workbook
+
+    from hukou_convert.workbook import write_run_workbook
+
+    _loaded(engine, sample_csv)
+    plan_path = rehearse(engine, ZHENHAI, CUTOFF, plan_dir=tmp_path).plan_path
+    assert plan_path is not None
+    R = schema.register
+    with engine.begin() as conn:
+        conn.execute(update(R).where(R.c.record_id == 17).values(name="改了名"))
+        number = conn.execute(select(R.c.id_number).where(R.c.record_id == 17)).scalar_one()
+    result = run_cutover(engine, ZHENHAI, CUTOFF, expect=plan_path, accept_changes=True)
+    written = write_run_workbook(engine, result, tmp_path / "reports")
+    wb = load_workbook(written.path, read_only=True)
+    assert "演练对比" in wb.sheetnames
+    rows = [list(r) for r in wb["演练对比"].iter_rows(values_only=True)]
+    notes = [r[0] for r in rows[:3]]
+    assert any("不一致" in str(n) for n in notes)
+    assert any("--accept-changes" in str(n) for n in notes)
+    [record] = [r for r in rows if r[0] == "记录"]
+    assert record[1] == "17" and record[5] == "changed since"
+    assert record[2] == number[:6] + "********" + number[-4:]  # masked
+    assert record[3] == "改**"
+    # a run without --expect has no comparison sheet
+    plain = rehearse(engine, ZHENHAI, CUTOFF)
+    assert "演练对比" not in write_run_workbook(engine, plain, tmp_path / "r2").sheets
