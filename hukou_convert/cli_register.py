@@ -1,0 +1,227 @@
+"""Commands on the register itself: import, profiles, sample, check, divisions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .cli import App, cli, db_option, pad_display, pass_app, profile_options, quiet_option
+from .codes import CATEGORY_LABELS, NATURE_LABELS
+from .db import display_url
+from .idnumbers import mask_id, mask_name
+from .ingest import ImportMode, ImportResult, import_applications, import_register
+from .instants import format_instant
+from .profiles import BUILTIN_PROFILES, load_profile, resolve_cutoff
+from .sample import SampleOptions, write_sample
+
+
+@cli.command("import")
+@click.argument("persons_file", type=click.Path(path_type=Path))
+@click.option(
+    "--applications",
+    "applications_file",
+    type=click.Path(path_type=Path),
+    help="In-flight 农转非/非转农 applications file to load too.",
+)
+@click.option("--encoding", help="Force the CSV encoding (utf-8, gbk, gb18030); default: detect.")
+@click.option("--append", "mode", flag_value=ImportMode.APPEND.value, help="Add to the register.")
+@click.option(
+    "--replace", "mode", flag_value=ImportMode.REPLACE.value, help="Empty the register first."
+)
+@click.option(
+    "--rejects",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where rejected rows go (default ./<file>.rejects.csv).",
+)
+@db_option
+@quiet_option
+@pass_app
+def import_command(
+    app: App,
+    persons_file: Path,
+    applications_file: Path | None,
+    encoding: str | None,
+    mode: str | None,
+    rejects: Path | None,
+) -> None:
+    """Load a legacy register export (CSV in UTF-8/GBK/GB18030, or .xlsx).
+
+    Headers in Chinese or English, any order. Rejected rows go to a reject file with their line,
+    column and reason; a file that cannot be read loads nothing.
+    """
+    chosen = ImportMode(mode) if mode else ImportMode.NEW
+    result = import_register(
+        app.engine(),
+        persons_file,
+        mode=chosen,
+        encoding=encoding,
+        reject_path=rejects,
+        progress=app.progress(),
+    )
+    _print_import(result)
+    if applications_file is not None:
+        app_result = import_applications(
+            app.engine(),
+            applications_file,
+            mode=chosen,
+            encoding=encoding,
+            reject_path=None,
+            progress=app.progress(),
+        )
+        _print_import(app_result)
+
+
+def _print_import(result: ImportResult) -> None:
+    click.echo(
+        f"{result.kind}: {result.loaded} loaded, {result.rejected} rejected"
+        f" from {result.file} ({result.encoding or 'xlsx'}, import #{result.import_id})"
+    )
+    if result.reject_file:
+        click.echo(f"  rejected rows with reasons: {result.reject_file}")
+        for reason, n in sorted(result.rejects_by_reason.items(), key=lambda kv: -kv[1]):
+            click.echo(f"    {n:>8}  {reason}")
+
+
+@cli.command("profiles")
+@click.option("--show", "show", metavar="NAME|FILE", help="Show one profile with its code table.")
+def profiles_command(show: str | None) -> None:
+    """List the built-in jurisdiction profiles, or show one with its code table."""
+    if show is None:
+        for p in BUILTIN_PROFILES.values():
+            click.echo(
+                f"{p.name:<10} {p.display_name:<8} scope {','.join(p.scope):<8} {p.cutoff_rule()}"
+            )
+            click.echo(f"{'':<10} {p.policy_document}")
+        return
+    p = load_profile(show)
+    click.echo(f"name            {p.name}")
+    click.echo(f"jurisdiction    {p.display_name}")
+    click.echo(f"policy document {p.policy_document}")
+    click.echo(f"scope           {', '.join(p.scope)}")
+    click.echo(f"cutoff          {p.cutoff_rule()}")
+    if p.freeze_start:
+        click.echo(f"freeze (停办)    from {format_instant(p.freeze_start)}")
+    click.echo(f"active status   {', '.join(p.active_statuses)}")
+    click.echo(f"fingerprint     {p.fingerprint()}")
+    click.echo("code table:")
+    for e in sorted(p.codes.entries(), key=lambda e: (len(e.raw), e.raw)):
+        nature = f"{e.nature.value} {NATURE_LABELS[e.nature]}" if e.nature else ""
+        category = CATEGORY_LABELS[e.category] if e.category else "(from 户别)" if nature else ""
+        click.echo(f"  {e.raw:<14} {e.action.value:<14} {nature:<24} {category}")
+
+
+@cli.command("sample")
+@click.option("--profile", "-p", "profile_name", required=True, help="Profile whose scope to fill.")
+@click.option("--persons", type=click.IntRange(min=1), required=True, help="How many persons.")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Output .csv or .xlsx.",
+)
+@click.option("--encoding", default="utf-8", show_default=True, help="CSV encoding (utf-8, gbk).")
+@click.option("--seed", type=int, default=2016, show_default=True)
+@quiet_option
+@pass_app
+def sample_command(
+    app: App, profile_name: str, persons: int, out: Path, encoding: str, seed: int
+) -> None:
+    """Write a synthetic register over the real division codes (never real people)."""
+    profile = load_profile(profile_name)
+    count = write_sample(
+        out, SampleOptions(profile.scope, persons, seed), encoding, progress=app.progress()
+    )
+    click.echo(f"{count} synthetic persons written to {out}")
+
+
+@cli.command("check")
+@profile_options
+@click.option(
+    "--list",
+    "list_findings",
+    is_flag=True,
+    help="Also print every finding (ID numbers and names masked).",
+)
+@db_option
+@quiet_option
+@pass_app
+def check_command(
+    app: App, profile_name: str, cutoff: str | None, force_cutoff: bool, list_findings: bool
+) -> None:
+    """Check the register in the profile's scope for 错、重、假、漏 records (reads only).
+
+    Prints the count of each exception code. Exceptions do not stop the cutover (the reform converts
+    every identifiable active record): finding some is not a failure, the exit code is 0.
+    """
+    from .checks import CHECKS, run_checks
+
+    profile = load_profile(profile_name)
+    resolved = resolve_cutoff(profile, cutoff, force_cutoff)
+    engine = app.engine()
+    report = run_checks(engine, profile, cutoff=resolved.instant, progress=app.progress())
+    click.echo(f"检查 CHECK {profile.name} ({profile.display_name}) in {display_url(engine.url)}")
+    click.echo(f"  cutoff {format_instant(resolved.instant)} ({resolved.source})")
+    click.echo(f"  records checked in scope: {report.scanned}")
+    click.echo(
+        f"{'code':<30} {pad_display('类别', 4)} {'severity':<8} {pad_display('标题 title', 40)} count"
+    )
+    for code, spec in CHECKS.items():
+        click.echo(
+            f"{code:<30} {pad_display(spec.category, 4)} {spec.severity:<8} {pad_display(spec.title, 40)}"
+            f" {report.counts[code]:>5}"
+        )
+    totals = f"errors {report.errors}, warnings {report.warnings}"
+    click.echo(f"{pad_display('合计 total', 30)} {totals:<54} {report.total:>5}")
+    found = [code for code, n in report.counts.items() if n]
+    if found:
+        click.echo("处理 what is done (active records; inactive ones are not converted anyway):")
+        for code in found:
+            click.echo(f"  {code:<30} {CHECKS[code].action}")
+    if list_findings:
+        click.echo("findings (masked):")
+        for f in report.findings:
+            upgraded = f" -> {mask_id(f.upgraded_id)}" if f.upgraded_id else ""
+            click.echo(
+                f"  {f.code:<30} #{f.record_id or '':<8} {mask_id(f.id_number) or '-':<18}"
+                f" {pad_display(mask_name(f.name) or '-', 8)} {f.explanation}{upgraded}  [{f.action}]"
+            )
+
+
+@cli.group("divisions")
+def divisions_group() -> None:
+    """The division table (统计用区划和城乡划分代码): names and urban-rural codes."""
+
+
+@divisions_group.command("import")
+@click.argument("division_file", type=click.Path(path_type=Path))
+@db_option
+@quiet_option
+@pass_app
+def divisions_import_command(app: App, division_file: Path) -> None:
+    """Load a division table (CSV: code,name,level,parent_code,urban_rural_code) over the shipped one.
+
+    Inserts new codes and updates changed ones in one transaction; any invalid row refuses the
+    whole file (exit 3, naming line and column).
+    """
+    from .divisions import import_divisions
+
+    result = import_divisions(app.engine(), division_file, app.progress())
+    click.echo(
+        f"divisions: {result.rows} rows from {result.file}: {result.inserted} new,"
+        f" {result.updated} updated, {result.unchanged} unchanged;"
+        f" {result.in_effect} divisions in effect"
+    )
+
+
+@divisions_group.command("list")
+@click.option("--prefix", default="", metavar="DIGITS", help="Only codes starting with these.")
+@db_option
+@pass_app
+def divisions_list_command(app: App, prefix: str) -> None:
+    """List the divisions in effect (imported over shipped): code, level, urban-rural code, name."""
+    from .divisions import list_divisions
+
+    for d in list_divisions(app.engine(), prefix):
+        click.echo(f"{d.code} {d.level} {d.urban_rural_code or '---'} {d.name}")
