@@ -19,7 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, delete, func, insert, select
+from sqlalchemy import Connection, Engine, Table, delete, exc, func, insert, select
 
 from . import schema
 from .codes import CATEGORY_INPUTS
@@ -71,6 +71,8 @@ class ImportResult:
 
 
 def _text(cell: Cell) -> str | None:
+    if type(cell) is str:  # every CSV cell: the fast path
+        return cell.strip() or None
     if cell is None:
         return None
     if isinstance(cell, bool):
@@ -88,6 +90,8 @@ def _text(cell: Cell) -> str | None:
 def _code_text(cell: Cell) -> str | None:
     """Codes and numbers kept as text. A float that cannot hold its digits exactly is refused: Excel
     keeps 15 significant digits and silently destroys an 18-digit ID or household number."""
+    if type(cell) is str:
+        return cell.strip() or None
     if isinstance(cell, float) and abs(cell) >= 2**53:
         raise Reject(
             None, "stored as a number in Excel: its digits were lost; format the column as text"
@@ -295,57 +299,158 @@ def _lengths(table: Table) -> dict[str, int]:
     return out
 
 
+class _Slow(Exception):
+    """A CSV cell the fast path does not take: the row is parsed again the careful way."""
+
+
+Convert = Callable[[Any], Any]
+
+
+class RowPlan:
+    """How the rows of one file become register values, worked out once from its header.
+
+    Each row becomes a tuple in the order of ``columns`` (the fields the file gives, then the ones it
+    lacks with their defaults), or a Reject naming the column. ``convert`` maps a column to a
+    function applied to its non-empty values after parsing (the driver's bind processing).
+
+    CSV rows take a fast path: one function per cell, and since a cell parser is pure, the value of a
+    text seen before (a date, a code, a 户别) comes from a bounded cache instead of being parsed
+    again. Any doubt (a reject, a value too long) sends the row down the careful path, which names
+    the column and the reason.
+    """
+
+    _CACHE_LIMIT = 50_000
+
+    def __init__(
+        self,
+        table: TableFile,
+        fields: list[FieldSpec],
+        target: Table,
+        convert: dict[str, Convert] | None = None,
+    ) -> None:
+        positions = map_header(table, fields)
+        lengths = _lengths(target)
+        convert = convert or {}
+        self.width = len(table.header)
+        self.is_csv = table.kind == "csv"
+        self.is_xlsx = table.kind == "xlsx"
+        self._cells: list[tuple[int, str, Parser, int | None, Convert | None]] = []
+        self._fast: list[tuple[int, Callable[[str], Any]]] = []
+        names: list[str] = []
+        for spec in fields:
+            if spec.name not in positions:
+                continue
+            index = positions[spec.name]
+            label = f"{_column_letter(index)} ({table.header[index]})"
+            limit = lengths.get(spec.name)
+            conv = convert.get(spec.name)
+            self._cells.append((index, label, spec.parse, limit, conv))
+            self._fast.append((index, self._fast_cell(spec, limit, conv)))
+            names.append(spec.name)
+        absent = [s for s in fields if s.name not in positions]
+        # a column the file lacks gets its default (status: 正常)
+        defaults = [s.parse(None) for s in absent]
+        self._defaults = tuple(
+            convert[s.name](v) if v is not None and s.name in convert else v
+            for s, v in zip(absent, defaults, strict=True)
+        )
+        self.columns: tuple[str, ...] = tuple(names) + tuple(s.name for s in absent)
+
+    def _fast_cell(
+        self, spec: FieldSpec, limit: int | None, conv: Convert | None
+    ) -> Callable[[str], Any]:
+        cap = limit if limit is not None else 1 << 62
+        if spec.parse is _text and conv is None:
+            # free text (names, addresses) rarely repeats: not worth a cache
+
+            def text(cell: str) -> str | None:
+                value = cell.strip()
+                if len(value) > cap:
+                    raise _Slow
+                return value or None
+
+            return text
+        if spec.parse is _id_number and conv is None:
+
+            def id_number(cell: str) -> str | None:
+                value = "".join(cell.split()).upper()
+                if len(value) > cap:
+                    raise _Slow
+                return value or None
+
+            return id_number
+        cache: dict[str, Any] = {}
+        parse = spec.parse
+        limit_ = self._CACHE_LIMIT
+
+        def cached(cell: str) -> Any:
+            try:
+                return cache[cell]
+            except KeyError:
+                pass
+            try:
+                value = parse(cell)
+            except Reject:
+                raise _Slow from None
+            if isinstance(value, str) and len(value) > cap:
+                raise _Slow
+            if value is not None and conv is not None:
+                value = conv(value)
+            if len(cache) >= limit_:
+                cache.clear()
+            cache[cell] = value
+            return value
+
+        return cached
+
+    def parse(self, cells: list[Cell]) -> tuple[Any, ...] | Reject:
+        count = len(cells)
+        if self.is_csv and count == self.width:
+            try:
+                return (*[f(cells[i]) for i, f in self._fast], *self._defaults)  # type: ignore[arg-type]
+            except _Slow:
+                pass  # the careful path below says which column and why
+        bad = is_bad_record(cells)
+        if bad is not None:
+            return Reject(None, f"cannot be split into fields: {bad}")
+        if self.is_csv and count != self.width:
+            extra = cells[self.width :]
+            if count < self.width or any(str(c).strip() for c in extra if c is not None):
+                return Reject(None, f"{count} fields where the header has {self.width}")
+        values: list[Any] = []
+        for index, label, parse, limit, conv in self._cells:
+            cell = cells[index] if index < count else None
+            try:
+                if self.is_xlsx and isinstance(cell, str) and cell in _EXCEL_ERRORS:
+                    raise Reject(None, f"Excel error value {cell}")
+                value = parse(cell)
+            except Reject as exc:
+                reason = exc.reason if exc.reason != "empty" else "required value is empty"
+                return Reject(label, reason)
+            if isinstance(value, str) and limit is not None and len(value) > limit:
+                return Reject(label, f"longer than {limit} characters")
+            if value is not None and conv is not None:
+                value = conv(value)
+            values.append(value)
+        return (*values, *self._defaults)
+
+
 def parse_rows(
     table: TableFile,
     fields: list[FieldSpec],
     target: Table,
     progress: Progress,
 ) -> Iterator[tuple[Row, dict[str, Any] | Reject]]:
-    positions = map_header(table, fields)
-    specs = {s.name: s for s in fields}
-    absent = [s.name for s in fields if s.name not in positions]
-    lengths = _lengths(target)
-    width = len(table.header)
+    """Each row with its values by field name, or the Reject that keeps it out."""
+    plan = RowPlan(table, fields, target)
     for row in table.rows(progress):
-        bad = is_bad_record(row.cells)
-        if bad is not None:
-            yield row, Reject(None, f"cannot be split into fields: {bad}")
-            continue
-        cells = row.cells
-        if table.kind == "csv" and len(cells) != width:
-            extra = cells[width:]
-            if len(cells) < width or any(str(c).strip() for c in extra if c is not None):
-                yield row, Reject(None, f"{len(cells)} fields where the header has {width}")
-                continue
-        values: dict[str, Any] = {}
-        reject: Reject | None = None
-        for name, index in positions.items():
-            cell = cells[index] if index < len(cells) else None
-            title = table.header[index]
-            try:
-                if (
-                    isinstance(cell, str)
-                    and cell.startswith("#")
-                    and table.kind == "xlsx"
-                    and (cell in _EXCEL_ERRORS)
-                ):
-                    raise Reject(None, f"Excel error value {cell}")
-                value = specs[name].parse(cell)
-            except Reject as exc:
-                reason = exc.reason if exc.reason != "empty" else "required value is empty"
-                reject = Reject(f"{_column_letter(index)} ({title})", reason)
-                break
-            limit = lengths.get(name)
-            if isinstance(value, str) and limit is not None and len(value) > limit:
-                reject = Reject(
-                    f"{_column_letter(index)} ({title})", f"longer than {limit} characters"
-                )
-                break
-            values[name] = value
-        if reject is None:
-            for name in absent:  # a column the file lacks gets its default (status: 正常)
-                values[name] = specs[name].parse(None)
-        yield row, (reject if reject is not None else values)
+        outcome = plan.parse(row.cells)
+        yield (
+            row,
+            outcome
+            if isinstance(outcome, Reject)
+            else dict(zip(plan.columns, outcome, strict=True)),
+        )
 
 
 _QUOTED = re.compile(r"'[^']*'")
@@ -491,27 +596,32 @@ def _import(
             assert import_key is not None
             import_id = int(import_key[0])
             seen_keys = _existing_keys(conn, target) if kind == "applications" else set()
+            columns = RowPlan(table, fields, target).columns
+            writer = BulkInserter(conn, target, (*columns, "import_id", "source_line"))
+            if any(name not in columns for name in writer.converters):
+                raise AssertionError("import_id and source_line need no conversion")
+            plan = RowPlan(table, fields, target, writer.converters)
+            key_at = columns.index("application_id") if kind == "applications" else -1
             loaded = 0
-            chunk: list[dict[str, Any]] = []
-            for row, outcome in parse_rows(table, fields, target, progress):
+            chunk: list[tuple[Any, ...]] = []
+            for row in table.rows(progress):
+                outcome = plan.parse(row.cells)
                 if isinstance(outcome, Reject):
                     rejects.add(row, outcome)
                     continue
-                if kind == "applications":
-                    key = outcome["application_id"]
+                if key_at >= 0:
+                    key = outcome[key_at]
                     if key in seen_keys:
                         rejects.add(row, Reject("业务编号", "application id already loaded"))
                         continue
                     seen_keys.add(key)
-                outcome["import_id"] = import_id
-                outcome["source_line"] = row.line
-                chunk.append(outcome)
+                chunk.append((*outcome, import_id, row.line))
                 if len(chunk) >= _CHUNK_ROWS:
-                    conn.execute(insert(target), chunk)
+                    writer.insert(chunk)
                     loaded += len(chunk)
                     chunk = []
             if chunk:
-                conn.execute(insert(target), chunk)
+                writer.insert(chunk)
                 loaded += len(chunk)
             if loaded == 0:
                 raise _NothingLoaded()
@@ -542,6 +652,76 @@ def _import(
         import_id=int(import_id),
         rejects_by_reason=dict(rejects.by_reason),
     )
+
+
+class BulkInserter:
+    """Inserts rows through the driver, inside the SQLAlchemy transaction of ``conn``: COPY on
+    PostgreSQL (psycopg), executemany on SQLite, multi-row INSERTs on MySQL/MariaDB (PyMySQL
+    rewrites executemany so). Values must have gone through ``converters`` first: the bind
+    processors SQLAlchemy itself would apply, so that dates and instants are stored exactly as the
+    rest of the tool stores them. Any other driver gets SQLAlchemy's own executemany (and no
+    converters). Driver errors come out as SQLAlchemy's, so they are reported the same way."""
+
+    def __init__(self, conn: Connection, target: Table, columns: tuple[str, ...]) -> None:
+        self.conn = conn
+        self.target = target
+        self.columns = columns
+        dialect = conn.dialect
+        self.dialect = dialect
+        quoted = ", ".join(dialect.identifier_preparer.quote(c) for c in columns)
+        table_name = dialect.identifier_preparer.format_table(target)
+        driver = dialect.driver
+        self.mode = "sqlalchemy"
+        self.statement = ""
+        marks = ""
+        if dialect.name == "postgresql" and driver == "psycopg":
+            self.mode = "copy"
+            self.statement = f"COPY {table_name} ({quoted}) FROM STDIN"
+        elif dialect.name == "sqlite" and driver == "pysqlite":
+            self.mode = "executemany"
+            marks = ", ".join("?" for _ in columns)
+        elif dialect.name in ("mysql", "mariadb") and driver == "pymysql":
+            self.mode = "executemany"
+            marks = ", ".join("%s" for _ in columns)
+        if self.mode == "executemany":
+            # names from our own schema, quoted by the dialect; values are bound
+            self.statement = f"INSERT INTO {table_name} ({quoted}) VALUES ({marks})"  # noqa: S608
+        self.converters: dict[str, Convert] = {}
+        if self.mode != "sqlalchemy":
+            for name in columns:
+                proc = target.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+                if proc is not None:
+                    self.converters[name] = proc
+
+    def insert(self, rows: list[tuple[Any, ...]]) -> None:
+        if self.mode == "sqlalchemy":
+            self.conn.execute(
+                insert(self.target), [dict(zip(self.columns, r, strict=True)) for r in rows]
+            )
+            return
+        raw = self.conn.connection.driver_connection
+        assert raw is not None
+        dbapi = self.dialect.loaded_dbapi
+        cursor = raw.cursor()
+        try:
+            if self.mode == "copy":
+                with cursor.copy(self.statement) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            else:
+                cursor.executemany(self.statement, rows)
+        except dbapi.Error as err:
+            raise exc.DBAPIError.instance(
+                self.statement,
+                None,
+                err,
+                dbapi.Error,
+                hide_parameters=True,
+                connection_invalidated=self.dialect.is_disconnect(err, raw, cursor),
+                dialect=self.dialect,
+            ) from err
+        finally:
+            cursor.close()
 
 
 class _NothingLoaded(Exception):

@@ -11,12 +11,13 @@ import codecs
 import csv
 import hashlib
 import io
+import itertools
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .errors import InputFileError
 from .progress import Progress
@@ -157,26 +158,38 @@ def _scan(path: Path, codec: str) -> tuple[str | None, int | None, str]:
     return None, None, sha.hexdigest()
 
 
-class _LineRecorder:
-    """Iterates text lines for csv.reader while keeping the raw lines of the current record."""
+class _LineWindow:
+    """Feeds csv.reader the file's lines a block at a time (no Python call per line) and keeps the
+    lines of the record being read, for its original text."""
 
-    def __init__(self, fh: io.TextIOBase) -> None:
+    _BLOCK = 1 << 20  # characters per block, roughly
+
+    def __init__(self, fh: io.TextIOBase, advance: Callable[[int], None]) -> None:
         self._fh = fh
-        self.buffer: list[str] = []
-        self.line = 0
-        self.bytes_hint = 0
+        self._advance = advance
+        self.lines: list[str] = []
+        self.base = 1  # line number of lines[0]
+        self.keep_from = 1  # first line of the record being read: kept across blocks
 
-    def __iter__(self) -> _LineRecorder:
-        return self
+    def _blocks(self) -> Iterator[list[str]]:
+        while True:
+            block = self._fh.readlines(self._BLOCK)
+            if not block:
+                return
+            drop = self.keep_from - self.base
+            if drop > 0:
+                del self.lines[:drop]
+                self.base += drop
+            self.lines.extend(block)
+            self._advance(sum(map(len, block)))  # characters, close enough to bytes for a bar
+            yield block
 
-    def __next__(self) -> str:
-        text = self._fh.readline()
-        if not text:
-            raise StopIteration
-        self.line += 1
-        self.buffer.append(text)
-        self.bytes_hint += len(text)
-        return text
+    def __iter__(self) -> Iterator[str]:
+        return itertools.chain.from_iterable(self._blocks())
+
+    def text(self, first: int, last: int) -> str:
+        """The original text of lines first..last (1-based, inclusive)."""
+        return "".join(self.lines[first - self.base : last - self.base + 1]).rstrip("\r\n")
 
 
 def _csv_rows(table: TableFile, progress: Progress) -> Iterator[Row]:
@@ -185,32 +198,28 @@ def _csv_rows(table: TableFile, progress: Progress) -> Iterator[Row]:
         table.path.open("r", encoding=encoding, newline="") as fh,
         progress("读取 " + table.path.name, table.size, "B") as advance,
     ):
-        recorder = _LineRecorder(fh)
-        reader = csv.reader(recorder, delimiter=table.delimiter, strict=True)
-        consumed = 0
+        window = _LineWindow(fh, advance)
+        reader = csv.reader(window, delimiter=table.delimiter, strict=True)
         first = True
         while True:
-            recorder.buffer = []
-            start_line = recorder.line + 1
+            start_line = reader.line_num + 1
+            window.keep_from = start_line
             try:
                 cells = next(reader)
             except StopIteration:
                 break
             except csv.Error as exc:
-                original = "".join(recorder.buffer).rstrip("\r\n")
+                original = window.text(start_line, reader.line_num)
                 yield Row(start_line, [_BadRecord(str(exc))], original)
                 continue
-            finally:
-                # characters, close enough to bytes for a progress bar
-                advance(recorder.bytes_hint - consumed)
-                consumed = recorder.bytes_hint
             if first:
                 first = False  # the header, already read by open_table
                 continue
-            original = "".join(recorder.buffer).rstrip("\r\n")
-            if not cells or all(c.strip() == "" for c in cells):
+            if not cells or (not cells[0].strip() and all(c.strip() == "" for c in cells)):
                 continue  # blank line
-            yield Row(start_line, list(cells), original)
+            yield Row(
+                start_line, cast("list[Cell]", cells), window.text(start_line, reader.line_num)
+            )
 
 
 class _BadRecord(str):
