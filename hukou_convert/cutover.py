@@ -30,6 +30,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    null,
     select,
     update,
 )
@@ -534,7 +535,12 @@ def conversion_expressions(
     """(codes to convert, nature, history category, register 户别 label) as SQL over the register."""
     convert = [e for e in codes.entries() if e.action is Action.CONVERT and e.nature is not None]
     raws = [e.raw for e in convert]
-    nature = case({e.raw: e.nature.value for e in convert if e.nature}, value=R.c.hukou_type)
+    # a table that converts nothing has no CASE to write (an empty CASE is a syntax error)
+    nature: ColumnElement[Any] = (
+        case({e.raw: e.nature.value for e in convert if e.nature}, value=R.c.hukou_type)
+        if convert
+        else null()
+    )
     with_category = [e for e in convert if e.category is not None]
     from_label = case(
         {label: cat.value for label, cat in CATEGORY_OF_LABEL.items()}, value=R.c.household_category

@@ -19,7 +19,7 @@ from .codes import GA324_TABLE, Action, Category, CodeEntry, CodeTable, Nature
 from .errors import ProfileError
 from .instants import format_instant, parse_instant
 
-_SCOPE_PREFIX = re.compile(r"^\d{2,12}$")
+_SCOPE_PREFIX = re.compile(r"[0-9]{2,12}")  # ASCII digits only, matched whole
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ def _profile_from_dict(data: dict[str, Any], origin: str) -> Profile:
         raise ValueError("scope (a list of division-code prefixes) is required")
     scope = tuple(str(s) for s in scope_raw)
     for prefix in scope:
-        if not _SCOPE_PREFIX.match(prefix):
+        if not _SCOPE_PREFIX.fullmatch(prefix):
             raise ValueError(f"scope prefix {prefix!r} must be 2 to 12 digits")
     profile = Profile(
         name=name,

@@ -196,12 +196,6 @@ def test_malicious_scope_in_a_profile_file_is_refused(
     engine.dispose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="profiles.py validates scope with re.match(r'^\\d{2,12}$'): '$' accepts a trailing"
-    " newline and \\d accepts any Unicode digit (full-width ３３０２); values are still bound"
-    " parameters, so this is not an injection, but the prefix is not the digits it claims",
-)
 @pytest.mark.parametrize("scope", ["330211\n", "３３０２１１"])
 def test_scope_prefix_is_ascii_digits_only(
     scope: str, sqlite_url: str, sample_csv: Path, tmp_path: Path
@@ -235,12 +229,6 @@ def test_profile_values_travel_as_bound_parameters(
     engine.dispose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cutover.conversion_expressions builds CASE with no WHEN when the code table converts"
-    " nothing (builtin_codes = false): the rehearsal's workbook query is invalid SQL (exit 10"
-    " 'near END: syntax error') instead of listing the unmapped codes with exit 6",
-)
 def test_rehearsal_with_an_empty_code_table_lists_the_unmapped_codes(
     sqlite_url: str, sample_csv: Path, tmp_path: Path
 ) -> None:
