@@ -572,10 +572,11 @@ def _convert_batches(
     progress: Progress,
 ) -> int:
     exprs = conversion_expressions(codes)
-    scope_pred = _conversion_predicate(run_id, exprs[0], profile)
     key = R.c.record_id
     B = schema.run_batches
     with engine.connect() as conn:
+        holds, applies = _run_holds_and_applies(conn, run_id)
+        scope_pred = _conversion_predicate(run_id, exprs[0], profile, holds)
         last = conn.execute(
             select(B.c.batch_no, B.c.last_key)
             .where(B.c.run_id == run_id)
@@ -598,6 +599,7 @@ def _convert_batches(
                 hi = conn.execute(
                     select(key).where(after).order_by(key).offset(batch_size - 1).limit(1)
                 ).scalar()
+                full = hi is not None
                 if hi is None:
                     hi = conn.execute(select(func.max(key)).where(after)).scalar()
                     if hi is None:
@@ -607,7 +609,15 @@ def _convert_batches(
                     H.c.record_id > (lo if lo is not None else -1), H.c.record_id <= hi
                 )
                 updated = _convert_window(
-                    conn, run_id, exprs, scope_pred, cutoff, window, history_window, batch_no + 1
+                    conn,
+                    run_id,
+                    exprs,
+                    scope_pred,
+                    cutoff,
+                    window,
+                    history_window,
+                    batch_no + 1,
+                    applies,
                 )
                 batch_no += 1
                 conn.execute(
@@ -620,23 +630,45 @@ def _convert_batches(
                         committed_at=now(),
                     )
                 )
-                window_rows = conn.execute(
-                    select(func.count()).select_from(R).where(window)
-                ).scalar_one()
+                # a full window holds exactly batch_size keys (hi is the batch_size-th key after
+                # lo); only the last one is counted
+                window_rows = (
+                    batch_size
+                    if full
+                    else conn.execute(
+                        select(func.count()).select_from(R).where(window)
+                    ).scalar_one()
+                )
             advance(int(window_rows))
             lo = int(hi)
             batches += 1
     return batches
 
 
-def _conversion_predicate(run_id: str, raws: list[str], profile: Profile) -> ColumnElement[bool]:
-    """What the run converts: active records in scope with a code to convert, not held back."""
-    return and_(
-        in_scope(R, profile.scope),
-        is_active(R, profile.active_statuses),
-        R.c.hukou_type.in_(raws),
-        not_held(run_id),
-    )
+def _conversion_predicate(
+    run_id: str, raws: list[str], profile: Profile, holds: bool = True
+) -> ColumnElement[bool]:
+    """What the run converts: active records in scope with a code to convert, not held back.
+    ``holds=False`` when the run holds no record: then no per-record look-up of the holds."""
+    scope = [in_scope(R, profile.scope), is_active(R, profile.active_statuses)]
+    return and_(*scope, R.c.hukou_type.in_(raws), *([not_held(run_id)] if holds else []))
+
+
+def _run_holds_and_applies(conn: Connection, run_id: str) -> tuple[bool, bool]:
+    """Whether the run holds any record back, and whether it applied any application: when not,
+    the batches need not look either up per record (both are fixed before the first batch)."""
+    holds = conn.execute(
+        select(schema.run_holds.c.record_id)
+        .where(schema.run_holds.c.run_id == run_id, schema.run_holds.c.state == "held")
+        .limit(1)
+    ).first()
+    A = schema.applications
+    applied = conn.execute(
+        select(A.c.application_id)
+        .where(A.c.outcome_run_id == run_id, A.c.outcome == Outcome.APPLIED.value)
+        .limit(1)
+    ).first()
+    return holds is not None, applied is not None
 
 
 def _convert_window(
@@ -648,8 +680,10 @@ def _convert_window(
     window: ColumnElement[bool],
     history_window: ColumnElement[bool],
     batch_no: int,
+    applies: bool = True,
 ) -> int:
-    """One batch, set-based: the history rows (INSERT … SELECT), then the register (one UPDATE)."""
+    """One batch, set-based: the history rows (INSERT … SELECT), then the register (one UPDATE).
+    ``applies=False`` when the run applied no application: no per-record look-up of one."""
     _raws, nature, category, new_label = exprs
     effective = bindparam("effective_at", cutoff.instant, type_=schema.Instant())
     converted_at = bindparam("converted_at", now(), type_=schema.Instant())
@@ -664,7 +698,7 @@ def _convert_window(
         literal(run_id),
         R.c.record_id,
         R.c.division_code,
-        applied_application(run_id),
+        applied_application(run_id) if applies else null(),
         R.c.household_category,
     ).where(window, scope_pred)
     conn.execute(
