@@ -98,6 +98,9 @@ register = Table(
     Column("source_line", Integer),
     Index("ix_hukou_register_id_number", "id_number"),
     Index("ix_hukou_register_household_id", "household_id"),
+    # PostgreSQL rewrites every updated row: with half of each page free the cutover's UPDATE stays
+    # on the page and writes no index entries (HOT), 4-5x faster (FLOORS.md)
+    postgresql_with={"fillfactor": 50},
     **_mysql,
 )
 
