@@ -413,14 +413,8 @@ def _per_record(
         )
         for partition in result.partitions():
             for row in partition:
-                rec = RecordFields(
-                    record_id=int(row.record_id),
-                    id_number=row.id_number,
-                    name=row.name,
-                    sex=row.sex,
-                    birth_date=row.birth_date,
-                    division_code=row.division_code,
-                )
+                record_id, id_number, name, _status, sex, birth_date, division_code = row
+                rec = RecordFields(record_id, id_number, name, sex, birth_date, division_code)
                 for code, explanation, upgraded in record_issues(rec, cutoff, addresses):
                     add(code, row, explanation, upgraded)
             scanned += len(partition)

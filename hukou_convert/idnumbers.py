@@ -13,7 +13,11 @@ _WEIGHTS = [pow(2, 17 - i, 11) for i in range(17)]
 
 def check_character(first17: str) -> str:
     """The ISO 7064 MOD 11-2 check character of 17 digits."""
-    total = sum(int(d) * w for d, w in zip(first17, _WEIGHTS, strict=True))
+    if len(first17) != 17 or not first17.isdigit():
+        raise ValueError("the check character is computed from 17 digits")
+    # The weights are 2**(17-i) mod 11 and 13 = 2 (mod 11): the digits read in base 13, doubled,
+    # give the weighted sum mod 11 in one C call (FLOORS.md: 0.6 s per million instead of ~2 s).
+    total = 2 * int(first17, 13)
     value = (12 - total % 11) % 11
     return "X" if value == 10 else str(value)
 
