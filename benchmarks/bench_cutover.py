@@ -9,11 +9,16 @@ fresh process so that its peak RSS is its own:
 
 - import: ``hukou-convert import`` against the floor, csv.reader + one executemany transaction into a
   table with the same indexes (SQLite) / the same rows inserted with COPY (PostgreSQL);
+- rehearsal: ``rehearse`` (census, fingerprint, checks; no workbook: bench_workbook.py measures
+  the workbooks against raw openpyxl);
 - cutover: ``hukou-convert cutover --yes`` against the floor, one ``INSERT INTO history SELECT …``
   and one ``UPDATE`` with the same CASE expressions on a copy of the register, in one transaction.
 
 The cutover's phases come from its progress callback (census, fingerprint, conversion, checks after
-the commit), so the closed window (start to the conversion's commit) is shown beside the floor.
+the commit), so the closed window (start to the conversion's commit) is shown beside the floor;
+- verify: ``verify_run`` of the run just made.
+
+Every step shows its time per person (the linearity target compares it at 1M and 10M).
 Prints one table; figures vary from machine to machine, ratios much less.
 """
 
@@ -23,7 +28,6 @@ import argparse
 import csv
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -44,14 +48,15 @@ PG_ADMIN = os.environ.get(
 
 
 def child(code: str, *args: str) -> dict[str, Any]:
-    """Run a Python snippet in a fresh process; it prints a JSON dict; add its peak RSS."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Run a Python snippet in a fresh process; it prints a JSON dict; add its own peak RSS (the
+    children's ru_maxrss in this process would be the largest of all children so far)."""
+    peak = "\nimport json as _j, resource as _r\nprint(_j.dumps(_r.getrusage(_r.RUSAGE_SELF).ru_maxrss))\n"
     out = subprocess.run(
-        [sys.executable, "-c", code, *args], check=True, capture_output=True, text=True
+        [sys.executable, "-c", code + peak, *args], check=True, capture_output=True, text=True
     ).stdout
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    result["peak_mb"] = max(before, after) / 1024
+    lines = out.strip().splitlines()
+    result: dict[str, Any] = json.loads(lines[-2])
+    result["peak_mb"] = int(lines[-1]) / 1024
     return result
 
 
@@ -126,6 +131,28 @@ r = run_cutover(make_engine(parse_url(url)), p, resolve_cutoff(p, None), progres
 print(json.dumps({"seconds": time.perf_counter() - t0, "converted": r.converted, "phases": phases}))
 """
 
+REHEARSE = r"""
+import json, sys, time
+from hukou_convert.cutover import rehearse
+from hukou_convert.db import make_engine, parse_url
+from hukou_convert.profiles import BUILTIN_PROFILES, resolve_cutoff
+url = sys.argv[1]
+p = BUILTIN_PROFILES["zhenhai"]
+t = time.perf_counter()
+r = rehearse(make_engine(parse_url(url)), p, resolve_cutoff(p, None))
+print(json.dumps({"seconds": time.perf_counter() - t, "converted": r.converted}))
+"""
+
+VERIFY = r"""
+import json, sys, time
+from hukou_convert.db import make_engine, parse_url
+from hukou_convert.verify import verify_run
+url = sys.argv[1]
+t = time.perf_counter()
+r = verify_run(make_engine(parse_url(url)))
+print(json.dumps({"seconds": time.perf_counter() - t, "ok": r.ok}))
+"""
+
 CUTOVER_FLOOR = r"""
 import json, sys, time
 from sqlalchemy import create_engine, text
@@ -189,7 +216,9 @@ def main() -> None:
     try:
         imp = child(IMPORT, url, str(register))
         imp_floor = child(IMPORT_FLOOR, floor_url, str(register))
+        rehearsal = child(REHEARSE, url)
         cut = child(CUTOVER, url)
+        ver = child(VERIFY, url)
         # the conversion floor works on a copy of the same register, imported the same way
         child(IMPORT, floor_url, str(register))
         cut_floor = child(CUTOVER_FLOOR, floor_url)
@@ -200,29 +229,33 @@ def main() -> None:
     phases = cut["phases"]
     window = phases.get("_end_转换 cutover", cut["seconds"])
     n = args.persons
+    closed_floor = cut_floor["seconds"]
     rows = [
         ("import", imp["seconds"], imp_floor["seconds"], imp["peak_mb"]),
         (
-            "cutover: closed window (to the last batch's commit)",
-            window,
-            cut_floor["seconds"],
-            cut["peak_mb"],
+            "rehearsal (checks and plan digests, no workbook)",
+            rehearsal["seconds"],
+            None,
+            rehearsal["peak_mb"],
         ),
         (
-            "cutover: conversion batches alone",
-            phases.get("转换 cutover", 0.0),
-            cut_floor["seconds"],
-            None,
+            "cutover: closed window (to the last batch's commit)",
+            window,
+            closed_floor,
+            cut["peak_mb"],
         ),
+        ("cutover: conversion batches alone", phases.get("转换 cutover", 0.0), closed_floor, None),
         ("cutover: whole command (with checks after the commit)", cut["seconds"], None, None),
+        ("verify", ver["seconds"], None, ver["peak_mb"]),
     ]
-    print(f"\n{args.db}, {n:,} persons, {cut['converted']:,} converted")
-    print(f"{'step':<55} {'seconds':>9} {'floor':>9} {'ratio':>7} {'peak MB':>8}")
+    print(f"\n{args.db}, {n:,} persons, {cut['converted']:,} converted, verify ok: {ver['ok']}")
+    print(f"{'step':<55} {'seconds':>9} {'floor':>9} {'ratio':>7} {'µs/person':>10} {'peak MB':>8}")
     for name, seconds, floor, peak in rows:
         ratio = f"{seconds / floor:.2f}" if floor else ""
         floor_s = f"{floor:.1f}" if floor else ""
         peak_s = f"{peak:.0f}" if peak else ""
-        print(f"{name:<55} {seconds:>9.1f} {floor_s:>9} {ratio:>7} {peak_s:>8}")
+        per = seconds / n * 1e6
+        print(f"{name:<55} {seconds:>9.1f} {floor_s:>9} {ratio:>7} {per:>10.2f} {peak_s:>8}")
     print("phases of the cutover:")
     for phase, seconds in phases.items():
         if not phase.startswith("_end_"):
