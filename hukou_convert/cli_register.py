@@ -1,4 +1,4 @@
-"""Commands on the register itself: import, profiles, sample, check, divisions."""
+"""Commands on the register itself: import, profiles, sample, check, divisions, mapping."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import click
 from .cli import App, cli, db_option, pad_display, pass_app, profile_options, quiet_option
 from .codes import CATEGORY_LABELS, NATURE_LABELS
 from .db import display_url
+from .errors import UnmappedCodesError, UnmappedValue
 from .idnumbers import mask_id, mask_name
 from .ingest import ImportMode, ImportResult, import_applications, import_register
 from .instants import format_instant
+from .mapping import check_mapping
 from .profiles import BUILTIN_PROFILES, load_profile, resolve_cutoff
 from .sample import SampleOptions, write_sample
 
@@ -225,3 +227,53 @@ def divisions_list_command(app: App, prefix: str) -> None:
 
     for d in list_divisions(app.engine(), prefix):
         click.echo(f"{d.code} {d.level} {d.urban_rural_code or '---'} {d.name}")
+
+
+@cli.group("mapping")
+def mapping_group() -> None:
+    """Mapping files: convert a legacy register table where it lives, through its own columns."""
+
+
+@mapping_group.command("check")
+@click.option(
+    "--mapping",
+    "mapping_file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The mapping file (TOML) naming the table, its key and its columns.",
+)
+@click.option(
+    "--profile",
+    "-p",
+    "profile_name",
+    default="zhenhai",
+    show_default=True,
+    metavar="NAME|FILE.toml",
+    help="The profile whose code table the values present are checked against.",
+)
+@db_option
+@pass_app
+def mapping_check_command(app: App, mapping_file: Path, profile_name: str) -> None:
+    """Validate a mapping against the real schema before any cutover is tried.
+
+    Every table and column name is checked against an allowlist pattern and the reflected schema;
+    the key must be a single-column unique key. Then the 户口性质 and status values present are
+    sampled: values the profile does not map are listed (exit 6), never guessed.
+    """
+    report = check_mapping(app.engine(), mapping_file, load_profile(profile_name))
+    kind = "integer" if report.key_is_integer else "text"
+    click.echo(f"mapping {report.source}: table {report.table}, key {report.key} ({kind})")
+    click.echo(f"  {report.records} records")
+    click.echo("  户口性质 values present:")
+    for raw, n, what in report.codes:
+        shown = "(empty)" if raw is None else repr(raw)
+        click.echo(f"    {shown:<20} {n:>10}  {what}")
+    click.echo("  status values present:")
+    for raw, n, active in report.statuses:
+        shown = "(empty)" if raw is None else repr(raw)
+        click.echo(f"    {shown:<20} {n:>10}  {'active' if active else 'not active'}")
+    if report.unmapped:
+        raise UnmappedCodesError(
+            [UnmappedValue(raw, n) for raw, n in report.unmapped], rehearsal=True
+        )
+    click.echo("通过 PASSED: every name exists, every code value present is mapped")
