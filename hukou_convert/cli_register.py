@@ -2,24 +2,43 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
 from .cli import App, cli, db_option, pad_display, pass_app, profile_options, quiet_option
 from .codes import CATEGORY_LABELS, NATURE_LABELS
-from .db import display_url
-from .errors import UnmappedCodesError, UnmappedValue
+from .db import display_url, make_engine, parse_url
+from .errors import UnmappedCodesError, UnmappedValue, UsageError
 from .idnumbers import mask_id, mask_name
 from .ingest import ImportMode, ImportResult, import_applications, import_register
 from .instants import format_instant
+from .legacy_import import import_from_db
 from .mapping import check_mapping
 from .profiles import BUILTIN_PROFILES, load_profile, resolve_cutoff
 from .sample import SampleOptions, write_sample
 
 
 @cli.command("import")
-@click.argument("persons_file", type=click.Path(path_type=Path))
+@click.argument("persons_file", type=click.Path(path_type=Path), required=False)
+@click.option(
+    "--from-db",
+    "from_db",
+    metavar="URL",
+    help="Copy the register from a legacy database table instead of a file (needs --mapping).",
+)
+@click.option(
+    "--mapping",
+    "mapping_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --from-db: the mapping file naming the legacy table and its columns.",
+)
+@click.option(
+    "--from-db-password-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The legacy database's password (or set HUKOU_FROM_DB_PASSWORD).",
+)
 @click.option(
     "--applications",
     "applications_file",
@@ -41,26 +60,49 @@ from .sample import SampleOptions, write_sample
 @pass_app
 def import_command(
     app: App,
-    persons_file: Path,
+    persons_file: Path | None,
+    from_db: str | None,
+    mapping_file: Path | None,
+    from_db_password_file: Path | None,
     applications_file: Path | None,
     encoding: str | None,
     mode: str | None,
     rejects: Path | None,
 ) -> None:
-    """Load a legacy register export (CSV in UTF-8/GBK/GB18030, or .xlsx).
+    """Load a legacy register export (CSV in UTF-8/GBK/GB18030, or .xlsx), or copy a legacy
+    database table through a mapping file (--from-db URL --mapping FILE).
 
     Headers in Chinese or English, any order. Rejected rows go to a reject file with their line,
     column and reason; a file that cannot be read loads nothing.
     """
     chosen = ImportMode(mode) if mode else ImportMode.NEW
-    result = import_register(
-        app.engine(),
-        persons_file,
-        mode=chosen,
-        encoding=encoding,
-        reject_path=rejects,
-        progress=app.progress(),
-    )
+    if (persons_file is None) == (from_db is None) or (from_db is None) != (mapping_file is None):
+        raise UsageError("give a PERSONS_FILE, or --from-db URL with --mapping FILE")
+    if from_db is not None:
+        assert mapping_file is not None
+        password = (
+            from_db_password_file.read_text(encoding="utf-8").strip()
+            if from_db_password_file
+            else os.environ.get("HUKOU_FROM_DB_PASSWORD")
+        )
+        result = import_from_db(
+            app.engine(),
+            make_engine(parse_url(from_db, password)),
+            mapping_file,
+            mode=chosen,
+            reject_path=rejects,
+            progress=app.progress(),
+        )
+    else:
+        assert persons_file is not None
+        result = import_register(
+            app.engine(),
+            persons_file,
+            mode=chosen,
+            encoding=encoding,
+            reject_path=rejects,
+            progress=app.progress(),
+        )
     _print_import(result)
     if applications_file is not None:
         app_result = import_applications(

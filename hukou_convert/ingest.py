@@ -573,9 +573,33 @@ def _import(
     progress: Progress,
 ) -> ImportResult:
     table = open_table(path, encoding)  # reads and checks the whole file first: may load nothing
+    return import_table(
+        engine,
+        table,
+        kind,
+        fields,
+        target,
+        mode,
+        reject_path or default_reject_path(path),
+        progress,
+    )
+
+
+def import_table(
+    engine: Engine,
+    table: TableFile,
+    kind: str,
+    fields: list[FieldSpec],
+    target: Table,
+    mode: ImportMode,
+    reject_path: Path,
+    progress: Progress,
+) -> ImportResult:
+    """Load an opened source (a checked file, or a legacy table read through a mapping)."""
+    path = table.path
     map_header(table, fields)
     schema.ensure_schema(engine)
-    rejects = RejectWriter(reject_path or default_reject_path(path))
+    rejects = RejectWriter(reject_path)
     try:
         with engine.begin() as conn:
             _check_mode(conn, kind, target, table, mode)

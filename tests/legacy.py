@@ -64,7 +64,6 @@ resident_collective = "12"
 PROFILE = """
 name = "zhenhai-legacy"
 base = "zhenhai"
-active_statuses = ["1"]
 [codes."11"]
 action = "resident"
 category = "FAMILY"

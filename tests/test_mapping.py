@@ -107,3 +107,46 @@ def test_mapping_check_command(db_url: str, tmp_path: Path) -> None:
     unmapped = runner.invoke(cli, args)
     assert unmapped.exit_code == 6
     assert "'11': 1" in unmapped.stderr
+
+
+def test_import_from_db_copies_the_legacy_table(db_url: str, tmp_path: Path) -> None:
+    from sqlalchemy import select
+
+    from hukou_convert import schema
+    from hukou_convert.db import make_engine, parse_url
+
+    source = make_engine(parse_url(db_url))
+    mapping, profile = create_legacy(source, tmp_path)
+    source.dispose()
+    copy = f"sqlite:///{tmp_path / 'copy.db'}"
+    runner = CliRunner()
+    result = runner.invoke(
+        cli, ["import", "--from-db", db_url, "--mapping", str(mapping), "--db", copy, "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "persons: 9 loaded, 0 rejected from 常住人口" in result.stdout
+    engine = make_engine(parse_url(copy))
+    R = schema.register
+    with engine.connect() as conn:
+        rows = {
+            r.name: r for r in conn.execute(select(R.c.name, R.c.hukou_type, R.c.status, R.c.sex))
+        }
+    assert (rows["旧系101"].hukou_type, rows["旧系101"].status, rows["旧系101"].sex) == (
+        "1",
+        "正常",
+        "男",
+    )
+    assert rows["旧系107"].status == "2"  # not active: kept as it was
+    again = runner.invoke(
+        cli,
+        ["import", "--from-db", db_url, "--mapping", str(mapping), "--db", copy, "--append"],
+    )
+    assert again.exit_code == 5 and "same SHA-256" in again.stderr
+    rehearsal = runner.invoke(
+        cli,
+        ["cutover", "-p", str(profile), "--dry-run", "-q", "--out", str(tmp_path), "--db", copy],
+    )
+    assert rehearsal.exit_code == 0, rehearsal.output
+    assert "to convert                          5" in rehearsal.stdout
+    missing = runner.invoke(cli, ["import", "--from-db", db_url, "--db", copy])
+    assert missing.exit_code == 2 and "--mapping" in missing.stderr
