@@ -27,6 +27,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    delete,
     func,
     insert,
     literal,
@@ -330,6 +331,8 @@ def _locked_cutover(
                 engine, completed, profile, cutoff, "released" if released else "already-complete"
             )
             done.released = released
+            if released:  # the holds changed: what the run reports changed with them
+                store_findings(engine, str(completed.run_id), done.findings)
             if comparison is not None:
                 comparison.compared_before = False
             done.plan_comparison = comparison
@@ -406,6 +409,7 @@ def _locked_cutover(
     with engine.connect() as conn:
         row = conn.execute(select(RUNS).where(RUNS.c.run_id == run_id)).one()
     result = _finished_result(engine, row, profile, cutoff, outcome)
+    store_findings(engine, run_id, result.findings)
     result.batches = batches
     result.started_at = started
     result.plan_comparison = comparison
@@ -432,8 +436,14 @@ def _check_same_run(run: Row[Any], profile: Profile, cutoff: ResolvedCutoff) -> 
 
 
 def _finished_result(
-    engine: Engine, run: Row[Any], profile: Profile, cutoff: ResolvedCutoff, outcome: str
+    engine: Engine,
+    run: Row[Any],
+    profile: Profile,
+    cutoff: ResolvedCutoff,
+    outcome: str,
+    recorded: list[Finding] | None = None,
 ) -> CutoverResult:
+    """What a finished run did; its findings are ``recorded`` ones, or found again now."""
     run_id = str(run.run_id)
     census = load_census(engine, run_id)
     with engine.connect() as conn:
@@ -445,7 +455,9 @@ def _finished_result(
         ):
             by[(Nature(nature), Category(category) if category else None)] += int(n)
         decisions = decide(conn, profile, census.codes, cutoff.instant)
-        findings = gather_findings(conn, profile, cutoff, decisions)
+        findings = (
+            recorded if recorded is not None else gather_findings(conn, profile, cutoff, decisions)
+        )
         held = current_holds(conn, run_id)
     return CutoverResult(
         rehearsal=False,
@@ -845,4 +857,77 @@ def load_run_result(engine: Engine, run_id: str | None) -> CutoverResult:
         )
     profile = run_profile(engine, run)
     cutoff = ResolvedCutoff(run.cutoff, str(run.cutoff_source or "recorded with the run"))
-    return _finished_result(engine, run, profile, cutoff, "completed")
+    recorded = recorded_findings(engine, str(run.run_id))
+    return _finished_result(engine, run, profile, cutoff, "completed", recorded)
+
+
+_FINDINGS_MARK = "(recorded)"
+
+
+def store_findings(engine: Engine, run_id: str, findings: list[Finding]) -> None:
+    """Record what a finished run reported (after its commit, in one transaction of its own),
+    replacing what it recorded before: ``load_run_result`` reads it back."""
+    F = schema.run_findings
+    rows: list[dict[str, Any]] = [
+        {
+            "run_id": run_id,
+            "seq": 0,
+            "code": _FINDINGS_MARK,
+            "category": "",
+            "severity": "",
+            "record_id": None,
+            "id_number": None,
+            "name": None,
+            "explanation": f"{len(findings)} findings",
+            "action": "",
+            "upgraded_id": None,
+        }
+    ]
+    rows.extend(
+        {
+            "run_id": run_id,
+            "seq": i,
+            "code": f.code,
+            "category": f.category,
+            "severity": f.severity,
+            "record_id": f.record_id,
+            "id_number": f.id_number,
+            "name": f.name,
+            "explanation": f.explanation,
+            "action": f.action,
+            "upgraded_id": f.upgraded_id,
+        }
+        for i, f in enumerate(findings, start=1)
+    )
+    with translate_errors():
+        schema.ensure_schema(engine)
+        with engine.begin() as conn:
+            conn.execute(delete(F).where(F.c.run_id == run_id))
+            for start in range(0, len(rows), 5_000):
+                conn.execute(insert(F), rows[start : start + 5_000])
+
+
+def recorded_findings(engine: Engine, run_id: str) -> list[Finding] | None:
+    """The findings a run recorded, in its order; None for a run that recorded none (an older
+    version, or killed between its commit and the record)."""
+    F = schema.run_findings
+    if F.name in schema.missing_tables(engine):
+        return None
+    with translate_errors(), engine.connect() as conn:
+        rows = conn.execute(select(F).where(F.c.run_id == run_id).order_by(F.c.seq)).all()
+    if not rows or rows[0].seq != 0:
+        return None
+    return [
+        Finding(
+            code=r.code,
+            category=r.category,
+            severity=r.severity,
+            record_id=None if r.record_id is None else int(r.record_id),
+            id_number=r.id_number,
+            name=r.name,
+            explanation=r.explanation,
+            action=r.action,
+            upgraded_id=r.upgraded_id,
+        )
+        for r in rows[1:]
+    ]

@@ -210,6 +210,27 @@ run_holds = Table(
     **_mysql,
 )
 
+# The exceptions a completed run reported (register checks, in-flight business, the freeze), written
+# after its commit: the report of a finished run is written again from what the run found, not from
+# the register as it is later. Row 0 of a run marks "recorded" (a run may find nothing).
+run_findings = Table(
+    "hukou_run_findings",
+    metadata,
+    Column("run_id", String(40), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("code", String(40), nullable=False),
+    Column("category", String(20), nullable=False),
+    Column("severity", String(10), nullable=False),
+    Column("record_id", BigInteger),
+    Column("id_number", String(32)),
+    Column("name", String(100)),
+    Column("explanation", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("upgraded_id", String(32)),
+    PrimaryKeyConstraint("run_id", "seq"),
+    **_mysql,
+)
+
 # One row per committed rollback batch, in the same transaction as the restore.
 rollback_batches = Table(
     "hukou_rollback_batches",
