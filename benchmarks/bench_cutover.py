@@ -76,9 +76,10 @@ import csv, json, sys, time
 from sqlalchemy import create_engine, text
 url, path = sys.argv[1], sys.argv[2]
 engine = create_engine(url)
+key = "BIGSERIAL PRIMARY KEY" if engine.dialect.name == "postgresql" else "INTEGER PRIMARY KEY"
 t = time.perf_counter()
 with engine.begin() as conn:
-    conn.execute(text("CREATE TABLE floor_register (record_id INTEGER PRIMARY KEY, id_number VARCHAR(32),"
+    conn.execute(text(f"CREATE TABLE floor_register (record_id {key}, id_number VARCHAR(32),"
         " name VARCHAR(100), sex VARCHAR(4), birth_date VARCHAR(10), household_id VARCHAR(40),"
         " hukou_type VARCHAR(40), household_category VARCHAR(20), division_code VARCHAR(20),"
         " status VARCHAR(20), updated_at VARCHAR(30), address VARCHAR(200), police_station VARCHAR(100),"
@@ -165,7 +166,9 @@ codes = {"1": "NON_AGRICULTURAL", "2": "AGRICULTURAL", "3": "NON_AGRICULTURAL", 
 case = "CASE hukou_type " + " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in codes.items()) + " END"
 inlist = ", ".join(f"'{k}'" for k in codes)
 with engine.begin() as conn:
-    conn.execute(text("CREATE TABLE floor_copy AS SELECT * FROM hukou_register"))
+    # the best means: on PostgreSQL the copy at fillfactor 50 too (FLOORS.md: 4-5x faster)
+    ff = " WITH (fillfactor = 50)" if engine.dialect.name == "postgresql" else ""
+    conn.execute(text(f"CREATE TABLE floor_copy{ff} AS SELECT * FROM hukou_register"))
     conn.execute(text("CREATE TABLE floor_history (id_number VARCHAR(32), original_code VARCHAR(40),"
         " original_nature VARCHAR(24), household_category VARCHAR(20), record_id BIGINT)"))
 t = time.perf_counter()
