@@ -16,13 +16,24 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Row, ScalarSelect, and_, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    ScalarSelect,
+    and_,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 
 from . import schema
 from .census import Census, CensusLine, in_scope, is_active
 from .codes import Action, CodeTable, Nature
 from .findings import Finding
-from .instants import format_instant
+from .instants import format_instant, now
 from .profiles import Profile
 
 A = schema.applications
@@ -139,7 +150,7 @@ def decide(
             )
     out: list[Decision] = []
     for app in apps:
-        if app.outcome is not None:
+        if app.outcome is not None and app.outcome_reverted_at is None:
             out.append(_stored(app, records.get(app.id_number or "", [])))
             continue
         out.append(_decide_one(app, records.get(app.id_number or "", []), codes, cutoff))
@@ -233,7 +244,10 @@ def apply_decisions(conn: Connection, run_id: str, decisions: list[Decision]) ->
     first transaction). Returns how many records changed type."""
     changed = 0
     for d in decisions:
-        if d.stored:
+        # Only a decision about a person this run is responsible for is final. Someone not in the
+        # register, or in another scope, is reported; another run (another profile, or a later
+        # import) decides again.
+        if d.stored or d.outcome in (Outcome.NOT_IN_REGISTER, Outcome.OUT_OF_SCOPE):
             continue
         if d.outcome is Outcome.APPLIED and d.to_code is not None and d.record_id is not None:
             result = conn.execute(
@@ -244,8 +258,12 @@ def apply_decisions(conn: Connection, run_id: str, decisions: list[Decision]) ->
             changed += result.rowcount
         conn.execute(
             update(A)
-            .where(A.c.application_id == d.application_id, A.c.outcome.is_(None))
+            .where(
+                A.c.application_id == d.application_id,
+                or_(A.c.outcome.is_(None), A.c.outcome_reverted_at.is_not(None)),
+            )
             .values(
+                outcome_reverted_at=None,
                 outcome=d.outcome.value,
                 outcome_run_id=run_id,
                 outcome_record_id=d.record_id,
@@ -254,6 +272,36 @@ def apply_decisions(conn: Connection, run_id: str, decisions: list[Decision]) ->
             )
         )
     return changed
+
+
+def undo_applied(conn: Connection, run_id: str, restored_records: ColumnElement[bool]) -> None:
+    """Rollback: a record an approved application changed before the run converted it goes back to
+    the code it had before the application (the history holds the code as of the cutoff)."""
+    applied = and_(
+        A.c.outcome_run_id == run_id,
+        A.c.outcome == Outcome.APPLIED.value,
+        A.c.outcome_to_code.is_not(None),
+        A.c.outcome_record_id == R.c.record_id,
+    )
+    conn.execute(
+        update(R)
+        .where(restored_records, exists(select(A.c.application_id).where(applied)))
+        .values(hukou_type=select(func.max(A.c.outcome_from_code)).where(applied).scalar_subquery())
+    )
+
+
+def reopen_decisions(conn: Connection, run_id: str, kept_records: ColumnElement[bool]) -> None:
+    """Rollback: the run's decisions no longer hold, except an application applied to a record the
+    rollback left converted (``kept_records``, changed since the cutover)."""
+    conn.execute(
+        update(A)
+        .where(
+            A.c.outcome_run_id == run_id,
+            A.c.outcome_reverted_at.is_(None),
+            ~and_(A.c.outcome == Outcome.APPLIED.value, kept_records),
+        )
+        .values(outcome_reverted_at=now())
+    )
 
 
 def applied_application(run_id: str) -> ScalarSelect[Any]:

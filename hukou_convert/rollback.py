@@ -19,6 +19,7 @@ from sqlalchemy import (
     Engine,
     and_,
     case,
+    exists,
     func,
     insert,
     not_,
@@ -31,6 +32,7 @@ from . import schema
 from .codes import CATEGORY_OF_LABEL, RESIDENT_TYPE
 from .db import translate_errors
 from .errors import Aborted, ChangedSinceCutoverError, RegisterStateError
+from .inflight import reopen_decisions, undo_applied
 from .instants import now
 from .progress import Progress, no_progress
 from .runlock import live_run_lock
@@ -141,6 +143,17 @@ def _locked_rollback(
         total = conn.execute(
             select(func.coalesce(func.sum(B.c.restored), 0)).where(B.c.run_id == run_id)
         ).scalar_one()
+        reopen_decisions(
+            conn,
+            run_id,
+            exists(
+                select(H.c.history_id).where(
+                    H.c.run_id == run_id,
+                    H.c.reverted_at.is_(None),
+                    H.c.record_id == schema.applications.c.outcome_record_id,
+                )
+            ),
+        )
         conn.execute(
             update(RUNS)
             .where(RUNS.c.run_id == run_id)
@@ -212,6 +225,13 @@ def _restore_batches(
                         household_category=H.c.original_category_label,
                     )
                 ).rowcount
+                undo_applied(
+                    conn,
+                    run_id,
+                    R.c.record_id.in_(
+                        select(H.c.record_id).where(H.c.run_id == run_id, H.c.reverted_at == stamp)
+                    ),
+                )
                 if restored != marked:
                     raise RegisterStateError(
                         f"rollback batch {batch_no + 1}: {marked} history rows marked but"

@@ -119,6 +119,8 @@ applications = Table(
     Column("outcome_record_id", BigInteger),
     Column("outcome_from_code", String(40)),
     Column("outcome_to_code", String(40)),
+    # set when the deciding run was rolled back: the application is open again for the next run
+    Column("outcome_reverted_at", Instant),
     Column("import_id", Integer),
     Column("source_line", Integer),
     Index("ix_hukou_applications_id_number", "id_number"),

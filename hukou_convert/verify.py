@@ -238,6 +238,19 @@ def _verify_reverted(engine: Engine, run: Row[Any], result: VerifyResult) -> Non
         )
         .exists()
     )
+    # the code before the run: before an application the run applied, else the history's
+    A = schema.applications
+    before_run = func.coalesce(
+        select(func.max(A.c.outcome_from_code))
+        .where(
+            A.c.outcome_run_id == run_id,
+            A.c.outcome == "APPLIED",
+            A.c.outcome_to_code.is_not(None),
+            A.c.outcome_record_id == H.c.record_id,
+        )
+        .scalar_subquery(),
+        H.c.original_code,
+    )
     with translate_errors(), engine.connect() as conn:
         reverted = conn.execute(
             select(func.count())
@@ -258,7 +271,7 @@ def _verify_reverted(engine: Engine, run: Row[Any], result: VerifyResult) -> Non
                     H.c.reverted_at.is_not(None),
                     ~reconverted,  # a later run converted it again: that run's verify covers it
                     or_(
-                        R.c.hukou_type != H.c.original_code,
+                        R.c.hukou_type != before_run,
                         and_(R.c.hukou_type.is_(None), H.c.original_code.is_not(None)),
                         R.c.household_category != H.c.original_category_label,
                         and_(

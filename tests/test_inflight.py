@@ -107,8 +107,12 @@ def test_each_application_gets_its_outcome_and_the_rehearsal_predicts_it(
         types = {
             r.id_number: r.hukou_type for r in conn.execute(select(R.c.id_number, R.c.hukou_type))
         }
-    assert {k: v[0] for k, v in stored.items()} == {k: v.value for k, v in expected.items()}
-    assert {v[1] for v in stored.values()} == {result.run_id}
+    # every outcome about a person in scope is stored, once; people outside it are only reported
+    unstored = {Outcome.NOT_IN_REGISTER, Outcome.OUT_OF_SCOPE}
+    assert {k: v[0] for k, v in stored.items()} == {
+        k: (None if v in unstored else v.value) for k, v in expected.items()
+    }
+    assert {v[1] for k, v in stored.items() if expected[k] not in unstored} == {result.run_id}
     # approved before the cutoff: the history records the type as of the cutoff, and the application
     assert tuple(history[P[1]][1:]) == ("1", "NON_AGRICULTURAL", "FAMILY", "A01")
     assert tuple(history[P[2]][1:]) == ("3", "NON_AGRICULTURAL", "COLLECTIVE", "A02")
@@ -136,7 +140,7 @@ def test_a_second_run_never_applies_an_application_twice(engine: Engine, tmp_pat
     assert table_dump(engine) == state
     applied = [d for d in again.decisions if d.outcome is Outcome.APPLIED]
     assert {d.application_id for d in applied} == {"A01", "A02"}
-    assert [d.application_id for d in again.decisions if not d.stored] == []
+    assert [d.application_id for d in again.decisions if not d.stored] == ["A04", "A05", "A08"]
     # a rehearsal after the run reports the stored outcomes and predicts nothing more to convert
     after = rehearse(engine, ZHENHAI, CUTOFF)
     assert after.converted == 0
@@ -160,3 +164,81 @@ def test_records_changed_during_the_freeze_are_listed(engine: Engine, tmp_path: 
     assert len(late) == 1 and late[0].id_number == P[2]
     assert late[0].category == "停办期变更"
     assert P[2] not in late[0].explanation
+
+
+def _apps(tmp_path: Path, rows: list[tuple[str, str, str, str, str, str]]) -> Path:
+    path = tmp_path / "apps2.csv"
+    lines = ["业务编号,公民身份号码,业务类型,申请时间,审批状态,审批时间"]
+    lines += [",".join(r) for r in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_a_run_never_decides_for_good_about_people_outside_its_scope(
+    engine: Engine, tmp_path: Path
+) -> None:
+    wenzhou_person = ident("330302", "19700101", 11)
+    rows = [
+        person(P[1], "2", household="H1"),
+        person(wenzhou_person, "2", household="W1", division="330302001001"),
+    ]
+    import_register(engine, write_register(tmp_path / "r.csv", rows))
+    import_applications(
+        engine,
+        _apps(
+            tmp_path,
+            [("W01", wenzhou_person, "农转非", "2016-08-01 10:00", "已批准", "2016-09-01 10:00")],
+        ),
+    )
+    zhenhai = run_cutover(engine, ZHENHAI, CUTOFF)
+    assert [d.outcome for d in zhenhai.decisions] == [Outcome.OUT_OF_SCOPE]
+    A, H = schema.applications, schema.history
+    with engine.connect() as conn:
+        assert conn.execute(select(A.c.outcome)).scalar_one() is None  # reported, not stored
+    wenzhou = BUILTIN_PROFILES["wenzhou"]
+    result = run_cutover(engine, wenzhou, resolve_cutoff(wenzhou, None))
+    assert [d.outcome for d in result.decisions] == [Outcome.APPLIED]
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(H.c.original_code, H.c.original_nature, H.c.application_id).where(
+                H.c.id_number == wenzhou_person
+            )
+        ).one()
+    assert tuple(row) == ("1", "NON_AGRICULTURAL", "W01")
+
+
+def test_rollback_undoes_an_applied_application_and_reopens_the_decisions(
+    engine: Engine, tmp_path: Path
+) -> None:
+    from hukou_convert.rollback import rollback_run
+
+    import_register(engine, write_register(tmp_path / "r.csv", [person(P[1], "2", household="H1")]))
+    original = table_dump(engine)["hukou_register"]
+    # approved on 2016-10-15: after a cutoff of 2016-10-01, before one of 2016-10-31
+    import_applications(
+        engine,
+        _apps(
+            tmp_path, [("A01", P[1], "农转非", "2016-09-01 10:00", "已批准", "2016-10-15 10:00")]
+        ),
+    )
+    early = resolve_cutoff(ZHENHAI, "2016-10-01 24:00", force=True)
+    first = run_cutover(engine, ZHENHAI, early)
+    assert [d.outcome for d in first.decisions] == [Outcome.TERMINATED]
+    rollback_run(engine, str(first.run_id))
+    assert table_dump(engine)["hukou_register"] == original
+    assert verify_run(engine, first.run_id).ok
+
+    late = resolve_cutoff(ZHENHAI, "2016-10-31 24:00", force=True)
+    assert [d.outcome for d in rehearse(engine, ZHENHAI, late).decisions] == [Outcome.APPLIED]
+    second = run_cutover(engine, ZHENHAI, late)
+    H = schema.history
+    with engine.connect() as conn:
+        live = conn.execute(
+            select(H.c.original_code, H.c.application_id).where(H.c.reverted_at.is_(None))
+        ).one()
+    assert tuple(live) == ("1", "A01")
+    # and rolling that one back gives the register of before the application
+    rollback_run(engine, str(second.run_id))
+    assert table_dump(engine)["hukou_register"] == original
+    check = verify_run(engine, second.run_id)
+    assert check.ok, check.discrepancies()
