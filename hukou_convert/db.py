@@ -65,6 +65,7 @@ def make_engine(url: URL) -> Engine:
         kwargs["connect_args"] = {"timeout": 60}
     else:
         kwargs["pool_pre_ping"] = True
+
     engine = create_engine(url, **kwargs)
     if backend == "sqlite":
 
@@ -75,6 +76,19 @@ def make_engine(url: URL) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA temp_store=MEMORY")
             cursor.close()
+
+    if backend == "postgresql":
+
+        @event.listens_for(engine, "connect")
+        def _postgresql_settings(dbapi_connection: Any, _record: Any) -> None:
+            # Text renderings of instants and dates (the register fingerprint) must not depend on
+            # the session's settings (PGTZ, PGDATESTYLE): a rehearsal and the run may be started
+            # from different terminals. Committed, so no rollback of the pool undoes it.
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SET TIME ZONE 'UTC'")
+            cursor.execute("SET DateStyle = 'ISO, YMD'")
+            cursor.close()
+            dbapi_connection.commit()
 
     return engine
 

@@ -75,6 +75,10 @@ _mysql: dict[str, Any] = {
     "mysql_charset": "utf8mb4",
     "mysql_engine": "InnoDB",
     "mariadb_charset": "utf8mb4",
+    # Codes and statuses compare exactly, as on SQLite and PostgreSQL: MySQL's default collations
+    # would take 'a1' for 'A1' and convert a value the code table does not map.
+    "mysql_collate": "utf8mb4_bin",
+    "mariadb_collate": "utf8mb4_nopad_bin",
 }
 
 register = Table(

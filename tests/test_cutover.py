@@ -242,3 +242,41 @@ def test_fingerprint_is_the_same_for_rehearsal_and_run(engine: Engine, sample_cs
     assert result.fingerprint == rehearsal.fingerprint
     # after the conversion the register is another one
     assert rehearse(engine, ZHENHAI, CUTOFF).fingerprint != rehearsal.fingerprint
+
+
+def test_codes_compare_exactly_on_every_database(engine: Engine, tmp_path: Path) -> None:
+    """MySQL's default collation would take 'a1' for 'A1': a value the table does not map would
+    be converted. The tool's tables compare codes exactly everywhere."""
+    profile_file = tmp_path / "letters.toml"
+    profile_file.write_text(
+        'name = "letters"\nbase = "zhenhai"\n'
+        '[codes."A1"]\naction = "convert"\nnature = "NON_AGRICULTURAL"\ncategory = "FAMILY"\n',
+        encoding="utf-8",
+    )
+    profile = load_profile(str(profile_file))
+    rows = [
+        person(ident("330211", "19800101", 1), "A1"),
+        person(ident("330211", "19800101", 3), "a1", household="H2"),
+    ]
+    import_register(engine, write_register(tmp_path / "r.csv", rows))
+    rehearsal = rehearse(engine, profile, resolve_cutoff(profile, None))
+    assert [(v.raw_code, v.count) for v in rehearsal.unmapped] == [("a1", 1)]
+    assert rehearsal.converted == 1
+    with pytest.raises(UnmappedCodesError):
+        run_cutover(engine, profile, resolve_cutoff(profile, None))
+
+
+def test_fingerprint_does_not_depend_on_the_session_time_zone(
+    db_url: str, sample_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hukou_convert.db import make_engine, parse_url
+
+    engine = make_engine(parse_url(db_url))
+    _sample(engine, sample_csv)
+    first = rehearse(engine, ZHENHAI, CUTOFF).fingerprint
+    engine.dispose()
+    monkeypatch.setenv("PGTZ", "Asia/Tokyo")  # what an operator's terminal might have
+    monkeypatch.setenv("PGDATESTYLE", "SQL, DMY")
+    other = make_engine(parse_url(db_url))
+    assert rehearse(other, ZHENHAI, CUTOFF).fingerprint == first
+    other.dispose()
