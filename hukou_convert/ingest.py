@@ -27,6 +27,8 @@ from .errors import InputFileError, RegisterStateError
 from .instants import CST, now, parse_instant
 from .progress import Progress, no_progress
 from .readers import Cell, Row, TableFile, is_bad_record, open_table
+from .runlock import live_run_lock
+from .runs import LIVE_STATUSES, describe_live_run
 
 _CHUNK_ROWS = 5_000
 
@@ -595,10 +597,38 @@ def import_table(
     reject_path: Path,
     progress: Progress,
 ) -> ImportResult:
-    """Load an opened source (a checked file, or a legacy table read through a mapping)."""
-    path = table.path
+    """Load an opened source (a checked file, or a legacy table read through a mapping).
+
+    Holds the live-run lock: rows added while a run is unfinished would be converted by its resume
+    without being in its census (or skipped, below its checkpoint)."""
     map_header(table, fields)
     schema.ensure_schema(engine)
+    with live_run_lock(engine, lambda: describe_live_run(engine)):
+        with engine.connect() as conn:
+            unfinished = conn.execute(
+                select(schema.runs.c.run_id, schema.runs.c.status).where(
+                    schema.runs.c.status.in_(LIVE_STATUSES)
+                )
+            ).first()
+        if unfinished is not None:
+            raise RegisterStateError(
+                f"run {unfinished.run_id} is unfinished ({unfinished.status}): finish it before"
+                " importing, or its resume would meet records its census never counted"
+            )
+        return _load(engine, table, kind, fields, target, mode, reject_path, progress)
+
+
+def _load(
+    engine: Engine,
+    table: TableFile,
+    kind: str,
+    fields: list[FieldSpec],
+    target: Table,
+    mode: ImportMode,
+    reject_path: Path,
+    progress: Progress,
+) -> ImportResult:
+    path = table.path
     rejects = RejectWriter(reject_path)
     try:
         with engine.begin() as conn:

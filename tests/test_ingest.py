@@ -223,3 +223,24 @@ def test_applications_load_with_rejects(engine: Engine, tmp_path: Path) -> None:
     with engine.connect() as conn:
         rows = conn.execute(select(A.c.application_id, A.c.kind).order_by(A.c.application_id)).all()
     assert [tuple(r) for r in rows] == [("A1", "农转非"), ("A3", "非转农")]
+
+
+def test_import_waits_for_an_unfinished_run(
+    engine: Engine, sample_csv: Path, tmp_path: Path
+) -> None:
+    """Records appended while a run is unfinished would meet its resume without being in its
+    census: the import refuses."""
+    from hukou_convert.cutover import _record_run
+    from hukou_convert.instants import now
+    from hukou_convert.profiles import BUILTIN_PROFILES, resolve_cutoff
+
+    import_register(engine, sample_csv)
+    zhenhai = BUILTIN_PROFILES["zhenhai"]
+    _record_run(
+        engine, "R-unfinished", zhenhai, resolve_cutoff(zhenhai, None), [], {}, "", 10, now()
+    )
+    before = table_dump(engine)
+    extra = write_register(tmp_path / "late.csv", [person(ident("330211", "19800101", 1), "2")])
+    with pytest.raises(RegisterStateError, match="R-unfinished is unfinished"):
+        import_register(engine, extra, mode=ImportMode.APPEND)
+    assert table_dump(engine) == before
