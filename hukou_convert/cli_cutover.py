@@ -11,6 +11,7 @@ from .codes import CATEGORY_LABELS, NATURE_LABELS
 from .cutover import DEFAULT_BATCH_SIZE, CutoverPlan, CutoverResult
 from .db import display_url
 from .errors import (
+    PlanDifferedError,
     UnmappedCodesError,
     UsageError,
     VerificationFailed,
@@ -132,6 +133,8 @@ def cutover_command(
         _print_comparison(result.plan_comparison)
     if result.rehearsal and result.unmapped:
         raise UnmappedCodesError(result.unmapped, rehearsal=True)
+    if result.plan_comparison is not None and result.plan_comparison.after:
+        raise PlanDifferedError(str(result.run_id), len(result.plan_comparison.after))
 
 
 def _print_comparison(comparison: PlanComparison) -> None:

@@ -84,6 +84,7 @@ from .plan import (
     PlanComparison,
     PlanRecorder,
     RecordComparer,
+    compare_applications,
     compare_census,
     compare_outcome,
     compare_parameters,
@@ -376,6 +377,7 @@ def _locked_cutover(
                     plan, profile.name, profile.fingerprint(), format_instant(cutoff.instant)
                 )
                 + compare_census(plan, predicted)
+                + compare_applications(plan, _outcomes(decisions))
                 + comparer.shown
             )
             comparison.record_differences = comparer.count

@@ -190,6 +190,18 @@ class TooManyExceptionsError(HukouError):
         )
 
 
+class PlanDifferedError(HukouError):
+    """--expect: the run completed, but what it did differs from the rehearsal's plan."""
+
+    exit_code = 15
+
+    def __init__(self, run_id: str, differences: int) -> None:
+        super().__init__(
+            f"run {run_id} completed, but {differences} result(s) differ from the rehearsal's"
+            " plan (listed above and in the workbook's 演练对比 sheet): review before sign-off"
+        )
+
+
 class Aborted(HukouError):
     """The operator did not confirm a destructive step."""
 

@@ -227,6 +227,17 @@ def compare_census(plan: Plan, census: Census) -> list[Difference]:
     ]
 
 
+def compare_applications(plan: Plan, applications: dict[str, str]) -> list[Difference]:
+    """The outcome of every in-flight application against the plan's: before writing (what the run
+    is about to decide) and after (what it decided)."""
+    expected: dict[str, str] = dict(plan.data.get("applications", {}))
+    return [
+        Difference("application", key, str(expected.get(key)), str(applications.get(key)))
+        for key in sorted(set(expected) | set(applications))
+        if expected.get(key) != applications.get(key)
+    ]
+
+
 def compare_outcome(
     plan: Plan,
     converted_by: dict[str, int],
@@ -243,14 +254,7 @@ def compare_outcome(
                     "count", key, str(expected_by.get(key, 0)), str(converted_by.get(key, 0))
                 )
             )
-    expected_apps: dict[str, str] = dict(plan.data.get("applications", {}))
-    for key in sorted(set(expected_apps) | set(applications)):
-        if expected_apps.get(key) != applications.get(key):
-            out.append(
-                Difference(
-                    "application", key, str(expected_apps.get(key)), str(applications.get(key))
-                )
-            )
+    out.extend(compare_applications(plan, applications))
     expected_findings = Counter(
         (str(code), None if rid is None else int(rid))
         for code, rid in plan.data.get("findings", [])

@@ -131,3 +131,48 @@ def test_the_cutover_workbook_shows_the_comparison(
     # a run without --expect has no comparison sheet
     plain = rehearse(engine, ZHENHAI, CUTOFF)
     assert "演练对比" not in write_run_workbook(engine, plain, tmp_path / "r2").sheets
+
+
+def test_an_application_decided_otherwise_than_rehearsed_refuses_the_run(
+    engine: Engine, sample_csv: Path, tmp_path: Path
+) -> None:
+    from datetime import datetime
+
+    from hukou_convert.instants import CST
+
+    _loaded(engine, sample_csv)
+    plan_path = rehearse(engine, ZHENHAI, CUTOFF, plan_dir=tmp_path).plan_path
+    assert plan_path is not None
+    A = schema.applications
+    with engine.begin() as conn:  # approved in the meantime
+        conn.execute(
+            update(A)
+            .where(A.c.application_id == "NZF-2016-0002")
+            .values(status="已批准", approved_at=datetime(2016, 9, 20, 10, tzinfo=CST))
+        )
+    before = table_dump(engine)
+    with pytest.raises(PlanMismatchError) as err:
+        run_cutover(engine, ZHENHAI, CUTOFF, expect=plan_path)
+    assert "application NZF-2016-0002: rehearsal TERMINATED, now APPLIED" in err.value.message()
+    assert table_dump(engine) == before
+
+
+def test_a_run_that_differs_from_its_plan_exits_15(
+    sqlite_url: str, sample_csv: Path, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from hukou_convert.cli import cli
+
+    runner = CliRunner()
+    db = ["--db", sqlite_url]
+    runner.invoke(cli, ["import", str(sample_csv), "-q", *db])
+    reports = tmp_path / "reports"
+    runner.invoke(cli, ["cutover", "-p", "zhenhai", "--dry-run", "-q", "--out", str(reports), *db])
+    [plan] = list(reports.glob("hukou-plan-*.json"))
+    extra = write_register(tmp_path / "late.csv", [person(ident("330211", "19800101", 1), "2")])
+    runner.invoke(cli, ["import", str(extra), "--append", "-q", *db])
+    args = ["cutover", "-p", "zhenhai", "--yes", "-q", "--out", str(reports), *db]
+    result = runner.invoke(cli, [*args, "--expect", str(plan), "--accept-changes"])
+    assert result.exit_code == 15, result.output
+    assert "completed, but" in result.stderr and "DIFFERS" in result.stdout
