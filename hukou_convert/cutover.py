@@ -61,6 +61,7 @@ from .errors import (
 )
 from .findings import Finding
 from .holds import (
+    convertible,
     current_holds,
     held_breakdown,
     held_records,
@@ -519,7 +520,7 @@ def _record_run(
             )
         )
         apply_decisions(conn, run_id, decisions)
-        store_holds(conn, run_id, held)
+        store_holds(conn, run_id, held, profile, profile.codes)
         census = take_census(conn, R, profile)
         if census.lines:
             conn.execute(
@@ -770,7 +771,24 @@ def _release_resolved(
     resolved = sorted(k for k in held if k not in still)
     if not resolved:
         return 0
-    exprs = conversion_expressions(run_codes(engine, run_id))
+    codes = run_codes(engine, run_id)
+    with engine.begin() as conn:
+        # Resolved by making the record no longer one to convert (a duplicate cancelled, say):
+        # dropped from the hold, never marked as converted.
+        to_convert = convertible(conn, profile, codes, resolved)
+        dropped = [k for k in resolved if k not in to_convert]
+        for start in range(0, len(dropped), 1_000):
+            conn.execute(
+                update(schema.run_holds)
+                .where(
+                    schema.run_holds.c.run_id == run_id,
+                    schema.run_holds.c.record_id.in_(dropped[start : start + 1_000]),
+                    schema.run_holds.c.state == "held",
+                )
+                .values(state="dropped", released_at=now())
+            )
+    resolved = sorted(to_convert)
+    exprs = conversion_expressions(codes)
     scope_pred = _conversion_predicate(run_id, exprs[0], profile)
     B = schema.run_batches
     released = 0

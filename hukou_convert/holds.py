@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
-from sqlalchemy import ColumnElement, Connection, and_, exists, insert, select
+from sqlalchemy import ColumnElement, Connection, and_, exists, func, insert, select
 
 from . import schema
 from .census import derive_category, in_scope, is_active
@@ -45,6 +45,33 @@ def with_hold_actions(findings: list[Finding], hold_back: Iterable[str]) -> list
     return [replace(f, action=HELD_ACTION) if f.code in codes else f for f in findings]
 
 
+def convertible(
+    conn: Connection,
+    profile: Profile,
+    codes: CodeTable,
+    keys: Iterable[int],
+    moves: Mapping[int, str] | None = None,
+) -> dict[int, tuple[Nature, Category | None]]:
+    """Of these records, those the run would convert now, with their nature and 户别. ``moves``:
+    register codes an approved application changes first (record key -> new code)."""
+    out: dict[int, tuple[Nature, Category | None]] = {}
+    ordered = sorted(keys)
+    scoped = and_(in_scope(R, profile.scope), is_active(R, profile.active_statuses))
+    for start in range(0, len(ordered), 500):
+        rows = conn.execute(
+            select(R.c.record_id, R.c.hukou_type, R.c.household_category).where(
+                R.c.record_id.in_(ordered[start : start + 500]), scoped
+            )
+        )
+        for record_id, raw, label in rows:
+            raw = (moves or {}).get(int(record_id), raw)
+            entry = codes.get(raw)
+            if entry is None or entry.action is not Action.CONVERT or entry.nature is None:
+                continue
+            out[int(record_id)] = (entry.nature, derive_category(codes, raw, label))
+    return out
+
+
 def held_breakdown(
     conn: Connection,
     profile: Profile,
@@ -53,35 +80,47 @@ def held_breakdown(
     moves: Mapping[int, str] | None = None,
 ) -> tuple[dict[int, list[str]], Counter[tuple[Nature, Category | None]]]:
     """Of the flagged records, those the run would otherwise convert (only these are held), and
-    their count by nature and 户别. ``moves``: register codes an approved application changes
-    first (record key -> new code)."""
-    out: Counter[tuple[Nature, Category | None]] = Counter()
-    kept: dict[int, list[str]] = {}
-    keys = sorted(held)
-    scoped = and_(in_scope(R, profile.scope), is_active(R, profile.active_statuses))
-    for start in range(0, len(keys), 500):
-        rows = conn.execute(
-            select(R.c.record_id, R.c.hukou_type, R.c.household_category).where(
-                R.c.record_id.in_(keys[start : start + 500]), scoped
-            )
+    their count by nature and 户别."""
+    found = convertible(conn, profile, codes, held, moves)
+    return {k: held[k] for k in found}, Counter(found.values())
+
+
+def store_holds(
+    conn: Connection, run_id: str, held: Mapping[int, list[str]], profile: Profile, codes: CodeTable
+) -> None:
+    """The held records with the nature and 户别 the census counted them under (after approved
+    applications were applied): verify subtracts them by these, not by the register as it is
+    later."""
+    natures = convertible(conn, profile, codes, held)
+    rows = []
+    for key, found in sorted(held.items()):
+        nature, category = natures.get(key, (None, None))
+        rows.append(
+            {
+                "run_id": run_id,
+                "record_id": key,
+                "codes": ",".join(found)[:400],
+                "state": "held",
+                "nature": nature.value if nature else None,
+                "category": category.value if category else None,
+            }
         )
-        for record_id, raw, label in rows:
-            raw = (moves or {}).get(int(record_id), raw)
-            entry = codes.get(raw)
-            if entry is None or entry.action is not Action.CONVERT or entry.nature is None:
-                continue
-            out[(entry.nature, derive_category(codes, raw, label))] += 1
-            kept[int(record_id)] = held[int(record_id)]
-    return kept, out
-
-
-def store_holds(conn: Connection, run_id: str, held: Mapping[int, list[str]]) -> None:
-    rows = [
-        {"run_id": run_id, "record_id": k, "codes": ",".join(v)[:400], "state": "held"}
-        for k, v in sorted(held.items())
-    ]
     for start in range(0, len(rows), 5_000):
         conn.execute(insert(HOLDS), rows[start : start + 5_000])
+
+
+def held_by_hold_rows(conn: Connection, run_id: str) -> Counter[tuple[Nature, Category | None]]:
+    """What the run did not convert by design: held records and those dropped from the hold (no
+    longer to convert when released), by the nature and 户别 recorded when they were held."""
+    out: Counter[tuple[Nature, Category | None]] = Counter()
+    for nature, category, n in conn.execute(
+        select(HOLDS.c.nature, HOLDS.c.category, func.count())
+        .where(HOLDS.c.run_id == run_id, HOLDS.c.state.in_(("held", "dropped")))
+        .group_by(HOLDS.c.nature, HOLDS.c.category)
+    ):
+        if nature is not None:
+            out[(Nature(nature), Category(category) if category else None)] += int(n)
+    return out
 
 
 def not_held(run_id: str) -> ColumnElement[bool]:

@@ -210,7 +210,10 @@ run_holds = Table(
     Column("run_id", String(40), nullable=False),
     Column("record_id", BigInteger, nullable=False),
     Column("codes", String(400), nullable=False),  # the exception codes that held it
-    Column("state", String(10), nullable=False),  # held | released
+    # held | released (converted once resolved) | dropped (resolved, but no longer to convert)
+    Column("state", String(10), nullable=False),
+    Column("nature", String(24)),  # as counted by the census when the record was held
+    Column("category", String(12)),
     Column("released_at", Instant),
     PrimaryKeyConstraint("run_id", "record_id"),
     **_mysql,

@@ -11,14 +11,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, Row, and_, func, or_, select
+from sqlalchemy import Engine, Row, and_, case, func, or_, select
 from sqlalchemy.orm import aliased
 
 from . import schema
 from .census import in_scope, is_active, take_census
 from .codes import RESIDENT_TYPE, Action
 from .db import translate_errors
-from .holds import current_holds, held_breakdown, not_held
+from .holds import current_holds, held_by_hold_rows, not_held
 from .profiles import Profile
 from .runs import find_run, load_census
 
@@ -79,7 +79,8 @@ def verify_run(engine: Engine, run_id: str | None = None) -> VerifyResult:
     with translate_errors(), engine.connect() as conn:
         # records held back for review are part of the census but not converted (yet)
         held = current_holds(conn, run_id)
-        _, held_by = held_breakdown(conn, profile, codes, held)
+        # by the nature and 户别 the census counted them under, not as the register is now
+        held_by = held_by_hold_rows(conn, run_id)
         held_count = sum(held_by.values())
         expected = census.to_convert_by() - held_by
         to_convert = census.to_convert - held_count
@@ -189,7 +190,26 @@ def verify_run(engine: Engine, run_id: str | None = None) -> VerifyResult:
                 else "still legacy: " + ", ".join(f"{code!r}: {n}" for code, n in left),
             )
         )
-        # The register now: in scope, everything the census saw is still accounted for.
+        # The register now: in scope, everything the census saw is still accounted for. Records
+        # dropped from a hold were resolved by changing them (cancelled, made resident…).
+        HOLDS = schema.run_holds
+        dropped = select(HOLDS.c.record_id).where(
+            HOLDS.c.run_id == run_id, HOLDS.c.state == "dropped"
+        )
+        resident_codes = [e.raw for e in codes.entries() if e.action is Action.RESIDENT]
+        scoped_now = and_(in_scope(R, scope), is_active(R, active_statuses))
+        n_dropped, dropped_active, dropped_resident = conn.execute(
+            select(
+                func.count(),
+                func.coalesce(func.sum(case((scoped_now, 1), else_=0)), 0),
+                func.coalesce(
+                    func.sum(
+                        case((and_(scoped_now, R.c.hukou_type.in_(resident_codes)), 1), else_=0)
+                    ),
+                    0,
+                ),
+            ).where(R.c.record_id.in_(dropped))
+        ).one()
         now_census = take_census(conn, R, profile)
     accounted = census.to_convert + census.already_resident + census.not_permanent
     add(
@@ -201,16 +221,17 @@ def verify_run(engine: Engine, run_id: str | None = None) -> VerifyResult:
             f" permanent register (unmapped: {census.in_scope_active - accounted})",
         )
     )
-    expected_resident = census.already_resident + to_convert
+    expected_resident = census.already_resident + to_convert + int(dropped_resident)
+    expected_active = census.in_scope_active - (int(n_dropped) - int(dropped_active))
     add(
         Check(
             "register now = census after conversion",
-            now_census.in_scope_active == census.in_scope_active
+            now_census.in_scope_active == expected_active
             and now_census.already_resident == expected_resident
             and now_census.total == census.total,
             f"now {now_census.total} records, {now_census.in_scope_active} in scope and active,"
             f" {now_census.already_resident} resident; expected {census.total},"
-            f" {census.in_scope_active}, {expected_resident}",
+            f" {expected_active}, {expected_resident}",
         )
     )
     return result

@@ -118,3 +118,28 @@ def test_the_rehearsal_workbook_lists_what_the_run_converts(
     actions = [r for r in wb["异常清单"].iter_rows(values_only=True) if HELD_ACTION in r]
     assert len(actions) == 2
     assert written.verdict_ok
+
+
+def test_a_hold_resolved_by_cancelling_the_record_is_dropped_not_converted(
+    engine: Engine, sample_csv: Path, tmp_path: Path
+) -> None:
+    profile = load_profile(str(_profile(tmp_path)))
+    cutoff = resolve_cutoff(profile, None)
+    import_register(engine, sample_csv)
+    pair = _duplicates(engine)
+    result = run_cutover(engine, profile, cutoff)
+    # the usual resolution of a duplicate: the wrong record is cancelled
+    with engine.begin() as conn:
+        conn.execute(update(R).where(R.c.record_id == pair[1]).values(status="注销"))
+    released = run_cutover(engine, profile, cutoff)
+    assert (released.outcome, released.released) == ("released", 1)
+    assert released.converted == result.converted + 1
+    with engine.connect() as conn:
+        states = dict(conn.execute(select(HOLDS.c.record_id, HOLDS.c.state)).all())
+        types = dict(
+            conn.execute(select(R.c.record_id, R.c.hukou_type).where(R.c.record_id.in_(pair))).all()
+        )
+    assert states == {pair[0]: "released", pair[1]: "dropped"}
+    assert types == {pair[0]: "居民户口", pair[1]: "地方城镇居民户口"}  # never marked converted
+    check = verify_run(engine)
+    assert check.ok, check.discrepancies()
