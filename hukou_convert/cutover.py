@@ -507,6 +507,7 @@ def _record_run(
                 scope=",".join(profile.scope),
                 active_statuses=",".join(profile.active_statuses),
                 code_table=code_table_to_json(profile.codes),
+                profile_json=profile.to_json(),
                 cutoff=cutoff.instant,
                 cutoff_source=cutoff.source[:200],
                 register_sha256=fingerprint,

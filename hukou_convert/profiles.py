@@ -50,6 +50,45 @@ class Profile:
         }
         return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()[:16]
 
+    def to_json(self) -> str:
+        """Every field but the code table (kept with the run on its own), for the run's record."""
+        return json.dumps(
+            {
+                "name": self.name,
+                "display_name": self.display_name,
+                "policy_document": self.policy_document,
+                "scope": list(self.scope),
+                "cutoff": self.cutoff.isoformat() if self.cutoff else None,
+                "deadline": self.deadline.isoformat() if self.deadline else None,
+                "freeze_start": self.freeze_start.isoformat() if self.freeze_start else None,
+                "active_statuses": list(self.active_statuses),
+                "hold_back": list(self.hold_back),
+                "notes": self.notes,
+            },
+            ensure_ascii=False,
+        )
+
+    @staticmethod
+    def from_json(text: str, codes: CodeTable) -> Profile:
+        data = json.loads(text)
+
+        def instant(key: str) -> datetime | None:
+            return datetime.fromisoformat(data[key]) if data.get(key) else None
+
+        return Profile(
+            name=data["name"],
+            display_name=data["display_name"],
+            policy_document=data["policy_document"],
+            scope=tuple(data["scope"]),
+            codes=codes,
+            cutoff=instant("cutoff"),
+            deadline=instant("deadline"),
+            freeze_start=instant("freeze_start"),
+            active_statuses=tuple(data["active_statuses"]),
+            hold_back=tuple(data["hold_back"]),
+            notes=data["notes"],
+        )
+
     def cutoff_rule(self) -> str:
         if self.cutoff is not None:
             return f"fixed: {format_instant(self.cutoff)}"

@@ -80,10 +80,13 @@ def find_run(engine: Engine, run_id: str | None) -> Row[Any]:
 
 
 def run_profile(engine: Engine, run: Row[Any]) -> Profile:
-    """The profile a run used: the built-in one if unchanged, else what the run kept of its file."""
+    """The profile a run used: the built-in one if unchanged, else what the run kept of its file
+    (all of it: scope, code table, freeze, hold-back, names)."""
     builtin = BUILTIN_PROFILES.get(str(run.profile))
     if builtin is not None and builtin.fingerprint() == run.profile_fingerprint:
         return builtin
+    if run.profile_json:
+        return Profile.from_json(str(run.profile_json), run_codes(engine, str(run.run_id)))
     return Profile(
         name=str(run.profile),
         display_name="",

@@ -155,6 +155,7 @@ runs = Table(
     Column("scope", String(400), nullable=False),
     Column("active_statuses", String(200), nullable=False),
     Column("code_table", Text, nullable=False),  # JSON: the table the run converted with
+    Column("profile_json", Text),  # JSON: every other field of the profile (file profiles too)
     Column("cutoff", Instant, nullable=False),
     Column("cutoff_source", String(200)),
     Column("register_sha256", String(64)),  # the register as read before the first write

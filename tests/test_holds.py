@@ -143,3 +143,18 @@ def test_a_hold_resolved_by_cancelling_the_record_is_dropped_not_converted(
     assert types == {pair[0]: "居民户口", pair[1]: "地方城镇居民户口"}  # never marked converted
     check = verify_run(engine)
     assert check.ok, check.discrepancies()
+
+
+def test_the_run_keeps_the_whole_profile_file(
+    engine: Engine, sample_csv: Path, tmp_path: Path
+) -> None:
+    from hukou_convert.runs import find_run, run_profile
+
+    profile = load_profile(str(_profile(tmp_path)))
+    import_register(engine, sample_csv)
+    result = run_cutover(engine, profile, resolve_cutoff(profile, None))
+    _profile(tmp_path).unlink()  # the file is gone later; the run still knows what it used
+    kept = run_profile(engine, find_run(engine, result.run_id))
+    assert kept.hold_back == ("DUPLICATE_ID_NUMBER",)
+    assert kept.freeze_start == profile.freeze_start and kept.cutoff == profile.cutoff
+    assert kept.fingerprint() == profile.fingerprint()
