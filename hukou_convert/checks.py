@@ -43,13 +43,16 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    String,
     and_,
     case,
     func,
     inspect,
     literal,
+    literal_column,
     or_,
     select,
+    type_coerce,
 )
 from stdnum.cn import ric
 from stdnum.exceptions import ValidationError
@@ -440,20 +443,38 @@ def _others(record_ids: Sequence[int], own: int) -> str:
     return shown + (f" 等 {len(others)} 条" if len(others) > _LISTED_OTHERS else "")
 
 
+def person_key(number: ColumnElement[Any]) -> ColumnElement[str]:
+    """One person's number whatever its form: the first 17 characters of the 18-digit form (an old
+    15-digit number gets its century 19 inserted), so 330211650101011 and 330211196501010113
+    are the same person, and a wrong check character does not hide a duplicate."""
+    text = type_coerce(func.upper(number), String)
+    upgraded = (
+        type_coerce(func.substr(text, 1, 6), String)
+        + literal_column("'19'", String)
+        + type_coerce(func.substr(text, 7, 9), String)
+    )
+    return case(
+        (func.length(text) == 15, upgraded), else_=type_coerce(func.substr(text, 1, 17), String)
+    )
+
+
 def _duplicate_ids(
     conn: Connection, profile: Profile, scope: ColumnElement[bool], add: _Add
 ) -> None:
-    key = func.upper(R.c.id_number)
-    active = _flag(is_active(R, profile.active_statuses))
+    key = person_key(R.c.id_number)
+    numbered = (
+        select(key.label("k"), _flag(is_active(R, profile.active_statuses)).label("a"))
+        .where(scope, ~_blank(R.c.id_number))
+        .subquery("numbered")
+    )
     groups = (
         select(
-            key.label("k"),
+            numbered.c.k,
             func.count().label("n"),
-            func.sum(active).label("n_active"),
+            func.sum(numbered.c.a).label("n_active"),
         )
-        .where(scope, ~_blank(R.c.id_number))
-        .group_by(key)
-        .having(and_(func.count() > 1, func.sum(active) >= 1))
+        .group_by(numbered.c.k)
+        .having(and_(func.count() > 1, func.sum(numbered.c.a) >= 1))
         .subquery("dup_ids")
     )
     query = (

@@ -108,10 +108,12 @@ def lookup_command(
         writer.writerows([list(rec.values()) for rec in records])
     else:
         for rec in records:
-            if rec["status"] != "found":
+            if not rec["run_id"]:
                 click.echo(f"{rec['id_number']}  {rec['status'].upper()}  {rec['note']}".rstrip())
                 continue
             reverted = f"  REVERTED {rec['reverted_at']}" if rec["reverted_at"] else ""
+            if rec["status"] == "ambiguous":
+                reverted += f"  AMBIGUOUS: {rec['note']}"
             click.echo(
                 f"{rec['id_number']}  {rec['name']}  {rec['original_type']} (code"
                 f" {rec['original_code']}, {rec['original_nature']})  {rec['category']}"

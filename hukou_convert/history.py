@@ -37,7 +37,7 @@ class HistoryEntry:
 class LookupResult:
     query: str  # as given
     id_number: str  # normalised (15-digit numbers upgraded to 18)
-    status: str  # found | not-found | invalid
+    status: str  # found | not-found | invalid | ambiguous
     entries: list[HistoryEntry] = field(default_factory=list)
     note: str = ""
 
@@ -123,6 +123,15 @@ def lookup(
             r.status = "not-found"
         elif r.entries and r.status == "invalid":
             r.status = "found"  # an invalid number that the register holds all the same
+        live = [e for e in r.entries if e.reverted_at is None]
+        if len(live) > 1:
+            # one person, several converted records (e.g. registered with both the 15- and the
+            # 18-digit number): never pick one answer silently
+            r.status = "ambiguous"
+            types = "、".join(sorted({e.original_label for e in live}))
+            r.note = (
+                f"{len(live)} 条有效转换记录（{types}），须核实；重号见 check DUPLICATE_ID_NUMBER"
+            )
     return results
 
 

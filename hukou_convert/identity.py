@@ -27,7 +27,7 @@ from .idnumbers import mask_id, mask_name, normalise
 from .instants import format_instant
 from .progress import Progress, no_progress
 from .readers import Row, TableFile, is_bad_record, open_table
-from .xlsx import Column, PageSetup, TableWriter, discard, save_atomically
+from .xlsx import Column, Kind, PageSetup, TableWriter, discard, is_risky, save_atomically
 
 _ID_HEADERS = (
     "公民身份号码",
@@ -49,6 +49,7 @@ STATUS_LABELS = {
     "reverted": "已回退",
     "not-found": "未找到",
     "invalid": "号码无效",
+    "ambiguous": "多条记录待核实",
 }
 APPENDED = [
     "查询结果",
@@ -70,6 +71,12 @@ class BulkLookupResult:
     rows: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
     sha256: str = ""
+
+
+def appended_headers(header: list[str]) -> list[str]:
+    """The answer's column names, told apart from the input's own (a 备注 column, say)."""
+    taken = {h.strip() for h in header}
+    return [f"{name}（查询）" if name in taken else name for name in APPENDED]
 
 
 def lookup_file(
@@ -140,7 +147,7 @@ def _masked(text: str, index: int, id_index: int, names: set[int], unmasked: boo
 def _answer(answer: LookupResult) -> tuple[str, list[object]]:
     entry = current_entry(answer)
     if entry is not None:
-        status = "found"
+        status = "ambiguous" if answer.status == "ambiguous" else "found"
     elif answer.entries:
         entry = answer.entries[0]
         status = "reverted"
@@ -201,15 +208,19 @@ class _XlsxSink:
             )
             for i, h in enumerate(header)
         ]
+        layout: list[tuple[float, Kind]] = [
+            (10, "text"),
+            (16, "text"),
+            (12, "code"),
+            (12, "text"),
+            (8, "text"),
+            (20, "datetime"),
+            (22, "code"),
+            (40, "text"),
+        ]
         columns += [
-            Column("查询结果", 10),
-            Column("原户口类型", 16),
-            Column("原户口性质代码", 12, "code"),
-            Column("原户口性质", 12),
-            Column("户别", 8),
-            Column("生效时间", 20, "datetime"),
-            Column("转换批次", 22, "code"),
-            Column("备注", 40),
+            Column(name, width, kind)
+            for name, (width, kind) in zip(appended_headers(header), layout, strict=True)
         ]
         self.table = TableWriter(self.wb, "查询结果", columns, PageSetup("户口性质历史查询结果"))
 
@@ -235,12 +246,14 @@ class _CsvSink:
         fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         self.fh = os.fdopen(fd, "w", encoding="utf-8-sig", newline="")
         self.writer = csv.writer(self.fh)
-        self.writer.writerow([*header, *APPENDED])
+        self.writer.writerow([*header, *appended_headers(header)])
 
     def append(self, cells: list[str], status: str, extra: list[object]) -> None:
         when = extra[4]
         shown = format_instant(when) if isinstance(when, datetime) else ""
-        self.writer.writerow([*cells, STATUS_LABELS[status], *extra[:4], shown, *extra[5:]])
+        row = [*cells, STATUS_LABELS[status], *extra[:4], shown, *extra[5:]]
+        # a spreadsheet opening the CSV must not run a formula from the other department's file
+        self.writer.writerow(["'" + v if isinstance(v, str) and is_risky(v) else v for v in row])
 
     def commit(self) -> str:
         self.fh.close()

@@ -135,8 +135,16 @@ case(
 )
 case("id_too_short", "33021119800101", [("MALFORMED_ID_NUMBER", E)])
 case("id_date_invalid", _check18("33021119801301039"), [("MALFORMED_ID_NUMBER", E)])
-case("old15", "330211800101017", [("OLD_15_DIGIT_ID", W)])
-case("old15_sex", "330211800101018", [("OLD_15_DIGIT_ID", W), ("SEX_MISMATCH", E)])
+case("old15", "330211800101097", [("OLD_15_DIGIT_ID", W)])
+case("old15_sex", "330211800101098", [("OLD_15_DIGIT_ID", W), ("SEX_MISMATCH", E)])
+# 重: the same person once with the old 15-digit number and once with the 18-digit one
+case(
+    "dup15_old",
+    "330211800101057",
+    [("OLD_15_DIGIT_ID", W), ("DUPLICATE_ID_NUMBER", E)],
+    household="H15",
+)
+case("dup15_new", ident("330211", "19800101", 57), [("DUPLICATE_ID_NUMBER", E)], household="H18")
 # 重 duplicate
 case("dup_id_a", ident("330211", "19800101", 41), [("DUPLICATE_ID_NUMBER", E)])
 case("dup_id_b", ident("330211", "19800101", 41), [("DUPLICATE_ID_NUMBER", E)])
@@ -316,11 +324,12 @@ def test_findings_say_what_is_done_and_name_no_id_number(engine: Engine, tmp_pat
     assert "姓名" in by_key["missing_name", "MISSING_FIELD"].explanation
 
     old = by_key["old15", "OLD_15_DIGIT_ID"]
-    assert old.upgraded_id == _check18("33021119800101017")
+    assert old.upgraded_id == _check18("33021119800101097")
     assert f"校验码 {old.upgraded_id[-1]}" in old.explanation
     assert {f.upgraded_id for f in report.findings} - {None} == {
         old.upgraded_id,
-        _check18("33021119800101018"),
+        _check18("33021119800101098"),
+        _check18("33021119800101057"),
     }
     # the household finding stands on the first active member
     assert ("headless_child", "HOUSEHOLD_WITHOUT_HEAD") not in by_key
@@ -430,7 +439,7 @@ def test_check_command_prints_counts_and_masked_list(sqlite_url: str, tmp_path: 
     line = next(x for x in out.splitlines() if "WRONG_CHECK_DIGIT" in x)
     assert line.split()[:3] == ["WRONG_CHECK_DIGIT", "错", "error"]
     assert line.split()[-1] == "2"
-    assert re.search(r"OLD_15_DIGIT_ID\s+错\s+warning\s.*\s2$", out, re.M)
+    assert re.search(r"OLD_15_DIGIT_ID\s+错\s+warning\s.*\s3$", out, re.M)
     total = sum(len(found) for _, _, found in CASES)
     assert re.search(rf"^(合计 )?total\s.*\b{total}$", out, re.M), out
     numbers = {row["公民身份号码"].upper() for _, row, _ in CASES} - {""}

@@ -120,3 +120,43 @@ def test_cli_bulk_lookup(db_url: str, sample_csv: Path, tmp_path: Path) -> None:
     assert out.exists()
     missing = runner.invoke(cli, ["lookup", "--file", str(ids), *db])
     assert missing.exit_code == 2 and "--out" in missing.stderr
+
+
+def test_one_person_converted_under_two_numbers_is_ambiguous(
+    engine: Engine, tmp_path: Path
+) -> None:
+    from hukou_convert.history import lookup
+
+    from .helpers import person, write_register
+
+    new = ident("330211", "19650101", 11)
+    old = new[:6] + new[8:17]  # the same person's old 15-digit number
+    rows = [
+        person(old, "2", household="H1", name="老号"),
+        person(new, "1", household="H2", name="新号"),
+    ]
+    import_register(engine, write_register(tmp_path / "r.csv", rows))
+    run_cutover(engine, ZHENHAI, CUTOFF)
+    [answer] = lookup(engine, [new])
+    assert answer.status == "ambiguous" and len(answer.entries) == 2
+    out = tmp_path / "a.csv"
+    source = tmp_path / "ids.csv"
+    source.write_text(f"身份证号\n{new}\n", encoding="utf-8")
+    assert lookup_file(engine, source, out).by_status == {"ambiguous": 1}
+
+
+def test_csv_answers_are_formula_safe_and_headers_distinct(
+    engine: Engine, sample_csv: Path, tmp_path: Path
+) -> None:
+    import_register(engine, sample_csv)
+    run_cutover(engine, ZHENHAI, CUTOFF)
+    source = tmp_path / "ids.csv"
+    source.write_text(
+        f'身份证号,备注\n{COLLECTIVE},"=HYPERLINK(""http://x"",""y"")"\n', encoding="utf-8"
+    )
+    out = tmp_path / "a.csv"
+    lookup_file(engine, source, out)
+    with out.open(encoding="utf-8-sig") as fh:
+        header, row = list(csv.reader(fh))
+    assert header[1] == "备注" and header[-1] == "备注（查询）"
+    assert row[1].startswith("'=HYPERLINK")
