@@ -59,7 +59,7 @@ from stdnum.exceptions import ValidationError
 
 from . import schema
 from .census import in_scope, is_active
-from .codes import CATEGORY_OF_LABEL, Category
+from .codes import CATEGORY_LABELS, CATEGORY_OF_LABEL, Category
 from .db import translate_errors
 from .errors import RegisterStateError
 from .findings import Finding
@@ -101,6 +101,13 @@ _SPECS = (
     CheckSpec("MALFORMED_DIVISION_CODE", "错", ERROR, "行政区划代码格式错误"),
     CheckSpec("MALFORMED_ID_NUMBER", "错", ERROR, "公民身份号码格式错误"),
     CheckSpec("OLD_15_DIGIT_ID", "错", WARNING, "旧15位身份号码，应升位为18位"),
+    CheckSpec(
+        "CATEGORY_CONFLICT",
+        "错",
+        ERROR,
+        "户口类别所含户别与户别栏不符",
+        action="照常转换，户别按户口类别登记（原户别记入历史表），列入异常清单待核实",
+    ),
     CheckSpec("DUPLICATE_ID_NUMBER", "重", ERROR, "同一公民身份号码登记于多条在册记录"),
     CheckSpec("DUPLICATE_ID_WITH_INACTIVE", "重", WARNING, "在册记录与注销等非在册记录同号"),
     CheckSpec("DUPLICATE_PERSON_IN_HOUSEHOLD", "重", ERROR, "同户内姓名、出生日期、性别相同"),
@@ -361,6 +368,7 @@ def _run(conn: Connection, profile: Profile, cutoff: datetime, progress: Progres
     _duplicate_persons(conn, profile, scope, add)
     _households_without_head(conn, profile, scope, add)
     _missing_fields(conn, profile, scope, add)
+    _category_conflicts(conn, profile, scope, add)
     _no_division_code(conn, add)
     findings.sort(key=lambda f: (f.code, f.record_id or 0, f.explanation))
     counts = Counter(f.code for f in findings)
@@ -609,6 +617,38 @@ def _missing_fields(
     for row in conn.execute(query):
         missing = [label for i, (label, _) in enumerate(required) if int(getattr(row, f"m{i}"))]
         add("MISSING_FIELD", row, f"必填项为空：{'、'.join(missing)}")
+
+
+def _category_conflicts(
+    conn: Connection, profile: Profile, scope: ColumnElement[bool], add: _Add
+) -> None:
+    """A combined code says one 户别 and the 户别 column another (农业家庭户口 + 社区集体户, say):
+    the conversion follows the code, so the household would change category silently."""
+    from_code = {e.raw: e.category.value for e in profile.codes.entries() if e.category}
+    if not from_code:
+        return
+    code_category = case(from_code, value=R.c.hukou_type)
+    label_category = case(
+        {label: cat.value for label, cat in CATEGORY_OF_LABEL.items()},
+        value=R.c.household_category,
+    )
+    query = (
+        select(*_PERSON_COLUMNS, R.c.hukou_type, R.c.household_category)
+        .where(
+            scope,
+            R.c.hukou_type.in_(list(from_code)),
+            label_category.is_not(None),
+            code_category != label_category,
+        )
+        .order_by(R.c.record_id)
+    )
+    for row in conn.execute(query):
+        add(
+            "CATEGORY_CONFLICT",
+            row,
+            f"户口类别 {row.hukou_type} 含户别 {CATEGORY_LABELS[Category(from_code[row.hukou_type])]}，"
+            f"户别栏为 {row.household_category}",
+        )
 
 
 def _no_division_code(conn: Connection, add: _Add) -> None:

@@ -137,6 +137,16 @@ case("id_too_short", "33021119800101", [("MALFORMED_ID_NUMBER", E)])
 case("id_date_invalid", _check18("33021119801301039"), [("MALFORMED_ID_NUMBER", E)])
 case("old15", "330211800101097", [("OLD_15_DIGIT_ID", W)])
 case("old15_sex", "330211800101098", [("OLD_15_DIGIT_ID", W), ("SEX_MISMATCH", E)])
+# 错: the combined code says 家庭户, the 户别 column a collective household
+case(
+    "category_conflict",
+    ident("330211", "19800101", 59),
+    [("CATEGORY_CONFLICT", E)],
+    htype="2",
+    category="社区集体户",
+    household="HC",
+    relation="集体户成员",
+)
 # 重: the same person once with the old 15-digit number and once with the 18-digit one
 case(
     "dup15_old",
