@@ -7,6 +7,7 @@ message, and URLs are only ever shown with the password hidden.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -118,6 +119,15 @@ def translate_errors() -> Iterator[None]:
         raise DatabaseError(f"database integrity error: {_first_line(err)}") from None
 
 
+_QUOTED = re.compile(r"'[^']*'")
+_DIGITS = re.compile(r"\d{6,}[\dXx]*")
+
+
 def _first_line(err: exc.DBAPIError) -> str:
+    """The driver's first line, with the values it quotes taken out: MySQL writes the offending
+    value into the message ("Duplicate entry '3302…' for key …"), and a value may be an ID."""
     text = str(err.orig) if err.orig is not None else str(err)
-    return text.strip().splitlines()[0] if text.strip() else type(err.orig).__name__
+    if not text.strip():
+        return type(err.orig).__name__
+    first = text.strip().splitlines()[0]
+    return _DIGITS.sub("…", _QUOTED.sub("'…'", first))

@@ -78,7 +78,6 @@ def test_failing_commands_name_no_id_number(
         assert got == code, (args, out, err)
         seen += out + err
     logged = caplog.text
-    assert "SQL parameters hidden" in logged or "[generated in" in logged or logged == ""
     for number in numbers:
         assert number not in seen
         assert number not in logged
@@ -239,3 +238,22 @@ def test_rehearsal_with_an_empty_code_table_lists_the_unmapped_codes(
         "cutover", "-p", str(profile), "--dry-run", "-q", "--out", "r", "--db", sqlite_url
     )
     assert code == 6, err
+
+
+def test_driver_messages_quoting_a_value_are_scrubbed(db_url: str) -> None:
+    """MySQL quotes the offending value in its message (Duplicate entry '…'): a legacy table with
+    a unique ID column would put an ID number into the one line the operator sees."""
+    from sqlalchemy import text
+
+    from hukou_convert.db import make_engine, parse_url
+
+    engine = make_engine(parse_url(db_url))
+    secret = ident("330211", "19991231", 779)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE leak_probe (id_number VARCHAR(20) UNIQUE)"))
+        conn.execute(text("INSERT INTO leak_probe VALUES (:v)"), {"v": secret})
+    with pytest.raises(DatabaseError) as err, translate_errors(), engine.begin() as conn:
+        conn.execute(text("INSERT INTO leak_probe VALUES (:v)"), {"v": secret})
+    assert secret not in err.value.message()
+    assert secret[:10] not in err.value.message()
+    engine.dispose()
