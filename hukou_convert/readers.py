@@ -170,6 +170,7 @@ class _LineWindow:
         self.lines: list[str] = []
         self.base = 1  # line number of lines[0]
         self.keep_from = 1  # first line of the record being read: kept across blocks
+        self._position = 0
 
     def _blocks(self) -> Iterator[list[str]]:
         while True:
@@ -181,7 +182,13 @@ class _LineWindow:
                 del self.lines[:drop]
                 self.base += drop
             self.lines.extend(block)
-            self._advance(sum(map(len, block)))  # characters, close enough to bytes for a bar
+            raw = getattr(self._fh, "buffer", None)
+            if raw is not None:  # bytes read so far: the bar's total is the file's size in bytes
+                position = raw.tell()
+                self._advance(position - self._position)
+                self._position = position
+            else:
+                self._advance(sum(map(len, block)))
             yield block
 
     def __iter__(self) -> Iterator[str]:
