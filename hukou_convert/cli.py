@@ -197,6 +197,15 @@ def cli() -> None:
     """
 
 
+def ask_to_write(what: str) -> bool:
+    """Confirmation before a destructive step: what will happen, then y/N (no input: no)."""
+    click.echo(what, err=True)
+    try:
+        return click.confirm("This writes to the register. Proceed?", err=True)
+    except click.Abort:
+        return False
+
+
 def pad_display(text: str, width: int) -> str:
     """Pad to a display width: Chinese characters take two columns of a terminal."""
     shown = sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import click
 
-from .cli import App, cli, db_option, out_dir_option, pass_app, profile_options, quiet_option
+from .cli import (
+    App,
+    ask_to_write,
+    cli,
+    db_option,
+    out_dir_option,
+    pass_app,
+    profile_options,
+    quiet_option,
+)
 from .codes import CATEGORY_LABELS, NATURE_LABELS
 from .cutover import DEFAULT_BATCH_SIZE, CutoverPlan, CutoverResult
 from .db import display_url
@@ -100,15 +109,10 @@ def cutover_command(
             if plan.resuming_run
             else f"Convert {plan.census.to_convert} records"
         )
-        click.echo(
+        return ask_to_write(
             f"{what} of {plan.profile.name} ({plan.profile.display_name}) at cutoff"
-            f" {format_instant(plan.cutoff.instant)} in {display_url(engine.url)}.",
-            err=True,
+            f" {format_instant(plan.cutoff.instant)} in {display_url(engine.url)}."
         )
-        try:
-            return click.confirm("This writes to the register. Proceed?", err=True)
-        except click.Abort:
-            return False
 
     report = cutover_and_report(
         engine,
@@ -287,15 +291,10 @@ def rollback_command(
     def confirm(run: str, records: int) -> bool:
         if yes:
             return True
-        click.echo(
+        return ask_to_write(
             f"Restore {records} records of run {run} to their original type in"
-            f" {display_url(engine.url)}.",
-            err=True,
+            f" {display_url(engine.url)}."
         )
-        try:
-            return click.confirm("This writes to the register. Proceed?", err=True)
-        except click.Abort:
-            return False
 
     result = rollback_run(
         engine,
