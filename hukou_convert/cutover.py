@@ -20,35 +20,29 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
     Connection,
     Engine,
     Row,
-    and_,
-    bindparam,
-    case,
     delete,
     func,
     insert,
-    literal,
-    null,
     select,
     update,
 )
 
 from . import __version__, schema
-from .census import Census, in_scope, is_active, register_fingerprint, take_census
+from .census import Census, register_fingerprint, take_census
 from .checks import run_checks
 from .codes import (
-    CATEGORY_LABELS,
-    CATEGORY_OF_LABEL,
-    NEW_TYPE,
-    RESIDENT_TYPE,
-    Action,
     Category,
-    CodeTable,
     Nature,
     code_table_to_json,
+)
+from .conversion import (
+    conversion_expressions,
+    conversion_predicate,
+    convert_batches,
+    convert_window,
 )
 from .db import display_url, translate_errors
 from .errors import (
@@ -65,14 +59,12 @@ from .holds import (
     current_holds,
     held_breakdown,
     held_records,
-    not_held,
     store_holds,
     with_hold_actions,
 )
 from .inflight import (
     Decision,
     Outcome,
-    applied_application,
     apply_decisions,
     decide,
     late_changes,
@@ -397,7 +389,7 @@ def _locked_cutover(
         outcome = "completed"
 
     codes = run_codes(engine, run_id)
-    batches = _convert_batches(engine, run_id, codes, profile, cutoff, batch_size, census, progress)
+    batches = convert_batches(engine, run_id, codes, profile, cutoff, batch_size, census, progress)
     with engine.begin() as conn:
         converted = conn.execute(
             select(func.coalesce(func.sum(schema.run_batches.c.converted), 0)).where(
@@ -542,220 +534,6 @@ def _record_run(
     return census
 
 
-# ---------------------------------------------------------------- the set-based conversion
-
-
-def conversion_expressions(
-    codes: CodeTable,
-) -> tuple[list[str], ColumnElement[Any], ColumnElement[Any], ColumnElement[Any]]:
-    """(codes to convert, nature, history category, register 户别 label) as SQL over the register."""
-    convert = [e for e in codes.entries() if e.action is Action.CONVERT and e.nature is not None]
-    raws = [e.raw for e in convert]
-    # a table that converts nothing has no CASE to write (an empty CASE is a syntax error)
-    nature: ColumnElement[Any] = (
-        case({e.raw: e.nature.value for e in convert if e.nature}, value=R.c.hukou_type)
-        if convert
-        else null()
-    )
-    with_category = [e for e in convert if e.category is not None]
-    from_label = case(
-        {label: cat.value for label, cat in CATEGORY_OF_LABEL.items()}, value=R.c.household_category
-    )
-    if with_category:
-        from_code = case(
-            {e.raw: e.category.value for e in with_category if e.category},
-            value=R.c.hukou_type,
-        )
-        label_from_code = case(
-            {e.raw: CATEGORY_LABELS[e.category] for e in with_category if e.category},
-            value=R.c.hukou_type,
-        )
-        category: ColumnElement[Any] = func.coalesce(from_code, from_label)
-        new_label: ColumnElement[Any] = func.coalesce(label_from_code, R.c.household_category)
-    else:
-        category, new_label = from_label, R.c.household_category
-    return raws, nature, category, new_label
-
-
-def _convert_batches(
-    engine: Engine,
-    run_id: str,
-    codes: CodeTable,
-    profile: Profile,
-    cutoff: ResolvedCutoff,
-    batch_size: int,
-    census: Census,
-    progress: Progress,
-) -> int:
-    exprs = conversion_expressions(codes)
-    key = R.c.record_id
-    B = schema.run_batches
-    with engine.connect() as conn:
-        holds, applies = _run_holds_and_applies(conn, run_id)
-        scope_pred = _conversion_predicate(run_id, exprs[0], profile, holds)
-        last = conn.execute(
-            select(B.c.batch_no, B.c.last_key)
-            .where(B.c.run_id == run_id)
-            .order_by(B.c.batch_no.desc())
-            .limit(1)
-        ).first()
-        lo: int | None = int(last.last_key) if last is not None else None
-        batch_no = int(last.batch_no) if last is not None else 0
-        done_rows = (
-            conn.execute(select(func.count()).select_from(R).where(key <= lo)).scalar_one()
-            if lo is not None
-            else 0
-        )
-    batches = 0
-    with progress("转换 cutover", census.total, "人") as advance:
-        advance(done_rows)
-        while True:
-            with engine.begin() as conn:
-                after = key > lo if lo is not None else literal(True)
-                hi = conn.execute(
-                    select(key).where(after).order_by(key).offset(batch_size - 1).limit(1)
-                ).scalar()
-                full = hi is not None
-                if hi is None:
-                    hi = conn.execute(select(func.max(key)).where(after)).scalar()
-                    if hi is None:
-                        break  # nothing after the last checkpoint: the run is complete
-                window = and_(after, key <= hi)
-                history_window = and_(
-                    H.c.record_id > (lo if lo is not None else -1), H.c.record_id <= hi
-                )
-                updated = _convert_window(
-                    conn,
-                    run_id,
-                    exprs,
-                    scope_pred,
-                    cutoff,
-                    window,
-                    history_window,
-                    batch_no + 1,
-                    applies,
-                )
-                batch_no += 1
-                conn.execute(
-                    insert(B).values(
-                        run_id=run_id,
-                        batch_no=batch_no,
-                        first_key=None if lo is None else str(lo),
-                        last_key=str(hi),
-                        converted=updated,
-                        committed_at=now(),
-                    )
-                )
-                # a full window holds exactly batch_size keys (hi is the batch_size-th key after
-                # lo); only the last one is counted
-                window_rows = (
-                    batch_size
-                    if full
-                    else conn.execute(
-                        select(func.count()).select_from(R).where(window)
-                    ).scalar_one()
-                )
-            advance(int(window_rows))
-            lo = int(hi)
-            batches += 1
-    return batches
-
-
-def _conversion_predicate(
-    run_id: str, raws: list[str], profile: Profile, holds: bool = True
-) -> ColumnElement[bool]:
-    """What the run converts: active records in scope with a code to convert, not held back.
-    ``holds=False`` when the run holds no record: then no per-record look-up of the holds."""
-    scope = [in_scope(R, profile.scope), is_active(R, profile.active_statuses)]
-    return and_(*scope, R.c.hukou_type.in_(raws), *([not_held(run_id)] if holds else []))
-
-
-def _run_holds_and_applies(conn: Connection, run_id: str) -> tuple[bool, bool]:
-    """Whether the run holds any record back, and whether it applied any application: when not,
-    the batches need not look either up per record (both are fixed before the first batch)."""
-    holds = conn.execute(
-        select(schema.run_holds.c.record_id)
-        .where(schema.run_holds.c.run_id == run_id, schema.run_holds.c.state == "held")
-        .limit(1)
-    ).first()
-    A = schema.applications
-    applied = conn.execute(
-        select(A.c.application_id)
-        .where(A.c.outcome_run_id == run_id, A.c.outcome == Outcome.APPLIED.value)
-        .limit(1)
-    ).first()
-    return holds is not None, applied is not None
-
-
-def _convert_window(
-    conn: Connection,
-    run_id: str,
-    exprs: tuple[list[str], ColumnElement[Any], ColumnElement[Any], ColumnElement[Any]],
-    scope_pred: ColumnElement[bool],
-    cutoff: ResolvedCutoff,
-    window: ColumnElement[bool],
-    history_window: ColumnElement[bool],
-    batch_no: int,
-    applies: bool = True,
-) -> int:
-    """One batch, set-based: the history rows (INSERT … SELECT), then the register (one UPDATE).
-    ``applies=False`` when the run applied no application: no per-record look-up of one."""
-    _raws, nature, category, new_label = exprs
-    effective = bindparam("effective_at", cutoff.instant, type_=schema.Instant())
-    converted_at = bindparam("converted_at", now(), type_=schema.Instant())
-    source = select(
-        R.c.id_number,
-        R.c.hukou_type,
-        nature,
-        category,
-        literal(NEW_TYPE),
-        effective,
-        converted_at,
-        literal(run_id),
-        R.c.record_id,
-        R.c.division_code,
-        applied_application(run_id) if applies else null(),
-        R.c.household_category,
-    ).where(window, scope_pred)
-    conn.execute(
-        insert(H).from_select(
-            [
-                "id_number",
-                "original_code",
-                "original_nature",
-                "household_category",
-                "new_type",
-                "effective_at",
-                "converted_at",
-                "run_id",
-                "record_id",
-                "division_code",
-                "application_id",
-                "original_category_label",
-            ],
-            source,
-        )
-    )
-    # MySQL evaluates single-table SET clauses left to right: 户别 first, while hukou_type still
-    # holds the original code.
-    updated = conn.execute(
-        update(R)
-        .where(window, scope_pred)
-        .ordered_values((R.c.household_category, new_label), (R.c.hukou_type, RESIDENT_TYPE))
-    ).rowcount
-    # Counted, not taken from the INSERT's rowcount (psycopg reports -1 for INSERT … SELECT
-    # through SQLAlchemy): an independent check of the batch.
-    inserted = conn.execute(
-        select(func.count()).select_from(H).where(H.c.run_id == run_id, history_window)
-    ).scalar_one()
-    if inserted != updated:
-        raise RegisterStateError(
-            f"batch {batch_no}: {inserted} history rows but {updated} records updated (the"
-            " register changed under the run?); batch rolled back"
-        )
-    return int(updated)
-
-
 def _release_resolved(
     engine: Engine, run: Row[Any], profile: Profile, cutoff: ResolvedCutoff, progress: Progress
 ) -> int:
@@ -790,7 +568,7 @@ def _release_resolved(
             )
     resolved = sorted(to_convert)
     exprs = conversion_expressions(codes)
-    scope_pred = _conversion_predicate(run_id, exprs[0], profile)
+    scope_pred = conversion_predicate(run_id, exprs[0], profile)
     B = schema.run_batches
     released = 0
     for start in range(0, len(resolved), 1_000):
@@ -812,7 +590,7 @@ def _release_resolved(
                 .limit(1)
             ).one()
             batch_no = int(last.batch_no)
-            converted = _convert_window(
+            converted = convert_window(
                 conn,
                 run_id,
                 exprs,

@@ -29,7 +29,8 @@ from sqlalchemy import Engine, Select, and_, select
 from . import __version__, schema
 from .census import in_scope, is_active
 from .codes import CATEGORY_LABELS, NATURE_LABELS, RESIDENT_TYPE, Category, Nature
-from .cutover import CutoverResult, conversion_expressions, load_run_result
+from .conversion import conversion_expressions
+from .cutover import CutoverResult, load_run_result
 from .db import display_url, translate_errors
 from .findings import Finding
 from .idnumbers import maskers
@@ -289,7 +290,7 @@ def _verdict(
 
 
 def _would_convert(result: CutoverResult, raws: list[str]) -> Any:
-    """The predicate the conversion uses (cutover._convert_batches), for a rehearsal."""
+    """The predicate the conversion uses (cutover.convert_batches), for a rehearsal."""
     p = result.profile
     return and_(in_scope(R, p.scope), is_active(R, p.active_statuses), R.c.hukou_type.in_(raws))
 

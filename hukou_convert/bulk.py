@@ -1,0 +1,81 @@
+"""Rows into a table at the speed of the driver, inside the caller's SQLAlchemy transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Connection, Table, exc, insert
+
+# A bind processor: what SQLAlchemy would do to a value before the driver sees it.
+Convert = Callable[[Any], Any]
+
+
+class BulkInserter:
+    """Inserts rows through the driver, inside the SQLAlchemy transaction of ``conn``: COPY on
+    PostgreSQL (psycopg), executemany on SQLite, multi-row INSERTs on MySQL/MariaDB (PyMySQL
+    rewrites executemany so). Values must have gone through ``converters`` first: the bind
+    processors SQLAlchemy itself would apply, so that dates and instants are stored exactly as the
+    rest of the tool stores them. Any other driver gets SQLAlchemy's own executemany (and no
+    converters). Driver errors come out as SQLAlchemy's, so they are reported the same way."""
+
+    def __init__(self, conn: Connection, target: Table, columns: tuple[str, ...]) -> None:
+        self.conn = conn
+        self.target = target
+        self.columns = columns
+        dialect = conn.dialect
+        self.dialect = dialect
+        quoted = ", ".join(dialect.identifier_preparer.quote(c) for c in columns)
+        table_name = dialect.identifier_preparer.format_table(target)
+        driver = dialect.driver
+        self.mode = "sqlalchemy"
+        self.statement = ""
+        marks = ""
+        if dialect.name == "postgresql" and driver == "psycopg":
+            self.mode = "copy"
+            self.statement = f"COPY {table_name} ({quoted}) FROM STDIN"
+        elif dialect.name == "sqlite" and driver == "pysqlite":
+            self.mode = "executemany"
+            marks = ", ".join("?" for _ in columns)
+        elif dialect.name in ("mysql", "mariadb") and driver == "pymysql":
+            self.mode = "executemany"
+            marks = ", ".join("%s" for _ in columns)
+        if self.mode == "executemany":
+            # names from our own schema, quoted by the dialect; values are bound
+            self.statement = f"INSERT INTO {table_name} ({quoted}) VALUES ({marks})"  # noqa: S608
+        self.converters: dict[str, Convert] = {}
+        if self.mode != "sqlalchemy":
+            for name in columns:
+                proc = target.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+                if proc is not None:
+                    self.converters[name] = proc
+
+    def insert(self, rows: list[tuple[Any, ...]]) -> None:
+        if self.mode == "sqlalchemy":
+            self.conn.execute(
+                insert(self.target), [dict(zip(self.columns, r, strict=True)) for r in rows]
+            )
+            return
+        raw = self.conn.connection.driver_connection
+        assert raw is not None
+        dbapi = self.dialect.loaded_dbapi
+        cursor = raw.cursor()
+        try:
+            if self.mode == "copy":
+                with cursor.copy(self.statement) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            else:
+                cursor.executemany(self.statement, rows)
+        except dbapi.Error as err:
+            raise exc.DBAPIError.instance(
+                self.statement,
+                None,
+                err,
+                dbapi.Error,
+                hide_parameters=True,
+                connection_invalidated=self.dialect.is_disconnect(err, raw, cursor),
+                dialect=self.dialect,
+            ) from err
+        finally:
+            cursor.close()
