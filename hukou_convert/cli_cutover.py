@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from .cli import (
     App,
+    F,
     ask_to_write,
     cli,
     db_option,
@@ -34,17 +36,21 @@ from .verify import verify_run
 from .workbook import WorkbookResult, rewrite_report
 
 
+def batch_size_option(unit: str) -> Callable[[F], F]:
+    return click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=DEFAULT_BATCH_SIZE,
+        show_default=True,
+        help=f"{unit} per transaction (each batch is a checkpoint to resume from).",
+    )
+
+
 @cli.command("cutover")
 @profile_options
 @click.option("--dry-run", "dry_run", is_flag=True, help="Rehearse: write nothing to the database.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation before writing.")
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=DEFAULT_BATCH_SIZE,
-    show_default=True,
-    help="Records per transaction (each batch is a checkpoint to resume from).",
-)
+@batch_size_option("Records")
 @out_dir_option("reports")
 @click.option(
     "--unmasked",
@@ -253,13 +259,7 @@ def _print_workbook(written: WorkbookResult) -> None:
     is_flag=True,
     help="Leave records changed since the cutover as they are and restore all others.",
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=DEFAULT_BATCH_SIZE,
-    show_default=True,
-    help="History rows per transaction (each batch is a checkpoint to resume from).",
-)
+@batch_size_option("History rows")
 @out_dir_option("reports")
 @click.option(
     "--unmasked",

@@ -70,6 +70,47 @@ class SampleOptions:
     collective_share: float = 0.04
 
 
+def person_id(address: str, birth: str, seq: int) -> str:
+    """A made-up ID number with a valid check character (``birth`` as YYYYMMDD; odd ``seq`` for a
+    man, even for a woman)."""
+    first17 = f"{address}{birth}{seq:03d}"
+    return first17 + check_character(first17)
+
+
+def person_row(
+    number: str,
+    htype: str,
+    *,
+    name: str = "测试",
+    sex: str = "男",
+    birth: str = "1980-01-01",
+    household: str = "H1",
+    category: str = "家庭户",
+    division: str = "330211001001",
+    status: str = "正常",
+    relation: str = "本人",
+    updated: str = "2016-06-01 09:00:00",
+    address: str = "",
+    police_station: str = "",
+) -> dict[str, str]:
+    """One record as a legacy export holds it (the headers of PERSON_HEADER)."""
+    return {
+        "公民身份号码": number,
+        "姓名": name,
+        "性别": sex,
+        "出生日期": birth,
+        "户号": household,
+        "户口性质": htype,
+        "户别": category,
+        "行政区划代码": division,
+        "人员状态": status,
+        "变更时间": updated,
+        "住址": address,
+        "派出所": police_station,
+        "与户主关系": relation,
+    }
+
+
 def make_id(rng: random.Random, address: str, birth: date, male: bool) -> str:
     seq = rng.randrange(0, 500) * 2 + (1 if male else 0)
     if seq == 0:

@@ -17,8 +17,14 @@ from typing import Any
 
 from openpyxl import Workbook
 
-from hukou_convert.idnumbers import check_character
-from hukou_convert.sample import APPLICATION_HEADER, PERSON_HEADER, SampleOptions, generate_persons
+from hukou_convert.sample import (
+    APPLICATION_HEADER,
+    PERSON_HEADER,
+    SampleOptions,
+    generate_persons,
+    person_id,
+    person_row,
+)
 
 HERE = Path(__file__).resolve().parent
 URBAN = "330211001001"  # 城东社区 (111 主城区)
@@ -27,8 +33,7 @@ WENZHOU = "330302001001"  # out of scope for zhenhai
 
 
 def ident(address: str, birth: str, seq: int) -> str:
-    first17 = f"{address}{birth}{seq:03d}"
-    return first17 + check_character(first17)
+    return person_id(address, birth, seq)
 
 
 def case(
@@ -42,23 +47,21 @@ def case(
     division: str,
     status: str = "正常",
     relation: str = "本人",
-    updated: str = "2016-06-01 09:00:00",
 ) -> dict[str, Any]:
-    return {
-        "公民身份号码": number,
-        "姓名": name,
-        "性别": sex,
-        "出生日期": birth,
-        "户号": household,
-        "户口性质": htype,
-        "户别": category,
-        "行政区划代码": division,
-        "人员状态": status,
-        "变更时间": updated,
-        "住址": "镇海区样例路1号",
-        "派出所": "招宝山街道派出所",
-        "与户主关系": relation,
-    }
+    return person_row(
+        number,
+        htype,
+        name=name,
+        sex=sex,
+        birth=birth,
+        household=household,
+        category=category,
+        division=division,
+        status=status,
+        relation=relation,
+        address="镇海区样例路1号",
+        police_station="招宝山街道派出所",
+    )
 
 
 def special_cases() -> list[dict[str, Any]]:

@@ -10,8 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, inspect, select
 
 from hukou_convert import schema
-from hukou_convert.idnumbers import check_character
-from hukou_convert.sample import PERSON_HEADER
+from hukou_convert.sample import PERSON_HEADER, person_id, person_row
 
 
 def table_dump(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
@@ -57,37 +56,11 @@ def conversion_state(engine: Engine) -> str:
 
 
 def ident(address: str, birth: str, seq: int) -> str:
-    first17 = f"{address}{birth}{seq:03d}"
-    return first17 + check_character(first17)
+    return person_id(address, birth, seq)
 
 
-def person(
-    number: str,
-    htype: str,
-    *,
-    division: str = "330211001001",
-    category: str = "家庭户",
-    status: str = "正常",
-    household: str = "H1",
-    name: str = "测试",
-    sex: str = "男",
-    birth: str = "1980-01-01",
-) -> dict[str, str]:
-    return {
-        "公民身份号码": number,
-        "姓名": name,
-        "性别": sex,
-        "出生日期": birth,
-        "户号": household,
-        "户口性质": htype,
-        "户别": category,
-        "行政区划代码": division,
-        "人员状态": status,
-        "变更时间": "2016-06-01 09:00:00",
-        "住址": "",
-        "派出所": "",
-        "与户主关系": "本人",
-    }
+def person(number: str, htype: str, **fields: str) -> dict[str, str]:
+    return person_row(number, htype, **fields)
 
 
 def write_register(path: Path, rows: list[dict[str, str]], encoding: str = "utf-8") -> Path:
