@@ -113,7 +113,8 @@ def cutover_command(
         what = (
             f"Continue unfinished run {plan.resuming_run}"
             if plan.resuming_run
-            else f"Convert {plan.census.to_convert} records"
+            else f"Convert {plan.census.to_convert - plan.held} records"
+            + (f" ({plan.held} held back for review)" if plan.held else "")
         )
         return ask_to_write(
             f"{what} of {plan.profile.name} ({plan.profile.display_name}) at cutoff"

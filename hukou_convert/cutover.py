@@ -104,6 +104,7 @@ class CutoverPlan:
     cutoff: ResolvedCutoff
     census: Census
     resuming_run: str | None
+    held: int = 0  # records held back for review: not converted now
 
 
 @dataclass
@@ -358,7 +359,9 @@ def _locked_cutover(
             errors = Counter(f.code for f in found if f.severity == "error")
             if sum(errors.values()) > max_exceptions:
                 raise TooManyExceptionsError(sum(errors.values()), max_exceptions, dict(errors))
-        if confirm is not None and not confirm(CutoverPlan(profile, cutoff, predicted, None)):
+        if confirm is not None and not confirm(
+            CutoverPlan(profile, cutoff, predicted, None, held=len(held))
+        ):
             raise Aborted("not confirmed: nothing was written")
         comparer = RecordComparer(plan) if plan is not None else None
         with engine.connect() as conn:

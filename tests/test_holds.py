@@ -158,3 +158,24 @@ def test_the_run_keeps_the_whole_profile_file(
     assert kept.hold_back == ("DUPLICATE_ID_NUMBER",)
     assert kept.freeze_start == profile.freeze_start and kept.cutoff == profile.cutoff
     assert kept.fingerprint() == profile.fingerprint()
+
+
+def test_the_confirmation_counts_what_will_be_converted(
+    sqlite_url: str, sample_csv: Path, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from hukou_convert.cli import cli
+
+    runner = CliRunner()
+    runner.invoke(cli, ["import", str(sample_csv), "-q", "--db", sqlite_url])
+    profile = str(_profile(tmp_path))
+    rehearsal = runner.invoke(
+        cli, ["cutover", "-p", profile, "--dry-run", "-q", "--db", sqlite_url]
+    )
+    to_convert = next(
+        int(x.split()[-1]) for x in rehearsal.stdout.splitlines() if "to convert" in x
+    )
+    asked = runner.invoke(cli, ["cutover", "-p", profile, "-q", "--db", sqlite_url], input="n\n")
+    assert asked.exit_code == 11
+    assert f"Convert {to_convert} records (2 held back for review)" in asked.stderr
