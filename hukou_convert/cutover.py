@@ -87,7 +87,7 @@ from .plan import (
 from .profiles import Profile, ResolvedCutoff
 from .progress import Progress, no_progress
 from .runlock import live_run_lock
-from .runs import LIVE_STATUSES, describe_live_run, find_run, load_census, run_codes, run_profile
+from .runs import describe_live_run, find_run, load_census, run_codes, run_profile, unfinished_run
 
 DEFAULT_BATCH_SIZE = 50_000
 
@@ -286,7 +286,7 @@ def _locked_cutover(
 ) -> CutoverResult:
     comparison = PlanComparison(str(plan.path)) if plan is not None else None
     with engine.connect() as conn:
-        unfinished = conn.execute(select(RUNS).where(RUNS.c.status.in_(LIVE_STATUSES))).first()
+        unfinished = unfinished_run(conn)
         completed = conn.execute(
             select(RUNS).where(RUNS.c.status == "completed", RUNS.c.profile == profile.name)
         ).first()

@@ -29,7 +29,7 @@ from .instants import CST, now, parse_instant
 from .progress import Progress, no_progress
 from .readers import Cell, Row, TableFile, is_bad_record, open_table
 from .runlock import live_run_lock
-from .runs import LIVE_STATUSES, describe_live_run
+from .runs import describe_live_run, unfinished_run
 
 _CHUNK_ROWS = 5_000
 
@@ -603,11 +603,7 @@ def import_table(
     schema.ensure_schema(engine)
     with live_run_lock(engine, lambda: describe_live_run(engine)):
         with engine.connect() as conn:
-            unfinished = conn.execute(
-                select(schema.runs.c.run_id, schema.runs.c.status).where(
-                    schema.runs.c.status.in_(LIVE_STATUSES)
-                )
-            ).first()
+            unfinished = unfinished_run(conn)
         if unfinished is not None:
             raise RegisterStateError(
                 f"run {unfinished.run_id} is unfinished ({unfinished.status}): finish it before"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, Row, select
+from sqlalchemy import Connection, Engine, Row, select
 
 from . import schema
 from .census import Census, CensusLine
@@ -77,6 +77,11 @@ def find_run(engine: Engine, run_id: str | None) -> Row[Any]:
             else "no cutover has run on this database"
         )
     return row
+
+
+def unfinished_run(conn: Connection) -> Row[Any] | None:
+    """The run that holds work to finish (a cutover or a rollback interrupted), if any."""
+    return conn.execute(select(RUNS).where(RUNS.c.status.in_(LIVE_STATUSES))).first()
 
 
 def run_profile(engine: Engine, run: Row[Any]) -> Profile:
