@@ -5,6 +5,7 @@ Errors are turned into a message and an exit code in one place, :meth:`HukouGrou
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import unicodedata
@@ -195,6 +196,12 @@ def cli() -> None:
     Import the legacy register, rehearse (--dry-run), run the cutover at the cutoff, verify it, and
     answer "what was this person's type before the reform?" from the history table.
     """
+    # SQLAlchemy logs a failed reset of a dead pooled connection (server restart, session killed)
+    # with its traceback; with no handler configured Python would print it to stderr beside the
+    # one-line error the operator gets. The error itself still reaches the operator.
+    sqlalchemy_log = logging.getLogger("sqlalchemy")
+    if not sqlalchemy_log.handlers:
+        sqlalchemy_log.addHandler(logging.NullHandler())
 
 
 def ask_to_write(what: str) -> bool:
