@@ -23,22 +23,22 @@ from pathlib import Path
 from typing import Any
 
 from openpyxl import Workbook
-from sqlalchemy import Engine, and_, case, func, select
+from sqlalchemy import Engine, and_, case, func, null, select
 
 from . import schema
 from .census import is_active
 from .checks import HEAD_RELATIONS
 from .codes import CodeTable
 from .db import display_url, translate_errors
+from .errors import RegisterStateError
 from .idnumbers import maskers
 from .instants import now
 from .progress import Progress, no_progress
-from .runs import completed_run, run_codes, run_profile
+from .runs import completed_run, run_codes, run_profile, run_register
 from .tallies import Places
 from .workbook import summary_table
 from .xlsx import Column, PageSetup, SavedWorkbook, TableWriter, write_workbook
 
-R = schema.register
 H = schema.history
 YIELD_PER = 10_000
 UNKNOWN_STATION = "（派出所不明）"
@@ -74,6 +74,13 @@ def booklet_households(engine: Engine, run_id: str) -> Iterator[BookletHousehold
     rid = str(run.run_id)
     codes = run_codes(engine, rid)
     active = run_profile(engine, run).active_statuses
+    reg = run_register(engine, run)
+    if not reg.has("household_id"):
+        raise RegisterStateError(
+            f"{reg.source}: the register has no 户号 column (columns.household_id): households"
+            " cannot be listed"
+        )
+    R = reg.table
     live = and_(H.c.run_id == rid, H.c.reverted_at.is_(None))
     with translate_errors(), engine.connect() as conn:
         raws = [
@@ -99,7 +106,7 @@ def booklet_households(engine: Engine, run_id: str) -> Iterator[BookletHousehold
         )
         heads = (
             select(R.c.household_id, func.min(R.c.record_id).label("head_id"))
-            .where(R.c.relation.in_(HEAD_RELATIONS), is_active(R, active))
+            .where(_column(R, "relation").in_(HEAD_RELATIONS), is_active(R, active))
             .group_by(R.c.household_id)
             .subquery("heads")
         )
@@ -110,14 +117,16 @@ def booklet_households(engine: Engine, run_id: str) -> Iterator[BookletHousehold
             .subquery("members")
         )
         head, first = R.alias("head"), R.alias("first_member")
-        station = func.coalesce(head.c.police_station, first.c.police_station, "")
+        station = func.coalesce(
+            _column(head, "police_station"), _column(first, "police_station"), ""
+        )
         query = (
             select(
                 station.label("station"),
                 converted.c.household_id,
-                head.c.name,
+                _column(head, "name"),
                 head.c.id_number,
-                func.coalesce(head.c.address, first.c.address).label("address"),
+                func.coalesce(_column(head, "address"), _column(first, "address")).label("address"),
                 func.coalesce(head.c.division_code, first.c.division_code).label("division"),
                 func.coalesce(members.c.members, 0).label("members"),
                 converted.c.converted,
@@ -135,6 +144,11 @@ def booklet_households(engine: Engine, run_id: str) -> Iterator[BookletHousehold
         for partition in rows.partitions():
             for r in partition:
                 yield _household(r, raws, codes)
+
+
+def _column(table: Any, name: str) -> Any:
+    """A field of the register (or an alias of it); NULL where the register has no such column."""
+    return table.c[name] if name in table.c else null().label(name)
 
 
 def _household(r: Any, raws: list[str], codes: CodeTable) -> BookletHousehold:

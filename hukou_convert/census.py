@@ -30,6 +30,7 @@ from .codes import CATEGORY_OF_LABEL, Action, Category, CodeTable, Nature
 from .errors import UnmappedValue
 from .profiles import Profile
 from .progress import Progress, no_progress
+from .register import RegisterMap
 
 # Columns that describe the person and the record; load bookkeeping is not part of the register.
 _FINGERPRINT_EXCLUDED = {"import_id", "source_line"}
@@ -70,6 +71,8 @@ def derive_category(codes: CodeTable, raw: str | None, label: str | None) -> Cat
 class Census:
     lines: list[CensusLine]
     codes: CodeTable = field(repr=False)
+    # the register keeps 户别 in its code only: a code to convert must name one
+    needs_category: bool = False
 
     @property
     def total(self) -> int:
@@ -121,22 +124,33 @@ class Census:
         return out
 
     def unmapped(self) -> list[UnmappedValue]:
-        counts: Counter[str | None] = Counter()
+        counts: Counter[tuple[str | None, bool]] = Counter()
         for line in self._scoped():
-            if self.codes.get(line.raw_code) is None:
-                counts[line.raw_code] += line.records
-        return [UnmappedValue(raw, n) for raw, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+            entry = self.codes.get(line.raw_code)
+            if entry is None:
+                counts[(line.raw_code, False)] += line.records
+            elif (
+                self.needs_category
+                and entry.action is Action.CONVERT
+                and derive_category(self.codes, line.raw_code, line.category_label) is None
+            ):
+                counts[(line.raw_code, True)] += line.records
+        return [
+            UnmappedValue(raw, n, no_category)
+            for (raw, no_category), n in sorted(counts.items(), key=lambda kv: -kv[1])
+        ]
 
 
-def take_census(conn: Connection, table: Table, profile: Profile) -> Census:
+def take_census(conn: Connection, register: RegisterMap, profile: Profile) -> Census:
     """One grouped scan of the register."""
+    table = register.table
     flags = select(
         case((in_scope(table, profile.scope), literal(1)), else_=literal(0)).label("in_scope"),
         case((is_active(table, profile.active_statuses), literal(1)), else_=literal(0)).label(
             "active"
         ),
         table.c.hukou_type.label("raw_code"),
-        table.c.household_category.label("category_label"),
+        register.column("household_category").label("category_label"),
     ).subquery("flags")
     query = select(
         flags.c.in_scope,
@@ -152,7 +166,7 @@ def take_census(conn: Connection, table: Table, profile: Profile) -> Census:
     lines.sort(
         key=lambda x: (not x.in_scope, not x.active, x.raw_code or "", x.category_label or "")
     )
-    return Census(lines, profile.codes)
+    return Census(lines, profile.codes, needs_category=not register.has_category_column)
 
 
 RowDigestSink = Callable[[str, str], None]
@@ -160,8 +174,7 @@ RowDigestSink = Callable[[str, str], None]
 
 def register_fingerprint(
     conn: Connection,
-    table: Table,
-    key: str = "record_id",
+    register: RegisterMap,
     progress: Progress = no_progress,
     on_row: RowDigestSink | None = None,
 ) -> str:
@@ -170,10 +183,10 @@ def register_fingerprint(
     each row, in key order, for record-by-record comparison with a rehearsal's plan."""
     # Each row as one text built by the database (NULL as empty, fields joined by U+001F): Python
     # only hashes, it does not touch values one by one (a tenth of the cost at 10 million rows).
+    table = register.table
+    excluded = _FINGERPRINT_EXCLUDED if register.builtin else set()
     fields = [
-        func.coalesce(cast(c, String), literal(""))
-        for c in table.columns
-        if c.name not in _FINGERPRINT_EXCLUDED
+        func.coalesce(cast(c, String), literal("")) for c in table.columns if c.name not in excluded
     ]
     row_text: ColumnElement[str] = fields[0]
     for f in fields[1:]:
@@ -181,8 +194,8 @@ def register_fingerprint(
     total = conn.execute(select(func.count()).select_from(table)).scalar_one()
     digest = hashlib.sha256()
     query = (
-        select(table.c[key], row_text)
-        .order_by(table.c[key])
+        select(register.key_column, row_text)
+        .order_by(register.key_column)
         .execution_options(stream_results=True, yield_per=50_000)
     )
     with progress("指纹 fingerprint", int(total), "行") as advance:

@@ -57,7 +57,6 @@ from sqlalchemy import (
 from stdnum.cn import ric
 from stdnum.exceptions import ValidationError
 
-from . import schema
 from .census import in_scope, is_active
 from .codes import CATEGORY_LABELS, CATEGORY_OF_LABEL, Category
 from .db import translate_errors
@@ -67,8 +66,7 @@ from .idnumbers import check_character, normalise, upgrade15
 from .instants import CST, to_cst
 from .profiles import Profile
 from .progress import Progress, no_progress
-
-R = schema.register
+from .register import BUILTIN_REGISTER, RegisterMap
 
 ERROR = "error"
 WARNING = "warning"
@@ -323,22 +321,29 @@ def run_checks(
     *,
     cutoff: datetime,
     progress: Progress = no_progress,
+    register: RegisterMap = BUILTIN_REGISTER,
 ) -> CheckReport:
-    """Every check over the profile's scope; reads only. Findings are ordered by code, then record."""
+    """Every check over the profile's scope; reads only. Findings are ordered by code, then record.
+    Checks that need a field the register does not have (a legacy table without 户号, say) are
+    not run."""
     if cutoff.tzinfo is None:
         raise ValueError("cutoff must be an aware instant")
+    profile = register.effective_profile(profile)
     with translate_errors():
         if isinstance(conn_or_engine, Engine):
             with conn_or_engine.connect() as conn:
                 try:
-                    return _run(conn, profile, cutoff, progress)
+                    return _run(conn, register, profile, cutoff, progress)
                 finally:
                     conn.rollback()
-        return _run(conn_or_engine, profile, cutoff, progress)
+        return _run(conn_or_engine, register, profile, cutoff, progress)
 
 
-def _run(conn: Connection, profile: Profile, cutoff: datetime, progress: Progress) -> CheckReport:
-    if not inspect(conn).has_table(R.name):
+def _run(
+    conn: Connection, reg: RegisterMap, profile: Profile, cutoff: datetime, progress: Progress
+) -> CheckReport:
+    R = reg.table
+    if reg.builtin and not inspect(conn).has_table(R.name):
         raise RegisterStateError(
             "this database holds no register: load one with 'hukou-convert import FILE' first"
         )
@@ -363,13 +368,16 @@ def _run(conn: Connection, profile: Profile, cutoff: datetime, progress: Progres
         )
 
     scope = in_scope(R, profile.scope)
-    scanned = _per_record(conn, profile, scope, cutoff, progress, add)
-    _duplicate_ids(conn, profile, scope, add)
-    _duplicate_persons(conn, profile, scope, add)
-    _households_without_head(conn, profile, scope, add)
-    _missing_fields(conn, profile, scope, add)
-    _category_conflicts(conn, profile, scope, add)
-    _no_division_code(conn, add)
+    scanned = _per_record(conn, reg, scope, cutoff, progress, add)
+    _duplicate_ids(conn, reg, profile, scope, add)
+    if reg.has("household_id", "name", "birth_date", "sex"):
+        _duplicate_persons(conn, reg, profile, scope, add)
+    if reg.has("household_id", "relation"):
+        _households_without_head(conn, reg, profile, scope, add)
+    _missing_fields(conn, reg, profile, scope, add)
+    if reg.has_category_column:
+        _category_conflicts(conn, reg, profile, scope, add)
+    _no_division_code(conn, reg, add)
     findings.sort(key=lambda f: (f.code, f.record_id or 0, f.explanation))
     counts = Counter(f.code for f in findings)
     return CheckReport(
@@ -389,7 +397,9 @@ class _Add(Protocol):
     ) -> None: ...
 
 
-_PERSON_COLUMNS = (R.c.record_id, R.c.id_number, R.c.name, R.c.status)
+def _person_columns(reg: RegisterMap) -> tuple[ColumnElement[Any], ...]:
+    R = reg.table
+    return (R.c.record_id, R.c.id_number, reg.column("name"), R.c.status)
 
 
 def _blank(column: ColumnElement[Any]) -> ColumnElement[bool]:
@@ -402,17 +412,20 @@ def _flag(condition: ColumnElement[bool]) -> ColumnElement[int]:
 
 def _per_record(
     conn: Connection,
-    profile: Profile,
+    reg: RegisterMap,
     scope: ColumnElement[bool],
     cutoff: datetime,
     progress: Progress,
     add: _Add,
 ) -> int:
     """One streamed pass over the scope in key order."""
+    R = reg.table
     total = int(conn.execute(select(func.count()).select_from(R).where(scope)).scalar_one())
     addresses = AddressCodes()
     query = (
-        select(*_PERSON_COLUMNS, R.c.sex, R.c.birth_date, R.c.division_code)
+        select(
+            *_person_columns(reg), reg.column("sex"), reg.column("birth_date"), R.c.division_code
+        )
         .where(scope)
         .order_by(R.c.record_id)
     )
@@ -424,13 +437,37 @@ def _per_record(
         )
         for partition in result.partitions():
             for row in partition:
-                record_id, id_number, name, _status, sex, birth_date, division_code = row
-                rec = RecordFields(record_id, id_number, name, sex, birth_date, division_code)
+                rec = RecordFields(
+                    row.record_id,
+                    row.id_number,
+                    row.name,
+                    _sex(row.sex),
+                    _birth(row.birth_date),
+                    row.division_code,
+                )
                 for code, explanation, upgraded in record_issues(rec, cutoff, addresses):
                     add(code, row, explanation, upgraded)
             scanned += len(partition)
             advance(len(partition))
     return scanned
+
+
+# Legacy registers code 性别 as GB/T 2261.1 digits and may keep 出生日期 as text.
+_SEX_CODES = {"1": "男", "2": "女"}
+
+
+def _sex(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return _SEX_CODES.get(text, text)
+
+
+def _birth(value: Any) -> date | None:
+    if value is None or isinstance(value, date):
+        return value.date() if isinstance(value, datetime) else value
+    digits = re.sub(r"\D", "", str(value))
+    return _date_of(digits) if len(digits) == 8 else None
 
 
 def _grouped(rows: Iterable[Any], key: str) -> Iterator[list[Any]]:
@@ -467,8 +504,9 @@ def person_key(number: ColumnElement[Any]) -> ColumnElement[str]:
 
 
 def _duplicate_ids(
-    conn: Connection, profile: Profile, scope: ColumnElement[bool], add: _Add
+    conn: Connection, reg: RegisterMap, profile: Profile, scope: ColumnElement[bool], add: _Add
 ) -> None:
+    R = reg.table
     key = person_key(R.c.id_number)
     numbered = (
         select(key.label("k"), _flag(is_active(R, profile.active_statuses)).label("a"))
@@ -486,7 +524,7 @@ def _duplicate_ids(
         .subquery("dup_ids")
     )
     query = (
-        select(*_PERSON_COLUMNS, groups.c.k, groups.c.n, groups.c.n_active)
+        select(*_person_columns(reg), groups.c.k, groups.c.n, groups.c.n_active)
         .join_from(R, groups, key == groups.c.k)
         .where(scope)
         .order_by(groups.c.k, R.c.record_id)
@@ -505,8 +543,9 @@ def _duplicate_ids(
 
 
 def _duplicate_persons(
-    conn: Connection, profile: Profile, scope: ColumnElement[bool], add: _Add
+    conn: Connection, reg: RegisterMap, profile: Profile, scope: ColumnElement[bool], add: _Add
 ) -> None:
+    R = reg.table
     same = (R.c.household_id, R.c.name, R.c.birth_date, R.c.sex)
     where = and_(
         scope,
@@ -524,11 +563,11 @@ def _duplicate_persons(
         .subquery("dup_persons")
     )
     query = (
-        select(*_PERSON_COLUMNS, R.c.household_id, groups.c.first)
+        select(*_person_columns(reg), R.c.household_id, groups.c.first)
         .join_from(
             R,
             groups,
-            and_(*[column == groups.c[column.name] for column in same]),
+            and_(*[column == groups.c[column.key] for column in same]),
         )
         .where(where)
         .order_by(groups.c.first, R.c.record_id)
@@ -544,18 +583,22 @@ def _duplicate_persons(
             )
 
 
-def _collective(profile: Profile) -> ColumnElement[bool]:
+def _collective(reg: RegisterMap, profile: Profile) -> ColumnElement[bool]:
     labels = [label for label, cat in CATEGORY_OF_LABEL.items() if cat is Category.COLLECTIVE]
     raws = [e.raw for e in profile.codes.entries() if e.category is Category.COLLECTIVE]
-    return or_(R.c.household_category.in_(labels), R.c.hukou_type.in_(raws))
+    by_code = reg.table.c.hukou_type.in_(raws)
+    if not reg.has_category_column:
+        return by_code
+    return or_(reg.table.c.household_category.in_(labels), by_code)
 
 
 def _households_without_head(
-    conn: Connection, profile: Profile, scope: ColumnElement[bool], add: _Add
+    conn: Connection, reg: RegisterMap, profile: Profile, scope: ColumnElement[bool], add: _Add
 ) -> None:
+    R = reg.table
     has_relation = _flag(~_blank(R.c.relation))
     is_head = _flag(R.c.relation.in_(HEAD_RELATIONS))
-    collective = _flag(_collective(profile))
+    collective = _flag(_collective(reg, profile))
     households = (
         select(
             R.c.household_id,
@@ -574,7 +617,7 @@ def _households_without_head(
         .subquery("headless")
     )
     query = (
-        select(*_PERSON_COLUMNS, households.c.household_id.label("hh"), households.c.n)
+        select(*_person_columns(reg), households.c.household_id.label("hh"), households.c.n)
         .join_from(R, households, R.c.record_id == households.c.first)
         .order_by(R.c.record_id)
     )
@@ -588,29 +631,31 @@ def _households_without_head(
 
 
 def _missing_fields(
-    conn: Connection, profile: Profile, scope: ColumnElement[bool], add: _Add
+    conn: Connection, reg: RegisterMap, profile: Profile, scope: ColumnElement[bool], add: _Add
 ) -> None:
+    R = reg.table
     """One pass: a CASE per required field. 户别 is required unless the code gives the category."""
     with_category = [e.raw for e in profile.codes.entries() if e.category is not None]
+    # Only the fields this register has: a legacy table without 户号 lacks it for everyone, and
+    # that is the mapping's business, not an exception of each record.
     required: list[tuple[str, ColumnElement[bool]]] = [
         ("公民身份号码", _blank(R.c.id_number)),
-        ("姓名", _blank(R.c.name)),
-        ("性别", _blank(R.c.sex)),
-        ("出生日期", R.c.birth_date.is_(None)),
-        ("户号", _blank(R.c.household_id)),
+        *([("姓名", _blank(R.c.name))] if reg.has("name") else []),
+        *([("性别", _blank(R.c.sex))] if reg.has("sex") else []),
+        *([("出生日期", R.c.birth_date.is_(None))] if reg.has("birth_date") else []),
+        *([("户号", _blank(R.c.household_id))] if reg.has("household_id") else []),
         ("户口性质", _blank(R.c.hukou_type)),
-        (
-            "户别",
-            and_(
-                _blank(R.c.household_category),
-                or_(R.c.hukou_type.is_(None), R.c.hukou_type.not_in(with_category)),
-            ),
-        ),
-        ("人员状态", _blank(R.c.status)),
     ]
+    if reg.has_category_column:
+        no_category = and_(
+            _blank(R.c.household_category),
+            or_(R.c.hukou_type.is_(None), R.c.hukou_type.not_in(with_category)),
+        )
+        required.append(("户别", no_category))
+    required.append(("人员状态", _blank(R.c.status)))
     flags = [_flag(condition).label(f"m{i}") for i, (_, condition) in enumerate(required)]
     query = (
-        select(*_PERSON_COLUMNS, *flags)
+        select(*_person_columns(reg), *flags)
         .where(scope, or_(*[condition for _, condition in required]))
         .order_by(R.c.record_id)
     )
@@ -620,8 +665,9 @@ def _missing_fields(
 
 
 def _category_conflicts(
-    conn: Connection, profile: Profile, scope: ColumnElement[bool], add: _Add
+    conn: Connection, reg: RegisterMap, profile: Profile, scope: ColumnElement[bool], add: _Add
 ) -> None:
+    R = reg.table
     """A combined code says one 户别 and the 户别 column another (农业家庭户口 + 社区集体户, say):
     the conversion follows the code, so the household would change category silently."""
     from_code = {e.raw: e.category.value for e in profile.codes.entries() if e.category}
@@ -633,7 +679,7 @@ def _category_conflicts(
         value=R.c.household_category,
     )
     query = (
-        select(*_PERSON_COLUMNS, R.c.hukou_type, R.c.household_category)
+        select(*_person_columns(reg), R.c.hukou_type, R.c.household_category)
         .where(
             scope,
             R.c.hukou_type.in_(list(from_code)),
@@ -651,7 +697,8 @@ def _category_conflicts(
         )
 
 
-def _no_division_code(conn: Connection, add: _Add) -> None:
-    query = select(*_PERSON_COLUMNS).where(_blank(R.c.division_code)).order_by(R.c.record_id)
+def _no_division_code(conn: Connection, reg: RegisterMap, add: _Add) -> None:
+    R = reg.table
+    query = select(*_person_columns(reg)).where(_blank(R.c.division_code)).order_by(R.c.record_id)
     for row in conn.execute(query):
         add("NO_DIVISION_CODE", row, "行政区划代码为空：不在任何辖区范围内，转换不会处理此记录")

@@ -25,8 +25,12 @@ from .errors import (
     DatabaseError,
     HukouError,
 )
+from .mapping import load_register
 from .profiles import BUILTIN_PROFILES
 from .progress import Advance, Progress
+from .register import RegisterMap
+
+ENV_MAPPING = "HUKOU_MAPPING"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,6 +42,7 @@ class App:
     db_url: str = DEFAULT_URL
     password_file: Path | None = None
     quiet: bool = False
+    mapping_file: Path | None = None  # a legacy register converted in place
     _engine: Engine | None = field(default=None, repr=False)
 
     def engine(self) -> Engine:
@@ -47,6 +52,9 @@ class App:
                 password = self.password_file.read_text(encoding="utf-8").strip()
             self._engine = make_engine(parse_url(self.db_url, password))
         return self._engine
+
+    def register(self) -> RegisterMap:
+        return load_register(self.engine(), self.mapping_file)
 
     def progress(self) -> Progress:
         quiet = self.quiet
@@ -89,6 +97,26 @@ def _set_db(ctx: click.Context, _param: click.Parameter, value: str | None) -> N
 def _set_password_file(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
     if value is not None:
         ctx.ensure_object(App).password_file = value
+
+
+def _set_mapping(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.ensure_object(App).mapping_file = value
+
+
+def mapping_option(f: F) -> F:
+    return click.option(
+        "--mapping",
+        envvar=ENV_MAPPING,
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="FILE",
+        expose_value=False,
+        callback=_set_mapping,
+        help=(
+            "Work on a legacy register table in place, through this mapping file (TOML);"
+            f" or set {ENV_MAPPING}. Default: the built-in register."
+        ),
+    )(f)
 
 
 def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:

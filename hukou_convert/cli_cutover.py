@@ -13,6 +13,7 @@ from .cli import (
     ask_to_write,
     cli,
     db_option,
+    mapping_option,
     out_dir_option,
     pass_app,
     profile_options,
@@ -74,6 +75,7 @@ def batch_size_option(unit: str) -> Callable[[F], F]:
     metavar="N",
     help="Refuse to start when the checks find more than N exceptions of severity error.",
 )
+@mapping_option
 @db_option
 @quiet_option
 @pass_app
@@ -100,12 +102,19 @@ def cutover_command(
     that changed since that rehearsal (unless --accept-changes) and shows what changed.
 
     Both write the audit workbook (xlsx, personal data masked unless --unmasked) into --out.
+
+    With --mapping FILE the register is a legacy table converted in place (its own column names
+    and codes); verify, report and rollback later find it through the run.
     """
     if dry_run and (expect or accept_changes or max_exceptions is not None):
         raise UsageError("--expect, --accept-changes and --max-exceptions are for the real run")
     profile = load_profile(profile_name)
     resolved = resolve_cutoff(profile, cutoff, force_cutoff)
     engine = app.engine()
+    register = app.register()
+    where = display_url(engine.url)
+    if not register.builtin:
+        where = f"table {register.display_name} of {where}"
 
     def confirm(plan: CutoverPlan) -> bool:
         if yes:
@@ -118,7 +127,7 @@ def cutover_command(
         )
         return ask_to_write(
             f"{what} of {plan.profile.name} ({plan.profile.display_name}) at cutoff"
-            f" {format_instant(plan.cutoff.instant)} in {display_url(engine.url)}."
+            f" {format_instant(plan.cutoff.instant)} in {where}."
         )
 
     report = cutover_and_report(
@@ -134,9 +143,10 @@ def cutover_command(
         accept_changes=accept_changes,
         max_exceptions=max_exceptions,
         progress=app.progress(),
+        register=register,
     )
     result = report.result
-    _print_cutover(result, display_url(engine.url))
+    _print_cutover(result, where)
     _print_workbook(report.workbook)
     if result.plan_path is not None:
         click.echo(f"plan for the real run: {result.plan_path} (cutover --expect PLAN)")

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import click
 
-from .cli import App, cli, db_option, pad_display, pass_app, profile_options, quiet_option
+from .cli import (
+    App,
+    cli,
+    db_option,
+    mapping_option,
+    pad_display,
+    pass_app,
+    profile_options,
+    quiet_option,
+)
 from .codes import CATEGORY_LABELS, NATURE_LABELS
 from .db import display_url, make_engine, parse_url
 from .errors import UnmappedCodesError, UnmappedValue, UsageError
@@ -188,6 +197,7 @@ def sample_command(
     is_flag=True,
     help="Also print every finding (ID numbers and names masked).",
 )
+@mapping_option
 @db_option
 @quiet_option
 @pass_app
@@ -204,7 +214,10 @@ def check_command(
     profile = load_profile(profile_name)
     resolved = resolve_cutoff(profile, cutoff, force_cutoff)
     engine = app.engine()
-    report = run_checks(engine, profile, cutoff=resolved.instant, progress=app.progress())
+    register = app.register()
+    report = run_checks(
+        engine, profile, cutoff=resolved.instant, progress=app.progress(), register=register
+    )
     click.echo(f"检查 CHECK {profile.name} ({profile.display_name}) in {display_url(engine.url)}")
     click.echo(f"  cutoff {format_instant(resolved.instant)} ({resolved.source})")
     click.echo(f"  records checked in scope: {report.scanned}")
@@ -316,6 +329,7 @@ def mapping_check_command(app: App, mapping_file: Path, profile_name: str) -> No
         click.echo(f"    {shown:<20} {n:>10}  {'active' if active else 'not active'}")
     if report.unmapped:
         raise UnmappedCodesError(
-            [UnmappedValue(raw, n) for raw, n in report.unmapped], rehearsal=True
+            [UnmappedValue(raw, n, no_category) for raw, n, no_category in report.unmapped],
+            rehearsal=True,
         )
     click.echo("通过 PASSED: every name exists, every code value present is mapped")

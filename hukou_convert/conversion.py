@@ -27,7 +27,6 @@ from .codes import (
     CATEGORY_LABELS,
     CATEGORY_OF_LABEL,
     NEW_TYPE,
-    RESIDENT_TYPE,
     Action,
     CodeTable,
 )
@@ -44,15 +43,17 @@ from .inflight import (
 from .instants import now
 from .profiles import Profile, ResolvedCutoff
 from .progress import Progress
+from .register import RegisterMap
 
-R = schema.register
 H = schema.history
 
 
 def conversion_expressions(
-    codes: CodeTable,
+    codes: CodeTable, register: RegisterMap
 ) -> tuple[list[str], ColumnElement[Any], ColumnElement[Any], ColumnElement[Any]]:
     """(codes to convert, nature, history category, register 户别 label) as SQL over the register."""
+    R = register.table
+    category_column = register.column("household_category")
     convert = [e for e in codes.entries() if e.action is Action.CONVERT and e.nature is not None]
     raws = [e.raw for e in convert]
     # a table that converts nothing has no CASE to write (an empty CASE is a syntax error)
@@ -63,7 +64,7 @@ def conversion_expressions(
     )
     with_category = [e for e in convert if e.category is not None]
     from_label = case(
-        {label: cat.value for label, cat in CATEGORY_OF_LABEL.items()}, value=R.c.household_category
+        {label: cat.value for label, cat in CATEGORY_OF_LABEL.items()}, value=category_column
     )
     if with_category:
         from_code = case(
@@ -75,9 +76,9 @@ def conversion_expressions(
             value=R.c.hukou_type,
         )
         category: ColumnElement[Any] = func.coalesce(from_code, from_label)
-        new_label: ColumnElement[Any] = func.coalesce(label_from_code, R.c.household_category)
+        new_label: ColumnElement[Any] = func.coalesce(label_from_code, category_column)
     else:
-        category, new_label = from_label, R.c.household_category
+        category, new_label = from_label, category_column
     return raws, nature, category, new_label
 
 
@@ -90,13 +91,15 @@ def convert_batches(
     batch_size: int,
     census: Census,
     progress: Progress,
+    register: RegisterMap,
 ) -> int:
-    exprs = conversion_expressions(codes)
-    key = R.c.record_id
+    R = register.table
+    exprs = conversion_expressions(codes, register)
+    key = register.key_column
     B = schema.run_batches
     with engine.connect() as conn:
         holds, applies = _run_holds_and_applies(conn, run_id)
-        scope_pred = conversion_predicate(run_id, exprs[0], profile, holds)
+        scope_pred = conversion_predicate(register, run_id, exprs[0], profile, holds)
         last = conn.execute(
             select(B.c.batch_no, B.c.last_key)
             .where(B.c.run_id == run_id)
@@ -130,6 +133,7 @@ def convert_batches(
                 )
                 updated = convert_window(
                     conn,
+                    register,
                     run_id,
                     exprs,
                     scope_pred,
@@ -166,12 +170,14 @@ def convert_batches(
 
 
 def conversion_predicate(
-    run_id: str, raws: list[str], profile: Profile, holds: bool = True
+    register: RegisterMap, run_id: str, raws: list[str], profile: Profile, holds: bool = True
 ) -> ColumnElement[bool]:
     """What the run converts: active records in scope with a code to convert, not held back.
     ``holds=False`` when the run holds no record: then no per-record look-up of the holds."""
+    R = register.table
     scope = [in_scope(R, profile.scope), is_active(R, profile.active_statuses)]
-    return and_(*scope, R.c.hukou_type.in_(raws), *([not_held(run_id)] if holds else []))
+    held = [not_held(register, run_id)] if holds else []
+    return and_(*scope, R.c.hukou_type.in_(raws), *held)
 
 
 def _run_holds_and_applies(conn: Connection, run_id: str) -> tuple[bool, bool]:
@@ -193,6 +199,7 @@ def _run_holds_and_applies(conn: Connection, run_id: str) -> tuple[bool, bool]:
 
 def convert_window(
     conn: Connection,
+    register: RegisterMap,
     run_id: str,
     exprs: tuple[list[str], ColumnElement[Any], ColumnElement[Any], ColumnElement[Any]],
     scope_pred: ColumnElement[bool],
@@ -205,6 +212,7 @@ def convert_window(
     """One batch, set-based: the history rows (INSERT … SELECT), then the register (one UPDATE).
     ``applies=False`` when the run applied no application: no per-record look-up of one."""
     _raws, nature, category, new_label = exprs
+    R = register.table
     effective = bindparam("effective_at", cutoff.instant, type_=schema.Instant())
     converted_at = bindparam("converted_at", now(), type_=schema.Instant())
     source = select(
@@ -216,10 +224,10 @@ def convert_window(
         effective,
         converted_at,
         literal(run_id),
-        R.c.record_id,
+        register.key_column,
         R.c.division_code,
-        applied_application(run_id) if applies else null(),
-        R.c.household_category,
+        applied_application(register, run_id) if applies else null(),
+        register.column("household_category"),
     ).where(window, scope_pred)
     conn.execute(
         insert(H).from_select(
@@ -241,12 +249,11 @@ def convert_window(
         )
     )
     # MySQL evaluates single-table SET clauses left to right: 户别 first, while hukou_type still
-    # holds the original code.
-    updated = conn.execute(
-        update(R)
-        .where(window, scope_pred)
-        .ordered_values((R.c.household_category, new_label), (R.c.hukou_type, RESIDENT_TYPE))
-    ).rowcount
+    # holds the original code (the resident code of a combined-code register reads it too).
+    new_values: list[tuple[Any, Any]] = [(R.c.hukou_type, register.resident_code(category))]
+    if register.has_category_column:
+        new_values.insert(0, (R.c.household_category, new_label))
+    updated = conn.execute(update(R).where(window, scope_pred).ordered_values(*new_values)).rowcount
     # Counted, not taken from the INSERT's rowcount (psycopg reports -1 for INSERT … SELECT
     # through SQLAlchemy): an independent check of the batch.
     inserted = conn.execute(

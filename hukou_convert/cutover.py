@@ -9,6 +9,7 @@ exactly as an uninterrupted run would.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
     Row,
@@ -86,12 +88,20 @@ from .plan import (
 )
 from .profiles import Profile, ResolvedCutoff
 from .progress import Progress, no_progress
+from .register import BUILTIN_REGISTER, RegisterMap
 from .runlock import live_run_lock
-from .runs import describe_live_run, find_run, load_census, run_codes, run_profile, unfinished_run
+from .runs import (
+    describe_live_run,
+    find_run,
+    load_census,
+    run_codes,
+    run_profile,
+    run_register,
+    unfinished_run,
+)
 
 DEFAULT_BATCH_SIZE = 50_000
 
-R = schema.register
 H = schema.history
 RUNS = schema.runs
 
@@ -127,6 +137,7 @@ class CutoverResult:
     released: int = 0  # held records converted by this invocation, their exception resolved
     plan_path: Path | None = None  # the plan a rehearsal wrote
     plan_comparison: PlanComparison | None = None  # the real run against ``--expect PLAN``
+    register: RegisterMap = BUILTIN_REGISTER  # where the register lives
 
     @property
     def unmapped(self) -> list[Any]:
@@ -142,10 +153,12 @@ def rehearse(
     cutoff: ResolvedCutoff,
     progress: Progress = no_progress,
     plan_dir: Path | None = None,
+    register: RegisterMap = BUILTIN_REGISTER,
 ) -> CutoverResult:
     """The dry run: reads the register, writes nothing anywhere in the database. With ``plan_dir``
     it writes the plan a real run can be held to (``run_cutover(expect=…)``)."""
-    _require_register(engine)
+    _require_register(engine, register)
+    profile = register.effective_profile(profile)
     started = now()
     recorder = (
         PlanRecorder(plan_dir, f"hukou-plan-{profile.name}-{started:%Y%m%dT%H%M%S}")
@@ -154,12 +167,13 @@ def rehearse(
     )
     try:
         with translate_errors(), engine.connect() as conn:
-            decisions = decide(conn, profile, profile.codes, cutoff.instant)
-            census = moved_census(take_census(conn, R, profile), decisions)
-            fingerprint = register_fingerprint(conn, R, progress=progress, on_row=recorder)
-            findings = gather_findings(conn, profile, cutoff, decisions, progress)
+            decisions = decide(conn, register, profile, profile.codes, cutoff.instant)
+            census = moved_census(take_census(conn, register, profile), decisions)
+            fingerprint = register_fingerprint(conn, register, progress=progress, on_row=recorder)
+            findings = gather_findings(conn, register, profile, cutoff, decisions, progress)
             held, held_by = held_breakdown(
                 conn,
+                register,
                 profile,
                 profile.codes,
                 held_records(findings, profile.hold_back),
@@ -200,6 +214,7 @@ def rehearse(
         started_at=started,
         finished_at=now(),
         plan_path=plan_path,
+        register=register,
     )
 
 
@@ -235,6 +250,7 @@ def run_cutover(
     expect: Path | None = None,
     accept_changes: bool = False,
     max_exceptions: int | None = None,
+    register: RegisterMap = BUILTIN_REGISTER,
 ) -> CutoverResult:
     """The real run, or the continuation of an unfinished one with the same profile and cutoff.
 
@@ -248,7 +264,8 @@ def run_cutover(
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
     plan = load_plan(expect) if expect is not None else None
-    _require_register(engine)
+    _require_register(engine, register)
+    profile = register.effective_profile(profile)
     with translate_errors():
         schema.ensure_schema(engine)
         with live_run_lock(engine, lambda: describe_live_run(engine)):
@@ -262,6 +279,7 @@ def run_cutover(
                 plan,
                 accept_changes,
                 max_exceptions,
+                register,
             )
     if plan is not None and result.plan_comparison is not None:
         result.plan_comparison.after = compare_outcome(
@@ -282,13 +300,18 @@ def _locked_cutover(
     progress: Progress,
     plan: Plan | None,
     accept_changes: bool,
-    max_exceptions: int | None = None,
+    max_exceptions: int | None,
+    register: RegisterMap,
 ) -> CutoverResult:
     comparison = PlanComparison(str(plan.path)) if plan is not None else None
     with engine.connect() as conn:
         unfinished = unfinished_run(conn)
         completed = conn.execute(
-            select(RUNS).where(RUNS.c.status == "completed", RUNS.c.profile == profile.name)
+            select(RUNS).where(
+                RUNS.c.status == "completed",
+                RUNS.c.profile == profile.name,
+                _same_register(register),
+            )
         ).first()
     if unfinished is not None and unfinished.status == "rolling_back":
         raise RunMismatchError(
@@ -296,7 +319,7 @@ def _locked_cutover(
             f" 'hukou-convert rollback --run {unfinished.run_id}'"
         )
     if unfinished is not None:
-        _check_same_run(unfinished, profile, cutoff)
+        _check_same_run(unfinished, profile, cutoff, register)
         run_id = str(unfinished.run_id)
         census = load_census(engine, run_id)
         batch_size = int(unfinished.batch_size)  # the checkpoints are in these units
@@ -317,13 +340,18 @@ def _locked_cutover(
             completed.profile_fingerprint == profile.fingerprint()
             and completed.cutoff == cutoff.instant
         ):
-            released = _release_resolved(engine, completed, profile, cutoff, progress)
+            released = _release_resolved(engine, register, completed, profile, cutoff, progress)
             with engine.connect() as conn:
                 completed = conn.execute(
                     select(RUNS).where(RUNS.c.run_id == completed.run_id)
                 ).one()
             done = _finished_result(
-                engine, completed, profile, cutoff, "released" if released else "already-complete"
+                engine,
+                register,
+                completed,
+                profile,
+                cutoff,
+                "released" if released else "already-complete",
             )
             done.released = released
             if released:  # the holds changed: what the run reports changed with them
@@ -339,17 +367,18 @@ def _locked_cutover(
         )
     else:
         with engine.connect() as conn:
-            decisions = decide(conn, profile, profile.codes, cutoff.instant)
-            predicted = moved_census(take_census(conn, R, profile), decisions)
+            decisions = decide(conn, register, profile, profile.codes, cutoff.instant)
+            predicted = moved_census(take_census(conn, register, profile), decisions)
         unmapped = predicted.unmapped()
         if unmapped:
             raise UnmappedCodesError(unmapped, rehearsal=False)
         held: dict[int, list[str]] = {}
         if max_exceptions is not None or profile.hold_back:
             with engine.connect() as conn:
-                found = gather_findings(conn, profile, cutoff, decisions, progress)
+                found = gather_findings(conn, register, profile, cutoff, decisions, progress)
                 held, _ = held_breakdown(
                     conn,
+                    register,
                     profile,
                     profile.codes,
                     held_records(found, profile.hold_back),
@@ -365,7 +394,7 @@ def _locked_cutover(
             raise Aborted("not confirmed: nothing was written")
         comparer = RecordComparer(plan) if plan is not None else None
         with engine.connect() as conn:
-            fingerprint = register_fingerprint(conn, R, progress=progress, on_row=comparer)
+            fingerprint = register_fingerprint(conn, register, progress=progress, on_row=comparer)
         if plan is not None and comparer is not None and comparison is not None:
             comparer.finish()
             comparison.before = (
@@ -387,12 +416,23 @@ def _locked_cutover(
         run_id = _new_run_id()
         started = now()
         census = _record_run(
-            engine, run_id, profile, cutoff, decisions, held, fingerprint, batch_size, started
+            engine,
+            register,
+            run_id,
+            profile,
+            cutoff,
+            decisions,
+            held,
+            fingerprint,
+            batch_size,
+            started,
         )
         outcome = "completed"
 
     codes = run_codes(engine, run_id)
-    batches = convert_batches(engine, run_id, codes, profile, cutoff, batch_size, census, progress)
+    batches = convert_batches(
+        engine, run_id, codes, profile, cutoff, batch_size, census, progress, register
+    )
     with engine.begin() as conn:
         converted = conn.execute(
             select(func.coalesce(func.sum(schema.run_batches.c.converted), 0)).where(
@@ -406,7 +446,7 @@ def _locked_cutover(
         )
     with engine.connect() as conn:
         row = conn.execute(select(RUNS).where(RUNS.c.run_id == run_id)).one()
-    result = _finished_result(engine, row, profile, cutoff, outcome)
+    result = _finished_result(engine, register, row, profile, cutoff, outcome)
     store_findings(engine, run_id, result.findings)
     result.batches = batches
     result.started_at = started
@@ -420,8 +460,21 @@ def _describe(d: Difference) -> str:
     return f"{d.kind} {d.key}: rehearsal {d.expected}, now {d.actual}"
 
 
-def _check_same_run(run: Row[Any], profile: Profile, cutoff: ResolvedCutoff) -> None:
+def _same_register(register: RegisterMap) -> ColumnElement[bool]:
+    if register.mapping_json is None:
+        return RUNS.c.register_mapping.is_(None)
+    return RUNS.c.register_mapping == register.mapping_json
+
+
+def _check_same_run(
+    run: Row[Any], profile: Profile, cutoff: ResolvedCutoff, register: RegisterMap
+) -> None:
     differences = []
+    if run.register_mapping != register.mapping_json:
+        kept = "the built-in register"
+        if run.register_mapping is not None:
+            kept = f"the register of mapping {json.loads(run.register_mapping)['source']}"
+        differences.append(kept)
     if run.profile != profile.name or run.profile_fingerprint != profile.fingerprint():
         differences.append(f"profile {run.profile} (fingerprint {run.profile_fingerprint})")
     if run.cutoff != cutoff.instant:
@@ -435,6 +488,7 @@ def _check_same_run(run: Row[Any], profile: Profile, cutoff: ResolvedCutoff) -> 
 
 def _finished_result(
     engine: Engine,
+    register: RegisterMap,
     run: Row[Any],
     profile: Profile,
     cutoff: ResolvedCutoff,
@@ -452,9 +506,11 @@ def _finished_result(
             .group_by(H.c.original_nature, H.c.household_category)
         ):
             by[(Nature(nature), Category(category) if category else None)] += int(n)
-        decisions = decide(conn, profile, census.codes, cutoff.instant)
+        decisions = decide(conn, register, profile, census.codes, cutoff.instant)
         findings = (
-            recorded if recorded is not None else gather_findings(conn, profile, cutoff, decisions)
+            recorded
+            if recorded is not None
+            else gather_findings(conn, register, profile, cutoff, decisions)
         )
         held = current_holds(conn, run_id)
     return CutoverResult(
@@ -472,6 +528,7 @@ def _finished_result(
         held=held,
         started_at=run.started_at,
         finished_at=run.finished_at,
+        register=register,
     )
 
 
@@ -481,6 +538,7 @@ def _new_run_id() -> str:
 
 def _record_run(
     engine: Engine,
+    register: RegisterMap,
     run_id: str,
     profile: Profile,
     cutoff: ResolvedCutoff,
@@ -506,6 +564,7 @@ def _record_run(
                 cutoff=cutoff.instant,
                 cutoff_source=cutoff.source[:200],
                 register_sha256=fingerprint,
+                register_mapping=register.mapping_json,
                 status="running",
                 batch_size=batch_size,
                 started_at=started,
@@ -515,9 +574,9 @@ def _record_run(
                 pid=os.getpid(),
             )
         )
-        apply_decisions(conn, run_id, decisions)
-        store_holds(conn, run_id, held, profile, profile.codes)
-        census = take_census(conn, R, profile)
+        apply_decisions(conn, register, run_id, decisions)
+        store_holds(conn, register, run_id, held, profile, profile.codes)
+        census = take_census(conn, register, profile)
         if census.lines:
             conn.execute(
                 insert(schema.run_census),
@@ -538,7 +597,12 @@ def _record_run(
 
 
 def _release_resolved(
-    engine: Engine, run: Row[Any], profile: Profile, cutoff: ResolvedCutoff, progress: Progress
+    engine: Engine,
+    register: RegisterMap,
+    run: Row[Any],
+    profile: Profile,
+    cutoff: ResolvedCutoff,
+    progress: Progress,
 ) -> int:
     """Convert, within the same run, held records whose hold-back exceptions are resolved."""
     run_id = str(run.run_id)
@@ -546,9 +610,10 @@ def _release_resolved(
         held = current_holds(conn, run_id)
         if not held:
             return 0
-        decisions = decide(conn, profile, profile.codes, cutoff.instant)
+        decisions = decide(conn, register, profile, profile.codes, cutoff.instant)
         still = held_records(
-            gather_findings(conn, profile, cutoff, decisions, progress), profile.hold_back
+            gather_findings(conn, register, profile, cutoff, decisions, progress),
+            profile.hold_back,
         )
     resolved = sorted(k for k in held if k not in still)
     if not resolved:
@@ -557,7 +622,7 @@ def _release_resolved(
     with engine.begin() as conn:
         # Resolved by making the record no longer one to convert (a duplicate cancelled, say):
         # dropped from the hold, never marked as converted.
-        to_convert = convertible(conn, profile, codes, resolved)
+        to_convert = convertible(conn, register, profile, codes, resolved)
         dropped = [k for k in resolved if k not in to_convert]
         for start in range(0, len(dropped), 1_000):
             conn.execute(
@@ -570,8 +635,8 @@ def _release_resolved(
                 .values(state="dropped", released_at=now())
             )
     resolved = sorted(to_convert)
-    exprs = conversion_expressions(codes)
-    scope_pred = conversion_predicate(run_id, exprs[0], profile)
+    exprs = conversion_expressions(codes, register)
+    scope_pred = conversion_predicate(register, run_id, exprs[0], profile)
     B = schema.run_batches
     released = 0
     for start in range(0, len(resolved), 1_000):
@@ -595,11 +660,12 @@ def _release_resolved(
             batch_no = int(last.batch_no)
             converted = convert_window(
                 conn,
+                register,
                 run_id,
                 exprs,
                 scope_pred,
                 cutoff,
-                R.c.record_id.in_(keys),
+                register.key_column.in_(keys),
                 H.c.record_id.in_(keys),
                 batch_no + 1,
             )
@@ -627,6 +693,7 @@ def _release_resolved(
 
 def gather_findings(
     conn: Connection,
+    register: RegisterMap,
     profile: Profile,
     cutoff: ResolvedCutoff,
     decisions: list[Decision],
@@ -635,13 +702,20 @@ def gather_findings(
     """Every exception the report lists: the register checks (错、重、假、漏), in-flight business,
     and changes during the freeze. The checks read fields the conversion does not change, so a
     rehearsal and the run after it report the same records."""
-    findings = list(run_checks(conn, profile, cutoff=cutoff.instant, progress=progress).findings)
+    findings = list(
+        run_checks(
+            conn, profile, cutoff=cutoff.instant, progress=progress, register=register
+        ).findings
+    )
     findings.extend(d.finding() for d in decisions)
-    findings.extend(late_changes(conn, profile))
+    findings.extend(late_changes(conn, register, profile))
     return with_hold_actions(findings, profile.hold_back)
 
 
-def _require_register(engine: Engine) -> None:
+def _require_register(engine: Engine, register: RegisterMap) -> None:
+    register.require_in_place()
+    if not register.builtin:
+        return  # the mapping was validated against the database when it was loaded
     with translate_errors():
         if not schema.has_register(engine):
             raise RegisterStateError(
@@ -660,7 +734,8 @@ def load_run_result(engine: Engine, run_id: str | None) -> CutoverResult:
     profile = run_profile(engine, run)
     cutoff = ResolvedCutoff(run.cutoff, str(run.cutoff_source or "recorded with the run"))
     recorded = recorded_findings(engine, str(run.run_id))
-    return _finished_result(engine, run, profile, cutoff, "completed", recorded)
+    register = run_register(engine, run)
+    return _finished_result(engine, register, run, profile, cutoff, "completed", recorded)
 
 
 _FINDINGS_MARK = "(recorded)"

@@ -65,6 +65,9 @@ class RegisterStateError(HukouError):
 class UnmappedValue:
     raw_code: str | None
     count: int
+    # True: the code is mapped but names no 户别, and the register has no 户别 column to take it
+    # from, so the tool cannot tell which resident code to write
+    no_category: bool = False
 
 
 class UnmappedCodesError(HukouError):
@@ -78,20 +81,34 @@ class UnmappedCodesError(HukouError):
         super().__init__(self.message())
 
     def message(self) -> str:
-        listed = ", ".join(
-            f"{'(empty)' if v.raw_code is None else repr(v.raw_code)}: {v.count}"
-            for v in self.values
-        )
-        total = sum(v.count for v in self.values)
         head = (
             "the real cutover would refuse to start"
             if self.rehearsal
             else "cutover refused before writing anything"
         )
-        return (
-            f"{head}: {total} in-scope active record(s) carry 户口性质 values that the profile's code"
-            f" table does not map ({listed}); add them to a profile file"
-        )
+        parts = []
+        unmapped = [v for v in self.values if not v.no_category]
+        if unmapped:
+            parts.append(
+                f"{sum(v.count for v in unmapped)} in-scope active record(s) carry 户口性质 values"
+                f" that the profile's code table does not map ({_listed(unmapped)}); add them to a"
+                " profile file"
+            )
+        no_category = [v for v in self.values if v.no_category]
+        if no_category:
+            parts.append(
+                f"{sum(v.count for v in no_category)} record(s) to convert carry codes that name no"
+                f" 户别 ({_listed(no_category)}) and the register has no 户别 column, so the"
+                " resident code to write is unknown; give those codes a category in a profile"
+                " file, or correct the records"
+            )
+        return f"{head}: " + "; ".join(parts)
+
+
+def _listed(values: Sequence[UnmappedValue]) -> str:
+    return ", ".join(
+        f"{'(empty)' if v.raw_code is None else repr(v.raw_code)}: {v.count}" for v in values
+    )
 
 
 class LockHeldError(HukouError):

@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, and_, select
 
 from . import schema
 from .codes import CATEGORY_LABELS, NATURE_LABELS, Category, Nature, code_table_from_json
 from .db import translate_errors
-from .errors import RegisterStateError
+from .errors import ProfileError, RegisterStateError
 from .idnumbers import has_valid_check, normalise, upgrade15
+from .runs import run_register
 
 H = schema.history
 R = schema.register
@@ -81,12 +83,17 @@ def lookup(
         numbers = list(by_number)
         if labels is None:
             labels = run_labels(engine)
+        # the name is the register's: the built-in one's, or that of the legacy table a run
+        # converted in place (a record key means nothing in another register)
+        builtin_runs = select(RUNS.c.run_id).where(RUNS.c.register_mapping.is_(None))
+        rows: list[Any] = []
         with engine.connect() as conn:
             for start in range(0, len(numbers), _LOOKUP_CHUNK):
                 chunk = numbers[start : start + _LOOKUP_CHUNK]
-                rows = conn.execute(
+                rows += conn.execute(
                     select(
                         H.c.id_number,
+                        H.c.record_id,
                         R.c.name,
                         H.c.original_code,
                         H.c.original_nature,
@@ -95,29 +102,33 @@ def lookup(
                         H.c.run_id,
                         H.c.reverted_at,
                     )
-                    .outerjoin(R, R.c.record_id == H.c.record_id)
+                    .select_from(H)
+                    .outerjoin(
+                        R, and_(R.c.record_id == H.c.record_id, H.c.run_id.in_(builtin_runs))
+                    )
                     .where(H.c.id_number.in_(chunk))
                     .order_by(H.c.id_number, H.c.converted_at.desc(), H.c.history_id.desc())
-                )
-                for row in rows:
-                    entry = HistoryEntry(
-                        name=row.name,
-                        original_code=row.original_code,
-                        original_label=labels.get(row.run_id, {}).get(
-                            row.original_code or "", row.original_code or ""
-                        ),
-                        original_nature=row.original_nature,
-                        nature_label=NATURE_LABELS[Nature(row.original_nature)],
-                        household_category=row.household_category,
-                        category_label=CATEGORY_LABELS[Category(row.household_category)]
-                        if row.household_category
-                        else "",
-                        effective_at=row.effective_at,
-                        run_id=row.run_id,
-                        reverted_at=row.reverted_at,
-                    )
-                    for r in by_number.get(row.id_number, []):
-                        r.entries.append(entry)
+                ).all()
+        in_place = _names_in_place(engine, rows)
+        for row in rows:
+            entry = HistoryEntry(
+                name=in_place.get((row.run_id, row.record_id), row.name),
+                original_code=row.original_code,
+                original_label=labels.get(row.run_id, {}).get(
+                    row.original_code or "", row.original_code or ""
+                ),
+                original_nature=row.original_nature,
+                nature_label=NATURE_LABELS[Nature(row.original_nature)],
+                household_category=row.household_category,
+                category_label=CATEGORY_LABELS[Category(row.household_category)]
+                if row.household_category
+                else "",
+                effective_at=row.effective_at,
+                run_id=row.run_id,
+                reverted_at=row.reverted_at,
+            )
+            for r in by_number.get(row.id_number, []):
+                r.entries.append(entry)
     for r in results:
         if not r.entries and r.status == "found":
             r.status = "not-found"
@@ -133,6 +144,40 @@ def lookup(
                 f"{len(live)} 条有效转换记录（{types}），须核实；重号见 check DUPLICATE_ID_NUMBER"
             )
     return results
+
+
+def _names_in_place(engine: Engine, rows: list[Any]) -> dict[tuple[str, int], str | None]:
+    """Names of records converted in place, from each run's legacy table."""
+    wanted: dict[str, set[int]] = {}
+    for row in rows:
+        wanted.setdefault(row.run_id, set()).add(int(row.record_id))
+    with engine.connect() as conn:
+        mapped = {
+            r.run_id: r
+            for r in conn.execute(
+                select(RUNS).where(
+                    RUNS.c.run_id.in_(list(wanted)), RUNS.c.register_mapping.is_not(None)
+                )
+            )
+        }
+    names: dict[tuple[str, int], str | None] = {}
+    for run_id, run in mapped.items():
+        try:
+            reg = run_register(engine, run)
+        except ProfileError:
+            continue  # the legacy table is gone or changed since: the history answers without names
+        if not reg.has("name"):
+            continue
+        keys = sorted(wanted[run_id])
+        with engine.connect() as conn:
+            for start in range(0, len(keys), _LOOKUP_CHUNK):
+                for key, name in conn.execute(
+                    select(reg.key_column, reg.table.c.name).where(
+                        reg.key_column.in_(keys[start : start + _LOOKUP_CHUNK])
+                    )
+                ):
+                    names[(run_id, int(key))] = name
+    return names
 
 
 def run_labels(engine: Engine) -> dict[str, dict[str, str]]:

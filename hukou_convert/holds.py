@@ -20,8 +20,8 @@ from .census import derive_category, in_scope, is_active
 from .codes import Action, Category, CodeTable, Nature
 from .findings import Finding
 from .profiles import Profile
+from .register import RegisterMap
 
-R = schema.register
 HOLDS = schema.run_holds
 
 HELD_ACTION = "暂缓转换（保留原类型），待人工核查；问题解决后重新执行同一转换命令即予转换"
@@ -47,6 +47,7 @@ def with_hold_actions(findings: list[Finding], hold_back: Iterable[str]) -> list
 
 def convertible(
     conn: Connection,
+    register: RegisterMap,
     profile: Profile,
     codes: CodeTable,
     keys: Iterable[int],
@@ -54,12 +55,13 @@ def convertible(
 ) -> dict[int, tuple[Nature, Category | None]]:
     """Of these records, those the run would convert now, with their nature and 户别. ``moves``:
     register codes an approved application changes first (record key -> new code)."""
+    R = register.table
     out: dict[int, tuple[Nature, Category | None]] = {}
     ordered = sorted(keys)
     scoped = and_(in_scope(R, profile.scope), is_active(R, profile.active_statuses))
     for start in range(0, len(ordered), 500):
         rows = conn.execute(
-            select(R.c.record_id, R.c.hukou_type, R.c.household_category).where(
+            select(R.c.record_id, R.c.hukou_type, register.column("household_category")).where(
                 R.c.record_id.in_(ordered[start : start + 500]), scoped
             )
         )
@@ -74,6 +76,7 @@ def convertible(
 
 def held_breakdown(
     conn: Connection,
+    register: RegisterMap,
     profile: Profile,
     codes: CodeTable,
     held: Mapping[int, list[str]],
@@ -81,17 +84,22 @@ def held_breakdown(
 ) -> tuple[dict[int, list[str]], Counter[tuple[Nature, Category | None]]]:
     """Of the flagged records, those the run would otherwise convert (only these are held), and
     their count by nature and 户别."""
-    found = convertible(conn, profile, codes, held, moves)
+    found = convertible(conn, register, profile, codes, held, moves)
     return {k: held[k] for k in found}, Counter(found.values())
 
 
 def store_holds(
-    conn: Connection, run_id: str, held: Mapping[int, list[str]], profile: Profile, codes: CodeTable
+    conn: Connection,
+    register: RegisterMap,
+    run_id: str,
+    held: Mapping[int, list[str]],
+    profile: Profile,
+    codes: CodeTable,
 ) -> None:
     """The held records with the nature and 户别 the census counted them under (after approved
     applications were applied): verify subtracts them by these, not by the register as it is
     later."""
-    natures = convertible(conn, profile, codes, held)
+    natures = convertible(conn, register, profile, codes, held)
     rows = []
     for key, found in sorted(held.items()):
         nature, category = natures.get(key, (None, None))
@@ -123,11 +131,13 @@ def held_by_hold_rows(conn: Connection, run_id: str) -> Counter[tuple[Nature, Ca
     return out
 
 
-def not_held(run_id: str) -> ColumnElement[bool]:
+def not_held(register: RegisterMap, run_id: str) -> ColumnElement[bool]:
     """Records the run converts: those it does not hold."""
     return ~exists(
         select(HOLDS.c.record_id).where(
-            HOLDS.c.run_id == run_id, HOLDS.c.record_id == R.c.record_id, HOLDS.c.state == "held"
+            HOLDS.c.run_id == run_id,
+            HOLDS.c.record_id == register.key_column,
+            HOLDS.c.state == "held",
         )
     )
 

@@ -35,9 +35,9 @@ from .codes import Action, CodeTable, Nature
 from .findings import Finding
 from .instants import format_instant, now
 from .profiles import Profile
+from .register import RegisterMap
 
 A = schema.applications
-R = schema.register
 
 
 class Outcome(StrEnum):
@@ -115,9 +115,10 @@ class Decision:
 
 
 def decide(
-    conn: Connection, profile: Profile, codes: CodeTable, cutoff: datetime
+    conn: Connection, register: RegisterMap, profile: Profile, codes: CodeTable, cutoff: datetime
 ) -> list[Decision]:
     """What the cutover does with each application (stored outcomes are reported as stored)."""
+    R = register.table
     if not conn.dialect.has_table(conn, A.name):
         return []
     apps = conn.execute(select(A).order_by(A.c.application_id)).all()
@@ -133,9 +134,9 @@ def decide(
             select(
                 R.c.id_number,
                 R.c.record_id,
-                R.c.name,
+                register.column("name"),
                 R.c.hukou_type,
-                R.c.household_category,
+                register.column("household_category"),
                 scoped.label("scoped"),
             ).where(R.c.id_number.in_(numbers[start : start + 500]))
         ):
@@ -236,12 +237,15 @@ def moved_census(census: Census, decisions: list[Decision]) -> Census:
     lines.sort(
         key=lambda x: (not x.in_scope, not x.active, x.raw_code or "", x.category_label or "")
     )
-    return Census(lines, census.codes)
+    return Census(lines, census.codes, needs_category=census.needs_category)
 
 
-def apply_decisions(conn: Connection, run_id: str, decisions: list[Decision]) -> int:
+def apply_decisions(
+    conn: Connection, register: RegisterMap, run_id: str, decisions: list[Decision]
+) -> int:
     """Store every new outcome and apply approved applications to the register (inside the run's
     first transaction). Returns how many records changed type."""
+    R = register.table
     changed = 0
     for d in decisions:
         # Only a decision about a person this run is responsible for is final. Someone not in the
@@ -274,9 +278,15 @@ def apply_decisions(conn: Connection, run_id: str, decisions: list[Decision]) ->
     return changed
 
 
-def undo_applied(conn: Connection, run_id: str, restored_records: ColumnElement[bool]) -> None:
+def undo_applied(
+    conn: Connection,
+    register: RegisterMap,
+    run_id: str,
+    restored_records: ColumnElement[bool],
+) -> None:
     """Rollback: a record an approved application changed before the run converted it goes back to
     the code it had before the application (the history holds the code as of the cutoff)."""
+    R = register.table
     applied = and_(
         A.c.outcome_run_id == run_id,
         A.c.outcome == Outcome.APPLIED.value,
@@ -304,8 +314,9 @@ def reopen_decisions(conn: Connection, run_id: str, kept_records: ColumnElement[
     )
 
 
-def applied_application(run_id: str) -> ScalarSelect[Any]:
+def applied_application(register: RegisterMap, run_id: str) -> ScalarSelect[Any]:
     """Correlated subquery: the application applied to a register record by this run, if any."""
+    R = register.table
     return (
         select(func.max(A.c.application_id))
         .where(
@@ -317,12 +328,13 @@ def applied_application(run_id: str) -> ScalarSelect[Any]:
     )
 
 
-def late_changes(conn: Connection, profile: Profile) -> list[Finding]:
+def late_changes(conn: Connection, register: RegisterMap, profile: Profile) -> list[Finding]:
     """Records in scope changed at or after the freeze start (停办): listed for review."""
-    if profile.freeze_start is None:
+    if profile.freeze_start is None or not register.has("updated_at"):
         return []
+    R = register.table
     rows = conn.execute(
-        select(R.c.record_id, R.c.id_number, R.c.name, R.c.updated_at)
+        select(R.c.record_id, R.c.id_number, register.column("name"), R.c.updated_at)
         .where(in_scope(R, profile.scope), R.c.updated_at >= profile.freeze_start)
         .order_by(R.c.record_id)
     ).all()

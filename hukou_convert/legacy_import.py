@@ -22,9 +22,10 @@ from sqlalchemy import Engine, func, select
 from . import schema
 from .db import translate_errors
 from .ingest import PERSON_FIELDS, ImportMode, ImportResult, import_table
-from .mapping import OPTIONAL_FIELDS, REQUIRED_FIELDS, RegisterMap, load_mapping
+from .mapping import OPTIONAL_FIELDS, REQUIRED_FIELDS, load_mapping
 from .progress import Progress, no_progress
 from .readers import Cell, Row, TableFile
+from .register import RegisterMap
 
 _FIELDS = [*REQUIRED_FIELDS, *OPTIONAL_FIELDS]
 

@@ -37,19 +37,20 @@ resident = "居民户口"         # the code written, 户别 kept in its own col
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Engine, MetaData, String, Table, func, inspect, select
+from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, func, inspect, select
 
-from .codes import Category
+from .codes import Action, Category
 from .db import translate_errors
 from .errors import ProfileError
 from .profiles import Profile
+from .register import BUILTIN_REGISTER, KEY, OTHER_COLUMN_PREFIX, RegisterMap, WallClockCST
 
 # Names a mapping may use: letters (CJK included), digits and underscores, at most 64 characters.
 NAME_PATTERN = re.compile(r"[^\W\d][\w]{0,63}|\d[\w]{0,63}")
@@ -68,33 +69,11 @@ OPTIONAL_FIELDS = (
 )
 
 
+NO_CATEGORY = "convert, but no 户别"
+
+
 class MappingError(ProfileError):
     """A mapping file that is invalid or does not match the database: nothing was run."""
-
-
-@dataclass(frozen=True)
-class RegisterMap:
-    """The register as the tool reads and writes it: built-in, or a legacy table through a mapping."""
-
-    table: Table  # columns keyed by field name
-    key: str  # the field name of the key column
-    key_is_integer: bool
-    active_values: tuple[str, ...] | None = None  # None: the profile's active statuses
-    resident: str | None = "居民户口"  # the code written when 户别 has its own column
-    resident_by_category: Mapping[Category, str] = field(default_factory=dict)
-    source: str = "built-in schema"
-
-    @property
-    def key_column(self) -> Column[Any]:
-        return self.table.c[self.key]
-
-    @property
-    def has_category_column(self) -> bool:
-        return "household_category" in self.table.c
-
-    @property
-    def display_name(self) -> str:
-        return self.table.fullname
 
 
 def load_mapping_file(path: Path) -> dict[str, Any]:
@@ -117,7 +96,21 @@ def _name(path: Path, where: str, value: Any) -> str:
 
 def load_mapping(engine: Engine, path: Path) -> RegisterMap:
     """Validate a mapping file against the allowlist and the reflected schema; build its map."""
-    data = load_mapping_file(path)
+    return register_from_mapping(engine, load_mapping_file(path), path)
+
+
+def load_register(engine: Engine, path: Path | None) -> RegisterMap:
+    """The register a command works on: the built-in one, or the legacy table a mapping names."""
+    return BUILTIN_REGISTER if path is None else load_mapping(engine, path)
+
+
+def register_from_json(engine: Engine, text: str) -> RegisterMap:
+    """The register a run was recorded with, validated against the database again."""
+    kept = json.loads(text)
+    return register_from_mapping(engine, kept["mapping"], Path(kept["source"]))
+
+
+def register_from_mapping(engine: Engine, data: dict[str, Any], path: Path) -> RegisterMap:
     unknown = set(data) - {"register", "columns", "values"}
     if unknown:
         raise MappingError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}")
@@ -167,15 +160,26 @@ def load_mapping(engine: Engine, path: Path) -> RegisterMap:
         )
     key_type = reflected[key_name]["type"]
     key_is_integer = _python_type(key_type) is int
-    md = MetaData()
+    if "record_id" in fields:
+        raise MappingError(f"{path}: columns.record_id: the key is named by register.key")
+    field_of = {column: f for f, column in fields.items()}
+    if len(field_of) != len(fields) or key_name in field_of:
+        raise MappingError(f"{path}: one column is mapped to two fields (the key included)")
+    field_of[key_name] = KEY
+    # Every column of the table, in its order: mapped ones keyed by field, the others by their
+    # name behind a prefix (the fingerprint covers them; no SQL the tool writes names them).
     table = Table(
         table_name,
-        md,
-        Column(key_name, reflected[key_name]["type"], key="record_id", primary_key=True),
+        MetaData(),
         *(
-            Column(column, reflected[column]["type"], key=f)
-            for f, column in fields.items()
-            if column != key_name
+            Column(
+                name,
+                _field_type(field_of.get(name), info["type"]),
+                key=field_of.get(name, OTHER_COLUMN_PREFIX + name),
+                primary_key=name == key_name,
+                autoincrement=False,
+            )
+            for name, info in reflected.items()
         ),
         schema=schema_name,
     )
@@ -187,13 +191,23 @@ def load_mapping(engine: Engine, path: Path) -> RegisterMap:
         raise MappingError(f"{path}: values.active must be a list of strings")
     return RegisterMap(
         table=table,
-        key="record_id",
         key_is_integer=key_is_integer,
         active_values=tuple(active) if active is not None else None,
         resident=resident,
         resident_by_category=by_category,
         source=str(path),
+        mapping_json=json.dumps(
+            {"source": str(path), "mapping": data}, ensure_ascii=False, sort_keys=True
+        ),
     )
+
+
+def _field_type(name: str | None, reflected: Any) -> Any:
+    """A last-change time without a time zone is China Standard Time wall-clock (every legacy
+    system in reach keeps it so): compared with the cutoff and our instants in CST."""
+    if name == "updated_at" and isinstance(reflected, DateTime) and not reflected.timezone:
+        return WallClockCST()
+    return reflected
 
 
 def _python_type(column_type: Any) -> type | None:
@@ -254,8 +268,13 @@ class MappingReport:
     statuses: list[tuple[str | None, int, bool]]  # raw value, records, counted as active
 
     @property
-    def unmapped(self) -> list[tuple[str | None, int]]:
-        return [(raw, n) for raw, n, what in self.codes if what == "UNMAPPED"]
+    def unmapped(self) -> list[tuple[str | None, int, bool]]:
+        """(raw value, records, True when mapped but naming no 户别 the register could give)."""
+        return [
+            (raw, n, what == NO_CATEGORY)
+            for raw, n, what in self.codes
+            if what in ("UNMAPPED", NO_CATEGORY)
+        ]
 
 
 def check_mapping(engine: Engine, path: Path, profile: Profile) -> MappingReport:
@@ -273,7 +292,15 @@ def check_mapping(engine: Engine, path: Path, profile: Profile) -> MappingReport
         ):
             raw_text = None if raw is None else str(raw)
             entry = profile.codes.get(raw_text)
-            codes.append((raw_text, int(n), entry.action.value if entry else "UNMAPPED"))
+            what = entry.action.value if entry else "UNMAPPED"
+            if (
+                entry is not None
+                and entry.action is Action.CONVERT
+                and entry.category is None
+                and not reg.has_category_column
+            ):
+                what = NO_CATEGORY  # the resident code to write would be unknown
+            codes.append((raw_text, int(n), what))
         statuses = [
             (None if raw is None else str(raw), int(n), str(raw) in active)
             for raw, n in conn.execute(
@@ -283,7 +310,7 @@ def check_mapping(engine: Engine, path: Path, profile: Profile) -> MappingReport
     return MappingReport(
         source=str(path),
         table=reg.display_name,
-        key=reg.key_column.name,
+        key=str(reg.key_column.name),
         key_is_integer=reg.key_is_integer,
         records=records,
         codes=codes,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
@@ -29,16 +30,16 @@ from sqlalchemy import (
 )
 
 from . import schema
-from .codes import CATEGORY_OF_LABEL, RESIDENT_TYPE
+from .codes import CATEGORY_OF_LABEL
 from .db import translate_errors
 from .errors import Aborted, ChangedSinceCutoverError, RegisterStateError
 from .inflight import reopen_decisions, undo_applied
 from .instants import now
 from .progress import Progress, no_progress
+from .register import RegisterMap
 from .runlock import live_run_lock
-from .runs import describe_live_run, find_run
+from .runs import describe_live_run, find_run, run_register
 
-R = schema.register
 H = schema.history
 RUNS = schema.runs
 B = schema.rollback_batches
@@ -60,20 +61,29 @@ class RollbackResult:
 ConfirmRollback = Callable[[str, int], bool]
 
 
-def changed_since_cutover(run_id: str) -> ColumnElement[bool]:
+def changed_since_cutover(reg: RegisterMap, backend: str) -> ColumnElement[bool]:
     """A live history row of the run whose record is no longer what the run left."""
-    category_now = case(
-        {label: cat.value for label, cat in CATEGORY_OF_LABEL.items()}, value=R.c.household_category
-    )
-    return or_(
+    R = reg.table
+    changed = [
         R.c.hukou_type.is_(None),
-        R.c.hukou_type != RESIDENT_TYPE,
-        and_(H.c.household_category.is_not(None), category_now.is_(None)),
-        and_(H.c.household_category.is_not(None), category_now != H.c.household_category),
+        R.c.hukou_type != reg.resident_code(H.c.household_category),
         and_(H.c.division_code.is_not(None), R.c.division_code.is_(None)),
         R.c.division_code != H.c.division_code,
-        and_(R.c.updated_at.is_not(None), R.c.updated_at > H.c.converted_at),
-    )
+    ]
+    if reg.has_category_column:
+        category_now = case(
+            {label: cat.value for label, cat in CATEGORY_OF_LABEL.items()},
+            value=R.c.household_category,
+        )
+        changed += [
+            and_(H.c.household_category.is_not(None), category_now.is_(None)),
+            and_(H.c.household_category.is_not(None), category_now != H.c.household_category),
+        ]
+    if reg.has("updated_at"):
+        changed.append(
+            and_(R.c.updated_at.is_not(None), reg.changed_after(H.c.converted_at, backend))
+        )
+    return or_(*changed)
 
 
 def rollback_run(
@@ -103,6 +113,9 @@ def _locked_rollback(
     progress: Progress,
 ) -> RollbackResult:
     run = find_run(engine, run_id)
+    reg = run_register(engine, run)
+    R = reg.table
+    backend = engine.dialect.name
     if run.status == "reverted":
         with engine.connect() as conn:
             restored = _count(conn, H.c.run_id == run_id, H.c.reverted_at.is_not(None))
@@ -115,7 +128,10 @@ def _locked_rollback(
             conn.execute(
                 select(H.c.record_id)
                 .join(R, R.c.record_id == H.c.record_id, isouter=True)
-                .where(*live_rows, or_(R.c.record_id.is_(None), changed_since_cutover(run_id)))
+                .where(
+                    *live_rows,
+                    or_(R.c.record_id.is_(None), changed_since_cutover(reg, backend)),
+                )
                 .order_by(H.c.record_id)
             )
             .scalars()
@@ -138,7 +154,7 @@ def _locked_rollback(
                 raise RegisterStateError(
                     f"run {run_id} cannot be rolled back (status {run.status})"
                 )
-    batches, restored = _restore_batches(engine, run_id, batch_size, to_restore, progress)
+    batches, restored = _restore_batches(engine, reg, run_id, batch_size, to_restore, progress)
     with engine.begin() as conn:
         total = conn.execute(
             select(func.coalesce(func.sum(B.c.restored), 0)).where(B.c.run_id == run_id)
@@ -176,8 +192,13 @@ def _count(conn: Connection, *where: ColumnElement[bool]) -> int:
 
 
 def _restore_batches(
-    engine: Engine, run_id: str, batch_size: int, total: int, progress: Progress
+    engine: Engine, reg: RegisterMap, run_id: str, batch_size: int, total: int, progress: Progress
 ) -> tuple[int, int]:
+    R = reg.table
+    changed = changed_since_cutover(reg, engine.dialect.name)
+    restore: dict[str, Any] = {"hukou_type": H.c.original_code}
+    if reg.has_category_column:
+        restore["household_category"] = H.c.original_category_label
     key = H.c.history_id
     batches = restored_total = 0
     with engine.connect() as conn:
@@ -194,7 +215,7 @@ def _restore_batches(
                 # live rows whose record is still as the run left it (changed ones are skipped)
                 as_left = (
                     select(R.c.record_id)
-                    .where(R.c.record_id == H.c.record_id, not_(changed_since_cutover(run_id)))
+                    .where(R.c.record_id == H.c.record_id, not_(changed))
                     .exists()
                 )
                 hi = conn.execute(
@@ -220,13 +241,11 @@ def _restore_batches(
                         key > (lo if lo is not None else -1),
                         key <= hi,
                     )
-                    .values(
-                        hukou_type=H.c.original_code,
-                        household_category=H.c.original_category_label,
-                    )
+                    .values(restore)
                 ).rowcount
                 undo_applied(
                     conn,
+                    reg,
                     run_id,
                     R.c.record_id.in_(
                         select(H.c.record_id).where(H.c.run_id == run_id, H.c.reverted_at == stamp)

@@ -21,12 +21,11 @@ from .idnumbers import maskers
 from .instants import now
 from .progress import Advance, Progress, no_progress
 from .rollback import RollbackResult
-from .runs import find_run, run_codes
+from .runs import find_run, run_codes, run_register
 from .tallies import Places
 from .workbook import DETAIL_COLUMNS, summary_table
 from .xlsx import Column, PageSetup, TableWriter, write_workbook
 
-R = schema.register
 H = schema.history
 YIELD_PER = 10_000
 OUTCOMES = {"reverted": "已回退", "resumed": "中断后继续，已回退", "already-reverted": "此前已回退"}
@@ -74,6 +73,8 @@ def write_rollback_workbook(
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", rid)
     target = out_dir / f"hukou-rollback-回退-{safe}{'-UNMASKED' if unmasked else ''}.xlsx"
     run = find_run(engine, rid)
+    reg = run_register(engine, run)
+    R = reg.table
     codes = run_codes(engine, rid)
     places = Places.of(engine)
     ident, name = maskers(unmasked)
@@ -91,8 +92,8 @@ def write_rollback_workbook(
             select(
                 H.c.record_id,
                 H.c.id_number,
-                R.c.name,
-                R.c.household_id,
+                reg.column("name"),
+                reg.column("household_id"),
                 H.c.division_code,
                 H.c.original_code,
                 H.c.original_category_label,

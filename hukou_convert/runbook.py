@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 from .cutover import DEFAULT_BATCH_SIZE, Confirm, CutoverResult, rehearse, run_cutover
 from .profiles import Profile, ResolvedCutoff
 from .progress import Progress, no_progress
+from .register import BUILTIN_REGISTER, RegisterMap
 from .workbook import WorkbookResult, write_run_workbook
 
 
@@ -37,9 +38,10 @@ def cutover_and_report(
     accept_changes: bool = False,
     max_exceptions: int | None = None,
     progress: Progress = no_progress,
+    register: RegisterMap = BUILTIN_REGISTER,
 ) -> CutoverReport:
     if rehearsal:
-        result = rehearse(engine, profile, cutoff, progress, plan_dir=out_dir)
+        result = rehearse(engine, profile, cutoff, progress, plan_dir=out_dir, register=register)
     else:
         result = run_cutover(
             engine,
@@ -51,6 +53,7 @@ def cutover_and_report(
             expect=expect,
             accept_changes=accept_changes,
             max_exceptions=max_exceptions,
+            register=register,
         )
     workbook = write_run_workbook(engine, result, out_dir, unmasked=unmasked, progress=progress)
     return CutoverReport(result, workbook)

@@ -12,7 +12,9 @@ from .codes import CodeTable, code_table_from_json
 from .db import translate_errors
 from .errors import RegisterStateError
 from .instants import format_instant
+from .mapping import register_from_json
 from .profiles import BUILTIN_PROFILES, Profile
+from .register import BUILTIN_REGISTER, RegisterMap
 
 RUNS = schema.runs
 LIVE_STATUSES = ("running", "rolling_back")  # a run in one of these holds work to finish
@@ -100,6 +102,14 @@ def run_profile(engine: Engine, run: Row[Any]) -> Profile:
         codes=run_codes(engine, str(run.run_id)),
         active_statuses=tuple(str(run.active_statuses).split(",")),
     )
+
+
+def run_register(engine: Engine, run: Row[Any]) -> RegisterMap:
+    """The register a run converted: the built-in one, or the legacy table its mapping named
+    (validated against the database again, so a renamed column is an error, not a wrong answer)."""
+    if run.register_mapping is None:
+        return BUILTIN_REGISTER
+    return register_from_json(engine, str(run.register_mapping))
 
 
 def completed_run(engine: Engine, run_id: str | None) -> Row[Any]:

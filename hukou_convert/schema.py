@@ -159,6 +159,8 @@ runs = Table(
     Column("cutoff", Instant, nullable=False),
     Column("cutoff_source", String(200)),
     Column("register_sha256", String(64)),  # the register as read before the first write
+    # JSON: the mapping of a legacy register converted in place (NULL: the built-in register)
+    Column("register_mapping", Text),
     # running -> completed -> (rolling_back ->) reverted
     Column("status", String(16), nullable=False),
     Column("batch_size", Integer, nullable=False),

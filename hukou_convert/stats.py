@@ -30,7 +30,7 @@ from .db import display_url, translate_errors
 from .errors import UsageError
 from .instants import now
 from .progress import Progress, no_progress
-from .runs import completed_run, run_codes, run_profile
+from .runs import completed_run, run_codes, run_profile, run_register
 from .tallies import (
     NATURE_ORDER,
     URBAN_RURAL_BASIS,
@@ -121,7 +121,11 @@ def population_stats(
                 converted.setdefault(key, Counter())[Nature(nature)] += int(n)
         advance(1)
         registered = urban_rural_by_area(
-            places, registered_by_division(engine, profile, run_codes(engine, rid)), by
+            places,
+            registered_by_division(
+                engine, run_register(engine, run), profile, run_codes(engine, rid)
+            ),
+            by,
         )
         advance(1)
     areas: list[AreaStats] = []

@@ -15,15 +15,14 @@ from openpyxl.chart import BarChart, Reference
 from sqlalchemy import Engine, and_, or_, select
 from sqlalchemy import func as sqlfunc
 
-from . import schema
 from .census import in_scope, is_active
 from .codes import NATURE_LABELS, Action, CodeTable, Nature
 from .cutover import CutoverResult
 from .divisions import Division, by_code, division_lookup
 from .profiles import Profile
+from .register import RegisterMap
 from .xlsx import HEADER_FILL, HEADER_FONT, Column, PageSetup, TableWriter, styled
 
-R = schema.register
 AreaLevel = Literal["county", "township"]
 UNKNOWN_DIVISION = "（未知区划）"
 NATURE_ORDER = list(NATURE_LABELS)
@@ -186,7 +185,9 @@ def write_urban_rural(
     engine: Engine, wb: Workbook, page: PageSetup, places: Places, result: CutoverResult
 ) -> None:
     per_county = urban_rural_by_area(
-        places, registered_by_division(engine, result.profile, result.census.codes), "county"
+        places,
+        registered_by_division(engine, result.register, result.profile, result.census.codes),
+        "county",
     )
     columns = [
         Column("区县代码", 14, "code"),
@@ -216,9 +217,12 @@ URBAN_RURAL_BASIS = (
 )
 
 
-def registered_by_division(engine: Engine, profile: Profile, codes: CodeTable) -> dict[str, int]:
+def registered_by_division(
+    engine: Engine, register: RegisterMap, profile: Profile, codes: CodeTable
+) -> dict[str, int]:
     """Registered population per division code, in one grouped query: active records in the
     profile's scope, in the permanent register (not 未落常住户口 / 暂住户口)."""
+    R = register.table
     not_permanent = [e.raw for e in codes.entries() if e.action is Action.NOT_PERMANENT]
     registered = and_(
         in_scope(R, profile.scope),

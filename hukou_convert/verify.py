@@ -11,18 +11,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, Row, and_, case, func, or_, select
+from sqlalchemy import ColumnElement, Engine, Row, and_, case, func, or_, select
 from sqlalchemy.orm import aliased
 
 from . import schema
 from .census import in_scope, is_active, take_census
-from .codes import RESIDENT_TYPE, Action
+from .codes import Action
 from .db import translate_errors
 from .holds import current_holds, held_by_hold_rows, not_held
 from .profiles import Profile
-from .runs import find_run, load_census
+from .register import RegisterMap
+from .runs import find_run, load_census, run_register
 
-R = schema.register
 H = schema.history
 
 
@@ -51,13 +51,15 @@ def verify_run(engine: Engine, run_id: str | None = None) -> VerifyResult:
     """Re-derive a run's result; ``result.ok`` tells whether every check holds."""
     run = find_run(engine, run_id)
     run_id = str(run.run_id)
+    reg = run_register(engine, run)
+    R = reg.table
     census = load_census(engine, run_id)
     codes = census.codes
     scope = str(run.scope).split(",")
     result = VerifyResult(run_id, str(run.profile))
     add = result.checks.append
     if run.status in ("reverted", "rolling_back"):
-        _verify_reverted(engine, run, result)
+        _verify_reverted(engine, reg, run, result)
         return result
 
     add(
@@ -155,7 +157,12 @@ def verify_run(engine: Engine, run_id: str | None = None) -> VerifyResult:
             conn.execute(
                 select(R.c.record_id)
                 .join(H, and_(H.c.record_id == R.c.record_id, H.c.run_id == run_id, live))
-                .where(R.c.hukou_type != RESIDENT_TYPE)
+                .where(
+                    or_(
+                        R.c.hukou_type.is_(None),
+                        R.c.hukou_type != reg.resident_code(H.c.household_category),
+                    )
+                )
                 .limit(10)
             )
             .scalars()
@@ -163,7 +170,7 @@ def verify_run(engine: Engine, run_id: str | None = None) -> VerifyResult:
         )
         add(
             Check(
-                "converted records are 居民户口",
+                "converted records are 居民户口",  # in the register's own code
                 not not_resident,
                 f"records with history but another type now: {list(not_resident)}"
                 if not_resident
@@ -177,7 +184,7 @@ def verify_run(engine: Engine, run_id: str | None = None) -> VerifyResult:
                 in_scope(R, scope),
                 is_active(R, active_statuses),
                 R.c.hukou_type.in_(convert_codes),
-                not_held(run_id),
+                not_held(reg, run_id),
             )
             .group_by(R.c.hukou_type)
         ).all()
@@ -210,7 +217,7 @@ def verify_run(engine: Engine, run_id: str | None = None) -> VerifyResult:
                 ),
             ).where(R.c.record_id.in_(dropped))
         ).one()
-        now_census = take_census(conn, R, profile)
+        now_census = take_census(conn, reg, profile)
     accounted = census.to_convert + census.already_resident + census.not_permanent
     add(
         Check(
@@ -237,9 +244,10 @@ def verify_run(engine: Engine, run_id: str | None = None) -> VerifyResult:
     return result
 
 
-def _verify_reverted(engine: Engine, run: Row[Any], result: VerifyResult) -> None:
+def _verify_reverted(engine: Engine, reg: RegisterMap, run: Row[Any], result: VerifyResult) -> None:
     """A rolled-back run: every history row reverted (or its record skipped as changed since the
     cutover), and every reverted record back to its original code and 户别."""
+    R = reg.table
     add = result.checks.append
     run_id = str(run.run_id)
     add(
@@ -294,15 +302,7 @@ def _verify_reverted(engine: Engine, run: Row[Any], result: VerifyResult) -> Non
                     or_(
                         R.c.hukou_type != before_run,
                         and_(R.c.hukou_type.is_(None), H.c.original_code.is_not(None)),
-                        R.c.household_category != H.c.original_category_label,
-                        and_(
-                            R.c.household_category.is_(None),
-                            H.c.original_category_label.is_not(None),
-                        ),
-                        and_(
-                            R.c.household_category.is_not(None),
-                            H.c.original_category_label.is_(None),
-                        ),
+                        *_category_not_restored(reg),
                     ),
                 )
                 .limit(10)
@@ -332,3 +332,14 @@ def _verify_reverted(engine: Engine, run: Row[Any], result: VerifyResult) -> Non
             "all do" if not not_restored else f"records not restored: {list(not_restored)}",
         )
     )
+
+
+def _category_not_restored(reg: RegisterMap) -> list[ColumnElement[bool]]:
+    if not reg.has_category_column:
+        return []  # the category travels in the code
+    R = reg.table
+    return [
+        R.c.household_category != H.c.original_category_label,
+        and_(R.c.household_category.is_(None), H.c.original_category_label.is_not(None)),
+        and_(R.c.household_category.is_not(None), H.c.original_category_label.is_(None)),
+    ]

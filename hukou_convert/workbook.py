@@ -38,11 +38,11 @@ from .inflight import Outcome
 from .instants import format_instant, now
 from .plan import SHOWN_RECORDS, PlanComparison
 from .progress import Progress, no_progress
+from .register import RegisterMap
 from .tallies import BREAKDOWN_COLUMNS, Places, fill_breakdown, write_urban_rural
 from .verify import verify_run
 from .xlsx import Column, PageSetup, TableWriter, styled, write_workbook
 
-R = schema.register
 H = schema.history
 
 YIELD_PER = 10_000
@@ -155,7 +155,7 @@ def _build(
     table_total = fill_breakdown(breakdown, places, by_division)
     _write_findings(wb, page, findings, unmasked)
     if result.plan_comparison is not None:
-        _write_comparison(engine, wb, page, result.plan_comparison, unmasked)
+        _write_comparison(engine, wb, page, result.plan_comparison, unmasked, result.register)
     write_urban_rural(engine, wb, page, places, result)
     checks = _verdict(engine, result, detail_rows, table_total)
     ok = all(c.ok for c in checks)
@@ -213,6 +213,13 @@ def _fill_summary(
         ("工作簿生成时间", now(), "北京时间 +08:00"),
         ("工具版本", __version__, "hukou-convert"),
         ("数据库", display_url(engine.url), "不含密码"),
+        (
+            "登记库表",
+            result.register.display_name,
+            "内置登记表"
+            if result.register.builtin
+            else f"原系统登记表，就地转换；映射文件 {result.register.source}",
+        ),
         ("登记库指纹 SHA-256", result.fingerprint, "转换前读取的登记库，按记录号顺序的全部行"),
         ("个人信息", "未脱敏" if unmasked else "已脱敏", ""),
         ("登记记录总数", c.total, ""),
@@ -291,7 +298,7 @@ def _verdict(
 
 def _would_convert(result: CutoverResult, raws: list[str]) -> Any:
     """The predicate the conversion uses (cutover.convert_batches), for a rehearsal."""
-    p = result.profile
+    p, R = result.profile, result.register.table
     return and_(in_scope(R, p.scope), is_active(R, p.active_statuses), R.c.hukou_type.in_(raws))
 
 
@@ -317,14 +324,16 @@ DETAIL_COLUMNS = [
 def _detail_query(result: CutoverResult) -> Select[Any]:
     """(record id, ID number, name, household, division, original code, nature, category,
     effective at) in key order, for the run's history or the rehearsal's would-be conversion."""
+    reg = result.register
+    R = reg.table
     if result.rehearsal:
-        raws, nature, category, _label = conversion_expressions(result.census.codes)
+        raws, nature, category, _label = conversion_expressions(result.census.codes, reg)
         return (
             select(
                 R.c.record_id,
                 R.c.id_number,
-                R.c.name,
-                R.c.household_id,
+                reg.column("name"),
+                reg.column("household_id"),
                 R.c.division_code,
                 R.c.hukou_type,
                 nature,
@@ -337,8 +346,8 @@ def _detail_query(result: CutoverResult) -> Select[Any]:
         select(
             H.c.record_id,
             H.c.id_number,
-            R.c.name,
-            R.c.household_id,
+            reg.column("name"),
+            reg.column("household_id"),
             H.c.division_code,
             H.c.original_code,
             H.c.original_nature,
@@ -451,9 +460,15 @@ _KIND_LABELS = {
 
 
 def _write_comparison(
-    engine: Engine, wb: Workbook, page: PageSetup, comparison: PlanComparison, unmasked: bool
+    engine: Engine,
+    wb: Workbook,
+    page: PageSetup,
+    comparison: PlanComparison,
+    unmasked: bool,
+    reg: RegisterMap,
 ) -> None:
     """The real run against the rehearsal's plan: every difference, records by key (masked)."""
+    R = reg.table
     ident, name = maskers(unmasked)
     differences = comparison.before + comparison.after
     record_keys = sorted(
@@ -463,7 +478,7 @@ def _write_comparison(
     with engine.connect() as conn:
         for start in range(0, len(record_keys), 500):
             for key, number, person in conn.execute(
-                select(R.c.record_id, R.c.id_number, R.c.name).where(
+                select(R.c.record_id, R.c.id_number, reg.column("name")).where(
                     R.c.record_id.in_(record_keys[start : start + 500])
                 )
             ):

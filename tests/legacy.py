@@ -74,6 +74,19 @@ category = "COLLECTIVE"
 label = "居民集体户口"
 """
 
+# 自理口粮户口 takes its 户别 "from the household" (DOMAIN.md); a register without a 户别 column
+# cannot tell it, so this jurisdiction's profile has to say it before the cutover can write 11 or 12.
+PROFILE_WITH_5 = (
+    PROFILE
+    + """
+[codes."5"]
+action = "convert"
+nature = "SELF_SUPPLIED_GRAIN"
+category = "FAMILY"
+label = "自理口粮户口"
+"""
+)
+
 ROWS: list[tuple[int, str, str, str]] = [
     # key, code, status, division
     (101, "1", "1", "330211001001"),  # 非农业家庭户口 -> 11

@@ -138,10 +138,20 @@ def test_resume_with_other_parameters_exit_8(sqlite_url: str, sample_csv: Path) 
     from hukou_convert.cutover import _record_run
     from hukou_convert.instants import now
     from hukou_convert.profiles import BUILTIN_PROFILES, resolve_cutoff
+    from hukou_convert.register import BUILTIN_REGISTER
 
     zhenhai = BUILTIN_PROFILES["zhenhai"]
     _record_run(
-        engine, "R-unfinished", zhenhai, resolve_cutoff(zhenhai, None), [], {}, "", 10, now()
+        engine,
+        BUILTIN_REGISTER,
+        "R-unfinished",
+        zhenhai,
+        resolve_cutoff(zhenhai, None),
+        [],
+        {},
+        "",
+        10,
+        now(),
     )
     code, _, err = run(
         "cutover",

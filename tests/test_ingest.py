@@ -233,11 +233,21 @@ def test_import_waits_for_an_unfinished_run(
     from hukou_convert.cutover import _record_run
     from hukou_convert.instants import now
     from hukou_convert.profiles import BUILTIN_PROFILES, resolve_cutoff
+    from hukou_convert.register import BUILTIN_REGISTER
 
     import_register(engine, sample_csv)
     zhenhai = BUILTIN_PROFILES["zhenhai"]
     _record_run(
-        engine, "R-unfinished", zhenhai, resolve_cutoff(zhenhai, None), [], {}, "", 10, now()
+        engine,
+        BUILTIN_REGISTER,
+        "R-unfinished",
+        zhenhai,
+        resolve_cutoff(zhenhai, None),
+        [],
+        {},
+        "",
+        10,
+        now(),
     )
     before = table_dump(engine)
     extra = write_register(tmp_path / "late.csv", [person(ident("330211", "19800101", 1), "2")])

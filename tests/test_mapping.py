@@ -12,7 +12,7 @@ from hukou_convert.cli import cli
 from hukou_convert.mapping import MappingError, check_mapping, load_mapping
 from hukou_convert.profiles import load_profile
 
-from .legacy import MAPPING, create_legacy
+from .legacy import MAPPING, PROFILE_WITH_5, create_legacy
 
 
 def test_mapping_check_samples_the_codes_present(engine: Engine, tmp_path: Path) -> None:
@@ -25,10 +25,12 @@ def test_mapping_check_samples_the_codes_present(engine: Engine, tmp_path: Path)
     codes = {raw: (n, what) for raw, n, what in report.codes}
     assert codes["2"] == (3, "convert") and codes["11"] == (1, "resident")
     assert codes["0"] == (1, "not_permanent")
-    assert report.unmapped == []
+    # code 5 (自理口粮) takes its 户别 from the household: this table has no 户别 column to give it
+    assert codes["5"] == (1, "convert, but no 户别")
+    assert report.unmapped == [("5", 1, True)]
     # the built-in zhenhai profile does not know this system's resident code 11
     plain = check_mapping(engine, mapping, load_profile("zhenhai"))
-    assert plain.unmapped == [("11", 1)]
+    assert ("11", 1, False) in plain.unmapped
     # the mapping says which status value means active, whatever the profile says
     assert {raw: active for raw, _, active in plain.statuses} == {"1": True, "2": False}
 
@@ -101,6 +103,10 @@ def test_mapping_check_command(db_url: str, tmp_path: Path) -> None:
     engine.dispose()
     runner = CliRunner()
     args = ["mapping", "check", "--mapping", str(mapping), "--db", db_url]
+    no_category = runner.invoke(cli, [*args, "--profile", str(profile)])
+    assert no_category.exit_code == 6
+    assert "'5': 1" in no_category.stderr and "name no 户别" in no_category.stderr
+    profile.write_text(PROFILE_WITH_5, encoding="utf-8")
     ok = runner.invoke(cli, [*args, "--profile", str(profile)])
     assert ok.exit_code == 0, ok.output
     assert "table 常住人口, key 人员编号 (integer)" in ok.stdout and "通过 PASSED" in ok.stdout

@@ -1,0 +1,143 @@
+"""The register as the tool reads and writes it: the built-in table, or a legacy table in place.
+
+Every module that touches the register takes a :class:`RegisterMap`. Its ``table`` is a SQLAlchemy
+``Table`` whose columns carry the tool's field names as keys (``table.c.hukou_type`` may be the
+legacy ``户口类别`` column), so the SQL is the same for both; what differs is said here: which fields
+the table has, and what code a converted record gets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, DateTime, Dialect, Table, case, func, literal, null
+from sqlalchemy.types import TypeDecorator
+
+from . import schema
+from .codes import RESIDENT_TYPE, Action, Category
+from .errors import ProfileError
+from .instants import CST, to_cst
+from .profiles import Profile
+
+KEY = "record_id"  # the key column's field name, whatever the column is called
+# Columns of a legacy table that no field names are keyed with this prefix: the fingerprint and
+# the structure checks see every column, the SQL the tool writes never names them.
+OTHER_COLUMN_PREFIX = "other:"
+
+
+class WallClockCST(TypeDecorator[datetime]):
+    """A legacy ``timestamp without time zone`` column: China Standard Time wall-clock, read back
+    as an aware +08:00 instant and compared with aware instants in CST."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None or value.tzinfo is None:
+            return value
+        return to_cst(value).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=CST) if value.tzinfo is None else value.astimezone(CST)
+
+
+@dataclass(frozen=True)
+class RegisterMap:
+    """Where the register lives, how its columns map to fields, and what the conversion writes."""
+
+    table: Table  # every column; mapped ones keyed by field name, the key as ``record_id``
+    key_is_integer: bool = True
+    active_values: tuple[str, ...] | None = None  # None: the profile's active statuses
+    resident: str | None = RESIDENT_TYPE  # the code written when 户别 has its own column
+    resident_by_category: Mapping[Category, str] = field(default_factory=dict)
+    source: str = "built-in schema"
+    mapping_json: str | None = None  # what a run keeps to find this register again
+
+    @property
+    def builtin(self) -> bool:
+        return self.mapping_json is None
+
+    @property
+    def key_column(self) -> Any:
+        return self.table.c[KEY]
+
+    @property
+    def display_name(self) -> str:
+        return self.table.fullname
+
+    def require_in_place(self) -> None:
+        """Our tables (history, holds, findings, ledgers) keep record keys as integers."""
+        if not self.key_is_integer:
+            raise ProfileError(
+                f"{self.source}: the key {self.key_column.name!r} of {self.display_name!r} is not"
+                " an integer column; converting in place needs an integer key (copy the register"
+                " with 'hukou-convert import --from-db URL --mapping FILE' to rehearse on it)"
+            )
+
+    def changed_after(self, instant: ColumnElement[Any], backend: str) -> ColumnElement[bool]:
+        """The record's last-change time is later than one of our instants (a history column)."""
+        updated = self.table.c.updated_at
+        if backend == "postgresql" and isinstance(updated.type, WallClockCST):
+            # ours is timestamptz: compare as CST wall-clock, not in the session's UTC
+            return updated > func.timezone("Asia/Shanghai", instant)
+        return updated > instant
+
+    def has(self, *fields: str) -> bool:
+        return all(f in self.table.c for f in fields)
+
+    @property
+    def has_category_column(self) -> bool:
+        return self.has("household_category")
+
+    def column(self, name: str) -> ColumnElement[Any]:
+        """The field's column, or NULL where the table has none (labelled with the field's name)."""
+        if name in self.table.c:
+            column: ColumnElement[Any] = self.table.c[name]
+            return column
+        return null().label(name)
+
+    def resident_code(self, category: ColumnElement[Any]) -> ColumnElement[Any]:
+        """The code a converted record gets, given its 户别 (a ``Category`` value) as SQL."""
+        if self.resident_by_category:
+            return case(
+                {cat.value: code for cat, code in self.resident_by_category.items()},
+                value=category,
+            )
+        return literal(self.resident)
+
+    @property
+    def resident_codes(self) -> list[str]:
+        if self.resident_by_category:
+            return list(self.resident_by_category.values())
+        return [self.resident] if self.resident is not None else []
+
+    def effective_profile(self, profile: Profile) -> Profile:
+        """The profile as this register reads it: the mapping's active status values, and the
+        codes the tool writes known as already resident (a rehearsal after a cutover finds them)."""
+        if self.builtin:
+            return profile
+        changes: dict[str, Any] = {}
+        if self.active_values is not None and self.active_values != profile.active_statuses:
+            changes["active_statuses"] = self.active_values
+        missing = [
+            c
+            for c in self.resident_codes
+            if (e := profile.codes.get(c)) is None or e.action is not Action.RESIDENT
+        ]
+        if missing:
+            raise ProfileError(
+                f"profile {profile.name!r} does not map the resident code(s)"
+                f" {', '.join(repr(c) for c in missing)} that {self.source} writes as already"
+                ' resident (action = "resident"): a rehearsal after the cutover could not'
+                " account for the converted records"
+            )
+        return dataclasses.replace(profile, **changes) if changes else profile
+
+
+BUILTIN_REGISTER = RegisterMap(table=schema.register)

@@ -1,0 +1,328 @@
+"""A legacy register converted where it lives: its own table, Chinese column names, numeric combined
+codes (GA 324.1 table C.3) and its own resident codes 11 / 12, through a mapping file. Check,
+rehearsal, cutover, verify and rollback in place; the table's structure and every column but the
+converted one untouched."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import Engine, func, inspect, select, text, update
+
+from hukou_convert import schema
+from hukou_convert.checks import run_checks
+from hukou_convert.cli import cli
+from hukou_convert.cutover import rehearse, run_cutover
+from hukou_convert.errors import ChangedSinceCutoverError, ProfileError, UnmappedCodesError
+from hukou_convert.instants import CST
+from hukou_convert.mapping import load_mapping
+from hukou_convert.profiles import load_profile, resolve_cutoff
+from hukou_convert.rollback import rollback_run
+from hukou_convert.verify import verify_run
+
+from .legacy import LEGACY, PROFILE_WITH_5, create_legacy
+
+H = schema.history
+CODE = "户口类别"
+
+
+def _structure(engine: Engine) -> Any:
+    insp = inspect(engine)
+    columns = [
+        (c["name"], str(c["type"]), c["nullable"], str(c.get("default")))
+        for c in insp.get_columns(LEGACY.name)
+    ]
+    indexes = sorted(
+        (i["name"] or "", tuple(i["column_names"]), bool(i["unique"]))
+        for i in insp.get_indexes(LEGACY.name)
+    )
+    return columns, indexes, insp.get_pk_constraint(LEGACY.name)["constrained_columns"]
+
+
+def _rows(engine: Engine, without: str | None = None) -> list[tuple[Any, ...]]:
+    """Every row, every column (but ``without``), in key order."""
+    columns = [c for c in LEGACY.c if c.name != without]
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(select(*columns).order_by(LEGACY.c["人员编号"]))]
+
+
+def _codes(engine: Engine) -> dict[int, str]:
+    key = LEGACY.c["人员编号"]
+    with engine.connect() as conn:
+        return {int(k): str(c) for k, c in conn.execute(select(key, LEGACY.c[CODE]))}
+
+
+def _setup(engine: Engine, tmp_path: Path, rows: int = 120) -> tuple[Any, Any, Any]:
+    mapping, profile_file = create_legacy(engine, tmp_path, rows=rows)
+    profile_file.write_text(PROFILE_WITH_5, encoding="utf-8")
+    profile = load_profile(str(profile_file))
+    return load_mapping(engine, mapping), profile, resolve_cutoff(profile, None)
+
+
+def test_cutover_in_place_converts_the_code_column_and_nothing_else(
+    engine: Engine, tmp_path: Path
+) -> None:
+    reg, profile, cutoff = _setup(engine, tmp_path)
+    structure, before, others = _structure(engine), _rows(engine), _rows(engine, without=CODE)
+    original_codes = _codes(engine)
+
+    rehearsal = rehearse(engine, profile, cutoff, register=reg)
+    assert rehearsal.unmapped == []
+    assert _rows(engine) == before  # a rehearsal writes nothing
+    run = run_cutover(engine, profile, cutoff, register=reg, batch_size=17)
+    assert run.outcome == "completed" and run.converted == rehearsal.converted
+
+    codes = _codes(engine)
+    # 非农业/农业家庭户口 -> this system's 居民家庭户口 11; 集体户口 -> 居民集体户口 12, never 11
+    assert [codes[k] for k in (101, 102, 103, 104, 109)] == ["11", "11", "12", "12", "11"]
+    # already resident, not in the permanent register, cancelled, out of scope: untouched
+    assert [codes[k] for k in (105, 106, 107, 108)] == ["11", "0", "2", "2"]
+    converted = {k for k in codes if codes[k] != original_codes[k]}
+    assert len(converted) == run.converted
+    assert _structure(engine) == structure
+    assert _rows(engine, without=CODE) == others  # every other column, every row, as it was
+
+    with engine.connect() as conn:
+        history = {
+            int(r.record_id): (r.original_code, r.household_category, r.original_nature)
+            for r in conn.execute(select(H).where(H.c.run_id == run.run_id))
+        }
+        kept = conn.execute(
+            select(schema.runs.c.register_mapping).where(schema.runs.c.run_id == run.run_id)
+        ).scalar_one()
+    assert set(history) == converted
+    # the history keeps the raw code as it was in that column
+    assert history[104] == ("4", "COLLECTIVE", "AGRICULTURAL")
+    assert history[109] == ("5", "FAMILY", "SELF_SUPPLIED_GRAIN")
+    assert kept is not None and "常住人口" in kept
+
+    assert verify_run(engine, run.run_id).ok  # finds the legacy table through the run
+    again = rehearse(engine, profile, cutoff, register=reg)
+    assert again.converted == 0 and again.census.already_resident == run.census.in_scope_active - 1
+
+    result = rollback_run(engine, str(run.run_id), batch_size=13)
+    assert result.restored == run.converted
+    assert _rows(engine) == before  # the register exactly as before the cutover
+    assert _structure(engine) == structure
+    assert verify_run(engine, run.run_id).ok
+
+
+def test_a_code_without_category_refuses_the_cutover_before_writing(
+    engine: Engine, tmp_path: Path
+) -> None:
+    mapping, profile_file = create_legacy(engine, tmp_path)
+    profile = load_profile(str(profile_file))  # code 5 names no 户别 in this profile
+    reg, cutoff = load_mapping(engine, mapping), resolve_cutoff(profile, None)
+    before = _rows(engine)
+    rehearsal = rehearse(engine, profile, cutoff, register=reg)
+    assert [(v.raw_code, v.count, v.no_category) for v in rehearsal.unmapped] == [("5", 1, True)]
+    with pytest.raises(UnmappedCodesError, match="name no 户别") as err:
+        run_cutover(engine, profile, cutoff, register=reg)
+    assert err.value.exit_code == 6
+    assert _rows(engine) == before
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(schema.runs)).scalar_one() == 0
+
+
+def test_checks_run_on_the_legacy_columns(engine: Engine, tmp_path: Path) -> None:
+    reg, profile, cutoff = _setup(engine, tmp_path, rows=0)
+    with engine.begin() as conn:
+        # 性别 coded 2 (女) on a number whose sequence digit is odd (男); a duplicated number
+        conn.execute(update(LEGACY).where(LEGACY.c["人员编号"] == 101).values({"性别": "2"}))
+        number = conn.execute(
+            select(LEGACY.c["公民身份号码"]).where(LEGACY.c["人员编号"] == 102)
+        ).scalar_one()
+        conn.execute(
+            update(LEGACY).where(LEGACY.c["人员编号"] == 103).values({"公民身份号码": number})
+        )
+    report = run_checks(engine, profile, cutoff=cutoff.instant, register=reg)
+    found = {(f.code, f.record_id) for f in report.findings}
+    assert ("SEX_MISMATCH", 101) in found
+    assert {("DUPLICATE_ID_NUMBER", 102), ("DUPLICATE_ID_NUMBER", 103)} <= found
+    # the table has no 户别 or 与户主关系 column: not an exception of every record
+    assert report.counts["MISSING_FIELD"] == 0 and report.counts["HOUSEHOLD_WITHOUT_HEAD"] == 0
+
+
+def test_rollback_in_place_compares_the_wall_clock_change_time_in_china_time(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """变更时间 is a timestamp without time zone, China Standard Time: a change an hour before the
+    cutover is not a change since it (read as UTC it would be 7 hours after), one a minute after
+    is."""
+    reg, profile, cutoff = _setup(engine, tmp_path, rows=20)
+    wall_now = datetime.now(CST).replace(tzinfo=None, microsecond=0)
+    with engine.begin() as conn:
+        conn.execute(
+            update(LEGACY)
+            .where(LEGACY.c["人员编号"] == 101)
+            .values({"变更时间": wall_now - timedelta(hours=1)})
+        )
+    run = run_cutover(engine, profile, cutoff, register=reg)
+    with engine.begin() as conn:
+        conn.execute(
+            update(LEGACY)
+            .where(LEGACY.c["人员编号"] == 102)
+            .values({"变更时间": wall_now + timedelta(minutes=1)})
+        )
+    with pytest.raises(ChangedSinceCutoverError) as err:
+        rollback_run(engine, str(run.run_id))
+    assert err.value.record_keys == [102]
+    result = rollback_run(engine, str(run.run_id), skip_changed=True)
+    assert (result.restored, result.skipped_changed) == (run.converted - 1, 1)
+    assert _codes(engine)[101] == "1" and _codes(engine)[102] == "11"
+
+
+def test_a_text_key_is_refused_in_place(engine: Engine, tmp_path: Path) -> None:
+    mapping, profile_file = create_legacy(engine, tmp_path)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE TABLE 文本键人口 (编号 VARCHAR(20) PRIMARY KEY, 号码 VARCHAR(18),"
+                " 类别 VARCHAR(4), 区划 VARCHAR(12), 状态 VARCHAR(2))"
+            )
+        )
+    mapping.write_text(
+        """
+[register]
+table = "文本键人口"
+key = "编号"
+[columns]
+id_number = "号码"
+hukou_type = "类别"
+division_code = "区划"
+status = "状态"
+[values]
+active = ["1"]
+resident_family = "11"
+resident_collective = "12"
+""",
+        encoding="utf-8",
+    )
+    profile = load_profile(str(profile_file))
+    with pytest.raises(ProfileError, match="not an integer column"):
+        run_cutover(
+            engine, profile, resolve_cutoff(profile, None), register=load_mapping(engine, mapping)
+        )
+
+
+def test_the_commands_in_place(db_url: str, tmp_path: Path) -> None:
+    from hukou_convert.db import make_engine, parse_url
+
+    engine = make_engine(parse_url(db_url))
+    mapping, profile_file = create_legacy(engine, tmp_path, rows=60)
+    profile_file.write_text(PROFILE_WITH_5, encoding="utf-8")
+    before = _rows(engine)
+    runner = CliRunner()
+    common = ["--db", db_url, "-q"]
+    inplace = ["--mapping", str(mapping), "-p", str(profile_file)]
+
+    def run(*args: str) -> Any:
+        result = runner.invoke(cli, [*args, *common])
+        assert result.exit_code == 0, result.output
+        return result
+
+    assert "SEX_MISMATCH" in run("check", *inplace).output
+    out = tmp_path / "reports"
+    rehearsal = run("cutover", *inplace, "--dry-run", "--out", str(out)).output
+    assert "演练 REHEARSAL" in rehearsal and "table 常住人口" in rehearsal
+    assert _rows(engine) == before
+    real = run("cutover", *inplace, "--yes", "--out", str(out)).output
+    with engine.connect() as conn:
+        run_id = conn.execute(select(schema.runs.c.run_id)).scalar_one()
+    assert f"正式 CUTOVER run {run_id}: completed" in real
+    assert _codes(engine)[104] == "12"
+    run("verify")  # no --mapping: the run knows its register
+    run("report", "--run", run_id, "--out", str(tmp_path / "again"))
+    assert list((tmp_path / "again").glob("*.xlsx"))
+    run("stats", "--run", run_id, "--out", str(tmp_path / "stats.xlsx"))
+    booklets = run("booklets", "--run", run_id, "--out", str(tmp_path / "booklets")).output
+    assert "households" in booklets
+    from openpyxl import load_workbook
+
+    from .test_workbook import summary as summary_of
+
+    [workbook] = (tmp_path / "again").glob("*.xlsx")
+    summary = summary_of(load_workbook(workbook)["概要"])
+    assert summary["登记库表"] == "常住人口"
+    run("rollback", "--run", run_id, "--yes", "--out", str(out))
+    assert _rows(engine) == before
+    engine.dispose()
+
+
+def test_lookup_names_come_from_the_register_the_run_converted(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """The built-in register may hold another person under the same record key."""
+    from hukou_convert.history import lookup
+    from hukou_convert.ingest import import_register
+
+    from .helpers import ident, person, write_register
+
+    other = write_register(tmp_path / "builtin.csv", [person(ident("330211", "19900101", 1), "2")])
+    import_register(engine, other)  # record 1 of the built-in register: someone else
+    reg, profile, cutoff = _setup(engine, tmp_path, rows=0)
+    with engine.begin() as conn:
+        conn.execute(update(LEGACY).where(LEGACY.c["人员编号"] == 102).values({"人员编号": 1}))
+        number = conn.execute(
+            select(LEGACY.c["公民身份号码"]).where(LEGACY.c["人员编号"] == 1)
+        ).scalar_one()
+    run_cutover(engine, profile, cutoff, register=reg)
+    [found] = lookup(engine, [number])
+    assert [(e.name, e.original_code) for e in found.entries] == [("旧系102", "2")]
+
+
+@pytest.mark.slow
+def test_killed_cutover_in_place_resumes_to_the_uninterrupted_result(
+    db_url: str, tmp_path: Path
+) -> None:
+    from hukou_convert.db import make_engine, parse_url
+
+    from .test_resume import _cli, _wait_for_batches
+
+    engine = make_engine(parse_url(db_url))
+    mapping, profile_file = create_legacy(engine, tmp_path, rows=6_000)
+    profile_file.write_text(PROFILE_WITH_5, encoding="utf-8")
+    others = _rows(engine, without=CODE)
+    cutover = ("cutover", "--mapping", str(mapping), "-p", str(profile_file), "--yes", "-q")
+    proc = _cli(db_url, *cutover, "--batch-size", "40", "--out", str(tmp_path / "r1"))
+    _wait_for_batches(engine, proc, 5)
+    proc.kill()
+    proc.wait()
+    with engine.connect() as conn:
+        assert conn.execute(select(schema.runs.c.status)).scalar_one() == "running"
+    proc = _cli(db_url, *cutover, "--out", str(tmp_path / "r2"))
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "resumed and completed" in out
+    codes = _codes(engine)
+    assert {c for k, c in codes.items() if k >= 1000} <= {"11", "12"}
+    assert _rows(engine, without=CODE) == others
+    with engine.connect() as conn:
+        history = conn.execute(select(func.count()).select_from(H)).scalar_one()
+        twice = conn.execute(
+            select(H.c.record_id).group_by(H.c.record_id).having(func.count() > 1)
+        ).all()
+    legacy_codes = sum(1 for i in range(6_000) if i % 7 != 6)  # all but the 11s, once each
+    assert history == legacy_codes + 5 and not twice
+    assert verify_run(engine).ok
+    engine.dispose()
+
+
+def test_an_unfinished_run_in_place_is_not_continued_on_another_register(
+    engine: Engine, tmp_path: Path
+) -> None:
+    from hukou_convert.cutover import _record_run
+    from hukou_convert.errors import RunMismatchError
+    from hukou_convert.instants import now
+
+    reg, profile, cutoff = _setup(engine, tmp_path, rows=0)
+    schema.ensure_schema(engine)
+    profile = reg.effective_profile(profile)
+    _record_run(engine, reg, "R-in-place", profile, cutoff, [], {}, "", 10, now())
+    with pytest.raises(RunMismatchError, match="R-in-place is unfinished with the register of"):
+        run_cutover(engine, profile, cutoff)  # the built-in register
+    assert run_cutover(engine, profile, cutoff, register=reg).outcome == "resumed"
