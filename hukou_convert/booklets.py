@@ -99,7 +99,7 @@ def booklet_households(engine: Engine, run_id: str) -> Iterator[BookletHousehold
                     for i, raw in enumerate(raws)
                 ),
             )
-            .select_from(H.join(R, R.c.record_id == H.c.record_id))
+            .select_from(H.join(R, R.c.record_id == reg.ours(H)))
             .where(live)
             .group_by(R.c.household_id)
             .subquery("converted")

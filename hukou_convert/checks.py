@@ -61,12 +61,12 @@ from .census import in_scope, is_active
 from .codes import CATEGORY_LABELS, CATEGORY_OF_LABEL, Category
 from .db import translate_errors
 from .errors import RegisterStateError
-from .findings import Finding
+from .findings import Finding, key_order
 from .idnumbers import check_character, normalise, upgrade15
 from .instants import CST, to_cst
 from .profiles import Profile
 from .progress import Progress, no_progress
-from .register import BUILTIN_REGISTER, RegisterMap
+from .register import BUILTIN_REGISTER, RecordKey, RegisterMap
 
 ERROR = "error"
 WARNING = "warning"
@@ -154,7 +154,7 @@ class CheckReport:
 
 @dataclass(frozen=True)
 class RecordFields:
-    record_id: int
+    record_id: RecordKey
     id_number: str | None
     name: str | None
     sex: str | None
@@ -358,7 +358,7 @@ def _run(
                 code=code,
                 category=spec.category,
                 severity=spec.severity,
-                record_id=int(row.record_id),
+                record_id=reg.key_of(row.record_id),
                 id_number=row.id_number,
                 name=row.name,
                 explanation=explanation,
@@ -378,7 +378,7 @@ def _run(
     if reg.has_category_column:
         _category_conflicts(conn, reg, profile, scope, add)
     _no_division_code(conn, reg, add)
-    findings.sort(key=lambda f: (f.code, f.record_id or 0, f.explanation))
+    findings.sort(key=lambda f: (f.code, key_order(f.record_id), f.explanation))
     counts = Counter(f.code for f in findings)
     return CheckReport(
         profile=profile.name,
@@ -399,7 +399,13 @@ class _Add(Protocol):
 
 def _person_columns(reg: RegisterMap) -> tuple[ColumnElement[Any], ...]:
     R = reg.table
-    return (R.c.record_id, R.c.id_number, reg.column("name"), R.c.status)
+    # labelled with the field names: rows read the same through a subquery on any register
+    return (
+        R.c.record_id.label("record_id"),
+        R.c.id_number.label("id_number"),
+        reg.column("name").label("name"),
+        R.c.status.label("status"),
+    )
 
 
 def _blank(column: ColumnElement[Any]) -> ColumnElement[bool]:
@@ -482,7 +488,7 @@ def _grouped(rows: Iterable[Any], key: str) -> Iterator[list[Any]]:
         yield group
 
 
-def _others(record_ids: Sequence[int], own: int) -> str:
+def _others(record_ids: Sequence[RecordKey], own: RecordKey) -> str:
     others = [f"#{r}" for r in record_ids if r != own]
     shown = "、".join(others[:_LISTED_OTHERS])
     return shown + (f" 等 {len(others)} 条" if len(others) > _LISTED_OTHERS else "")
@@ -508,29 +514,27 @@ def _duplicate_ids(
 ) -> None:
     R = reg.table
     key = person_key(R.c.id_number)
+    # One scan and a sort (window functions), never a join back on an expression: on a legacy
+    # table with no index of ours that join is a nested loop.
     numbered = (
-        select(key.label("k"), _flag(is_active(R, profile.active_statuses)).label("a"))
+        select(
+            *_person_columns(reg),
+            key.label("k"),
+            func.count().over(partition_by=key).label("n"),
+            func.sum(_flag(is_active(R, profile.active_statuses)))
+            .over(partition_by=key)
+            .label("n_active"),
+        )
         .where(scope, ~_blank(R.c.id_number))
         .subquery("numbered")
     )
-    groups = (
-        select(
-            numbered.c.k,
-            func.count().label("n"),
-            func.sum(numbered.c.a).label("n_active"),
-        )
-        .group_by(numbered.c.k)
-        .having(and_(func.count() > 1, func.sum(numbered.c.a) >= 1))
-        .subquery("dup_ids")
-    )
     query = (
-        select(*_person_columns(reg), groups.c.k, groups.c.n, groups.c.n_active)
-        .join_from(R, groups, key == groups.c.k)
-        .where(scope)
-        .order_by(groups.c.k, R.c.record_id)
+        select(numbered)
+        .where(numbered.c.n > 1, numbered.c.n_active >= 1)
+        .order_by(numbered.c.k, numbered.c.record_id)
     )
     for group in _grouped(conn.execute(query), "k"):
-        ids = [int(r.record_id) for r in group]
+        ids = [r.record_id for r in group]
         n_active = int(group[0].n_active)
         code = "DUPLICATE_ID_NUMBER" if n_active >= 2 else "DUPLICATE_ID_WITH_INACTIVE"
         for row in group:
@@ -538,7 +542,7 @@ def _duplicate_ids(
                 code,
                 row,
                 f"同一公民身份号码在本辖区共 {len(ids)} 条记录（在册 {n_active} 条），"
-                f"另见记录 {_others(ids, int(row.record_id))}",
+                f"另见记录 {_others(ids, row.record_id)}",
             )
 
 
@@ -555,31 +559,25 @@ def _duplicate_persons(
         R.c.birth_date.is_not(None),
         ~_blank(R.c.sex),
     )
-    groups = (
-        select(*same, func.min(R.c.record_id).label("first"), func.count().label("n"))
-        .where(where)
-        .group_by(*same)
-        .having(func.count() > 1)
-        .subquery("dup_persons")
-    )
-    query = (
-        select(*_person_columns(reg), R.c.household_id, groups.c.first)
-        .join_from(
-            R,
-            groups,
-            and_(*[column == groups.c[column.key] for column in same]),
+    members = (
+        select(
+            *_person_columns(reg),
+            R.c.household_id.label("household_id"),
+            func.min(R.c.record_id).over(partition_by=same).label("first"),
+            func.count().over(partition_by=same).label("n"),
         )
         .where(where)
-        .order_by(groups.c.first, R.c.record_id)
+        .subquery("members")
     )
+    query = select(members).where(members.c.n > 1).order_by(members.c.first, members.c.record_id)
     for group in _grouped(conn.execute(query), "first"):
-        ids = [int(r.record_id) for r in group]
+        ids = [r.record_id for r in group]
         for row in group:
             add(
                 "DUPLICATE_PERSON_IN_HOUSEHOLD",
                 row,
                 f"户号 {row.household_id} 内姓名、出生日期、性别相同的在册记录共 {len(ids)} 条，"
-                f"另见记录 {_others(ids, int(row.record_id))}",
+                f"另见记录 {_others(ids, row.record_id)}",
             )
 
 

@@ -43,7 +43,7 @@ from .inflight import (
 from .instants import now
 from .profiles import Profile, ResolvedCutoff
 from .progress import Progress
-from .register import RegisterMap
+from .register import RecordKey, RegisterMap
 
 H = schema.history
 
@@ -106,7 +106,7 @@ def convert_batches(
             .order_by(B.c.batch_no.desc())
             .limit(1)
         ).first()
-        lo: int | None = int(last.last_key) if last is not None else None
+        lo: RecordKey | None = register.key_of(last.last_key) if last is not None else None
         batch_no = int(last.batch_no) if last is not None else 0
         done_rows = (
             conn.execute(select(func.count()).select_from(R).where(key <= lo)).scalar_one()
@@ -128,9 +128,6 @@ def convert_batches(
                     if hi is None:
                         break  # nothing after the last checkpoint: the run is complete
                 window = and_(after, key <= hi)
-                history_window = and_(
-                    H.c.record_id > (lo if lo is not None else -1), H.c.record_id <= hi
-                )
                 updated = convert_window(
                     conn,
                     register,
@@ -139,7 +136,6 @@ def convert_batches(
                     scope_pred,
                     cutoff,
                     window,
-                    history_window,
                     batch_no + 1,
                     applies,
                 )
@@ -164,7 +160,7 @@ def convert_batches(
                     ).scalar_one()
                 )
             advance(int(window_rows))
-            lo = int(hi)
+            lo = register.key_of(hi)
             batches += 1
     return batches
 
@@ -184,7 +180,7 @@ def _run_holds_and_applies(conn: Connection, run_id: str) -> tuple[bool, bool]:
     """Whether the run holds any record back, and whether it applied any application: when not,
     the batches need not look either up per record (both are fixed before the first batch)."""
     holds = conn.execute(
-        select(schema.run_holds.c.record_id)
+        select(schema.run_holds.c.hold_id)
         .where(schema.run_holds.c.run_id == run_id, schema.run_holds.c.state == "held")
         .limit(1)
     ).first()
@@ -205,7 +201,6 @@ def convert_window(
     scope_pred: ColumnElement[bool],
     cutoff: ResolvedCutoff,
     window: ColumnElement[bool],
-    history_window: ColumnElement[bool],
     batch_no: int,
     applies: bool = True,
 ) -> int:
@@ -213,6 +208,9 @@ def convert_window(
     ``applies=False`` when the run applied no application: no per-record look-up of one."""
     _raws, nature, category, new_label = exprs
     R = register.table
+    # Only the run holding the live-run lock writes history rows, with increasing ids: those of
+    # this batch are the ones above the highest id before it (whatever the key's type or collation).
+    history_before = conn.execute(select(func.coalesce(func.max(H.c.history_id), 0))).scalar_one()
     effective = bindparam("effective_at", cutoff.instant, type_=schema.Instant())
     converted_at = bindparam("converted_at", now(), type_=schema.Instant())
     source = select(
@@ -240,7 +238,7 @@ def convert_window(
                 "effective_at",
                 "converted_at",
                 "run_id",
-                "record_id",
+                register.ours(H).key,
                 "division_code",
                 "application_id",
                 "original_category_label",
@@ -257,7 +255,9 @@ def convert_window(
     # Counted, not taken from the INSERT's rowcount (psycopg reports -1 for INSERT … SELECT
     # through SQLAlchemy): an independent check of the batch.
     inserted = conn.execute(
-        select(func.count()).select_from(H).where(H.c.run_id == run_id, history_window)
+        select(func.count())
+        .select_from(H)
+        .where(H.c.history_id > history_before, H.c.run_id == run_id)
     ).scalar_one()
     if inserted != updated:
         raise RegisterStateError(

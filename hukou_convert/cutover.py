@@ -88,7 +88,7 @@ from .plan import (
 )
 from .profiles import Profile, ResolvedCutoff
 from .progress import Progress, no_progress
-from .register import BUILTIN_REGISTER, RegisterMap
+from .register import BUILTIN_REGISTER, RecordKey, RegisterMap
 from .runlock import live_run_lock
 from .runs import (
     describe_live_run,
@@ -133,7 +133,7 @@ class CutoverResult:
     batches: int = 0
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    held: dict[int, list[str]] = field(default_factory=dict)  # record key -> hold-back codes
+    held: dict[RecordKey, list[str]] = field(default_factory=dict)  # record key -> hold-back codes
     released: int = 0  # held records converted by this invocation, their exception resolved
     plan_path: Path | None = None  # the plan a rehearsal wrote
     plan_comparison: PlanComparison | None = None  # the real run against ``--expect PLAN``
@@ -218,7 +218,7 @@ def rehearse(
     )
 
 
-def _moves(decisions: list[Decision]) -> dict[int, str]:
+def _moves(decisions: list[Decision]) -> dict[RecordKey, str]:
     """Register codes that approved applications change before the conversion."""
     return {
         d.record_id: d.to_code
@@ -231,7 +231,7 @@ def _outcomes(decisions: list[Decision]) -> dict[str, str]:
     return {d.application_id: d.outcome.value for d in decisions}
 
 
-def _finding_keys(findings: list[Finding]) -> list[tuple[str, int | None]]:
+def _finding_keys(findings: list[Finding]) -> list[tuple[str, RecordKey | None]]:
     return [(f.code, f.record_id) for f in findings]
 
 
@@ -372,7 +372,7 @@ def _locked_cutover(
         unmapped = predicted.unmapped()
         if unmapped:
             raise UnmappedCodesError(unmapped, rehearsal=False)
-        held: dict[int, list[str]] = {}
+        held: dict[RecordKey, list[str]] = {}
         if max_exceptions is not None or profile.hold_back:
             with engine.connect() as conn:
                 found = gather_findings(conn, register, profile, cutoff, decisions, progress)
@@ -512,7 +512,7 @@ def _finished_result(
             if recorded is not None
             else gather_findings(conn, register, profile, cutoff, decisions)
         )
-        held = current_holds(conn, run_id)
+        held = current_holds(conn, register, run_id)
     return CutoverResult(
         rehearsal=False,
         profile=profile,
@@ -543,7 +543,7 @@ def _record_run(
     profile: Profile,
     cutoff: ResolvedCutoff,
     decisions: list[Decision],
-    held: dict[int, list[str]],
+    held: dict[RecordKey, list[str]],
     fingerprint: str,
     batch_size: int,
     started: datetime,
@@ -607,7 +607,7 @@ def _release_resolved(
     """Convert, within the same run, held records whose hold-back exceptions are resolved."""
     run_id = str(run.run_id)
     with engine.connect() as conn:
-        held = current_holds(conn, run_id)
+        held = current_holds(conn, register, run_id)
         if not held:
             return 0
         decisions = decide(conn, register, profile, profile.codes, cutoff.instant)
@@ -615,7 +615,7 @@ def _release_resolved(
             gather_findings(conn, register, profile, cutoff, decisions, progress),
             profile.hold_back,
         )
-    resolved = sorted(k for k in held if k not in still)
+    resolved = register.sorted_keys(k for k in held if k not in still)
     if not resolved:
         return 0
     codes = run_codes(engine, run_id)
@@ -629,12 +629,12 @@ def _release_resolved(
                 update(schema.run_holds)
                 .where(
                     schema.run_holds.c.run_id == run_id,
-                    schema.run_holds.c.record_id.in_(dropped[start : start + 1_000]),
+                    register.ours(schema.run_holds).in_(dropped[start : start + 1_000]),
                     schema.run_holds.c.state == "held",
                 )
                 .values(state="dropped", released_at=now())
             )
-    resolved = sorted(to_convert)
+    resolved = register.sorted_keys(to_convert)
     exprs = conversion_expressions(codes, register)
     scope_pred = conversion_predicate(register, run_id, exprs[0], profile)
     B = schema.run_batches
@@ -646,7 +646,7 @@ def _release_resolved(
                 update(schema.run_holds)
                 .where(
                     schema.run_holds.c.run_id == run_id,
-                    schema.run_holds.c.record_id.in_(keys),
+                    register.ours(schema.run_holds).in_(keys),
                     schema.run_holds.c.state == "held",
                 )
                 .values(state="released", released_at=now())
@@ -666,7 +666,6 @@ def _release_resolved(
                 scope_pred,
                 cutoff,
                 register.key_column.in_(keys),
-                H.c.record_id.in_(keys),
                 batch_no + 1,
             )
             conn.execute(
@@ -713,7 +712,6 @@ def gather_findings(
 
 
 def _require_register(engine: Engine, register: RegisterMap) -> None:
-    register.require_in_place()
     if not register.builtin:
         return  # the mapping was validated against the database when it was loaded
     with translate_errors():
@@ -753,6 +751,7 @@ def store_findings(engine: Engine, run_id: str, findings: list[Finding]) -> None
             "category": "",
             "severity": "",
             "record_id": None,
+            "record_key": None,
             "id_number": None,
             "name": None,
             "explanation": f"{len(findings)} findings",
@@ -767,7 +766,9 @@ def store_findings(engine: Engine, run_id: str, findings: list[Finding]) -> None
             "code": f.code,
             "category": f.category,
             "severity": f.severity,
-            "record_id": f.record_id,
+            # an integer key (the built-in register), or a legacy table's text key
+            "record_id": f.record_id if isinstance(f.record_id, int) else None,
+            "record_key": f.record_id if isinstance(f.record_id, str) else None,
             "id_number": f.id_number,
             "name": f.name,
             "explanation": f.explanation,
@@ -799,7 +800,7 @@ def recorded_findings(engine: Engine, run_id: str) -> list[Finding] | None:
             code=r.code,
             category=r.category,
             severity=r.severity,
-            record_id=None if r.record_id is None else int(r.record_id),
+            record_id=int(r.record_id) if r.record_id is not None else r.record_key,
             id_number=r.id_number,
             name=r.name,
             explanation=r.explanation,

@@ -177,7 +177,7 @@ class ChangedSinceCutoverError(HukouError):
 
     exit_code = 13
 
-    def __init__(self, run_id: str, record_keys: Sequence[int], shown: int) -> None:
+    def __init__(self, run_id: str, record_keys: Sequence[int | str], shown: int) -> None:
         self.run_id = run_id
         self.record_keys = list(record_keys)
         super().__init__(

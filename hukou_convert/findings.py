@@ -5,12 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def key_order(key: int | str | None) -> tuple[int, int, str]:
+    """Findings without a record first, then keys in order (integers, or a legacy table's text)."""
+    if key is None:
+        return (0, 0, "")
+    return (1, key, "") if isinstance(key, int) else (2, 0, key)
+
+
 @dataclass(frozen=True)
 class Finding:
     code: str  # stable category code, e.g. "WRONG_CHECK_DIGIT"
     category: str  # 错 / 重 / 假 / 漏 / 在办业务 / 停办期变更
     severity: str  # "error" | "warning"
-    record_id: int | None
+    record_id: int | str | None  # the register's key (a legacy table's may be text)
     id_number: str | None
     name: str | None
     explanation: str  # in Chinese, for the auditors

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, select
+from sqlalchemy import Engine, String, and_, cast, func, select
 
 from . import schema
 from .codes import CATEGORY_LABELS, NATURE_LABELS, Category, Nature, code_table_from_json
@@ -93,7 +93,9 @@ def lookup(
                 rows += conn.execute(
                     select(
                         H.c.id_number,
-                        H.c.record_id,
+                        func.coalesce(cast(H.c.record_id, String), H.c.record_key).label(
+                            "record_key"
+                        ),
                         R.c.name,
                         H.c.original_code,
                         H.c.original_nature,
@@ -112,7 +114,7 @@ def lookup(
         in_place = _names_in_place(engine, rows)
         for row in rows:
             entry = HistoryEntry(
-                name=in_place.get((row.run_id, row.record_id), row.name),
+                name=in_place.get((row.run_id, row.record_key), row.name),
                 original_code=row.original_code,
                 original_label=labels.get(row.run_id, {}).get(
                     row.original_code or "", row.original_code or ""
@@ -146,11 +148,11 @@ def lookup(
     return results
 
 
-def _names_in_place(engine: Engine, rows: list[Any]) -> dict[tuple[str, int], str | None]:
+def _names_in_place(engine: Engine, rows: list[Any]) -> dict[tuple[str, str], str | None]:
     """Names of records converted in place, from each run's legacy table."""
-    wanted: dict[str, set[int]] = {}
+    wanted: dict[str, set[str]] = {}
     for row in rows:
-        wanted.setdefault(row.run_id, set()).add(int(row.record_id))
+        wanted.setdefault(row.run_id, set()).add(str(row.record_key))
     with engine.connect() as conn:
         mapped = {
             r.run_id: r
@@ -160,7 +162,7 @@ def _names_in_place(engine: Engine, rows: list[Any]) -> dict[tuple[str, int], st
                 )
             )
         }
-    names: dict[tuple[str, int], str | None] = {}
+    names: dict[tuple[str, str], str | None] = {}
     for run_id, run in mapped.items():
         try:
             reg = run_register(engine, run)
@@ -168,7 +170,7 @@ def _names_in_place(engine: Engine, rows: list[Any]) -> dict[tuple[str, int], st
             continue  # the legacy table is gone or changed since: the history answers without names
         if not reg.has("name"):
             continue
-        keys = sorted(wanted[run_id])
+        keys = reg.sorted_keys(reg.key_of(k) for k in wanted[run_id])
         with engine.connect() as conn:
             for start in range(0, len(keys), _LOOKUP_CHUNK):
                 for key, name in conn.execute(
@@ -176,7 +178,7 @@ def _names_in_place(engine: Engine, rows: list[Any]) -> dict[tuple[str, int], st
                         reg.key_column.in_(keys[start : start + _LOOKUP_CHUNK])
                     )
                 ):
-                    names[(run_id, int(key))] = name
+                    names[(run_id, str(key))] = name
     return names
 
 

@@ -20,17 +20,19 @@ from .census import derive_category, in_scope, is_active
 from .codes import Action, Category, CodeTable, Nature
 from .findings import Finding
 from .profiles import Profile
-from .register import RegisterMap
+from .register import RecordKey, RegisterMap
 
 HOLDS = schema.run_holds
 
 HELD_ACTION = "暂缓转换（保留原类型），待人工核查；问题解决后重新执行同一转换命令即予转换"
 
 
-def held_records(findings: Iterable[Finding], hold_back: Iterable[str]) -> dict[int, list[str]]:
+def held_records(
+    findings: Iterable[Finding], hold_back: Iterable[str]
+) -> dict[RecordKey, list[str]]:
     """Record key -> the hold-back codes found on it."""
     codes = set(hold_back)
-    out: dict[int, list[str]] = defaultdict(list)
+    out: dict[RecordKey, list[str]] = defaultdict(list)
     for f in findings:
         if f.code in codes and f.record_id is not None and f.code not in out[f.record_id]:
             out[f.record_id].append(f.code)
@@ -50,14 +52,14 @@ def convertible(
     register: RegisterMap,
     profile: Profile,
     codes: CodeTable,
-    keys: Iterable[int],
-    moves: Mapping[int, str] | None = None,
-) -> dict[int, tuple[Nature, Category | None]]:
+    keys: Iterable[RecordKey],
+    moves: Mapping[RecordKey, str] | None = None,
+) -> dict[RecordKey, tuple[Nature, Category | None]]:
     """Of these records, those the run would convert now, with their nature and 户别. ``moves``:
     register codes an approved application changes first (record key -> new code)."""
     R = register.table
-    out: dict[int, tuple[Nature, Category | None]] = {}
-    ordered = sorted(keys)
+    out: dict[RecordKey, tuple[Nature, Category | None]] = {}
+    ordered = register.sorted_keys(keys)
     scoped = and_(in_scope(R, profile.scope), is_active(R, profile.active_statuses))
     for start in range(0, len(ordered), 500):
         rows = conn.execute(
@@ -66,11 +68,11 @@ def convertible(
             )
         )
         for record_id, raw, label in rows:
-            raw = (moves or {}).get(int(record_id), raw)
+            raw = (moves or {}).get(register.key_of(record_id), raw)
             entry = codes.get(raw)
             if entry is None or entry.action is not Action.CONVERT or entry.nature is None:
                 continue
-            out[int(record_id)] = (entry.nature, derive_category(codes, raw, label))
+            out[register.key_of(record_id)] = (entry.nature, derive_category(codes, raw, label))
     return out
 
 
@@ -79,9 +81,9 @@ def held_breakdown(
     register: RegisterMap,
     profile: Profile,
     codes: CodeTable,
-    held: Mapping[int, list[str]],
-    moves: Mapping[int, str] | None = None,
-) -> tuple[dict[int, list[str]], Counter[tuple[Nature, Category | None]]]:
+    held: Mapping[RecordKey, list[str]],
+    moves: Mapping[RecordKey, str] | None = None,
+) -> tuple[dict[RecordKey, list[str]], Counter[tuple[Nature, Category | None]]]:
     """Of the flagged records, those the run would otherwise convert (only these are held), and
     their count by nature and 户别."""
     found = convertible(conn, register, profile, codes, held, moves)
@@ -92,7 +94,7 @@ def store_holds(
     conn: Connection,
     register: RegisterMap,
     run_id: str,
-    held: Mapping[int, list[str]],
+    held: Mapping[RecordKey, list[str]],
     profile: Profile,
     codes: CodeTable,
 ) -> None:
@@ -101,12 +103,12 @@ def store_holds(
     later."""
     natures = convertible(conn, register, profile, codes, held)
     rows = []
-    for key, found in sorted(held.items()):
+    for key, found in held.items():
         nature, category = natures.get(key, (None, None))
         rows.append(
             {
                 "run_id": run_id,
-                "record_id": key,
+                register.ours(HOLDS).key: key,
                 "codes": ",".join(found)[:400],
                 "state": "held",
                 "nature": nature.value if nature else None,
@@ -134,18 +136,20 @@ def held_by_hold_rows(conn: Connection, run_id: str) -> Counter[tuple[Nature, Ca
 def not_held(register: RegisterMap, run_id: str) -> ColumnElement[bool]:
     """Records the run converts: those it does not hold."""
     return ~exists(
-        select(HOLDS.c.record_id).where(
+        select(HOLDS.c.hold_id).where(
             HOLDS.c.run_id == run_id,
-            HOLDS.c.record_id == register.key_column,
+            register.ours(HOLDS) == register.key_column,
             HOLDS.c.state == "held",
         )
     )
 
 
-def current_holds(conn: Connection, run_id: str) -> dict[int, list[str]]:
+def current_holds(
+    conn: Connection, register: RegisterMap, run_id: str
+) -> dict[RecordKey, list[str]]:
     rows = conn.execute(
-        select(HOLDS.c.record_id, HOLDS.c.codes).where(
+        select(register.ours(HOLDS), HOLDS.c.codes).where(
             HOLDS.c.run_id == run_id, HOLDS.c.state == "held"
         )
     )
-    return {int(k): str(v).split(",") for k, v in rows}
+    return {register.key_of(k): str(v).split(",") for k, v in rows}

@@ -35,7 +35,7 @@ from .codes import Action, CodeTable, Nature
 from .findings import Finding
 from .instants import format_instant, now
 from .profiles import Profile
-from .register import RegisterMap
+from .register import RecordKey, RegisterMap
 
 A = schema.applications
 
@@ -89,7 +89,7 @@ class Decision:
     id_number: str | None
     kind: str
     outcome: Outcome
-    record_id: int | None = None
+    record_id: RecordKey | None = None
     name: str | None = None
     from_code: str | None = None  # the register code before, when applied
     to_code: str | None = None  # the register code written, when applied (None: already there)
@@ -125,8 +125,8 @@ def decide(
     if not apps:
         return []
     numbers = sorted({a.id_number for a in apps if a.id_number})
-    records: dict[str, list[tuple[int, str | None, str | None, str | None, bool]]] = defaultdict(
-        list
+    records: dict[str, list[tuple[RecordKey, str | None, str | None, str | None, bool]]] = (
+        defaultdict(list)
     )
     scoped = and_(in_scope(R, profile.scope), is_active(R, profile.active_statuses))
     for start in range(0, len(numbers), 500):
@@ -142,7 +142,7 @@ def decide(
         ):
             records[row.id_number].append(
                 (
-                    int(row.record_id),
+                    register.key_of(row.record_id),
                     row.name,
                     row.hukou_type,
                     row.household_category,
@@ -152,22 +152,25 @@ def decide(
     out: list[Decision] = []
     for app in apps:
         if app.outcome is not None and app.outcome_reverted_at is None:
-            out.append(_stored(app, records.get(app.id_number or "", [])))
+            out.append(_stored(app, records.get(app.id_number or "", []), register))
             continue
         out.append(_decide_one(app, records.get(app.id_number or "", []), codes, cutoff))
     return out
 
 
 def _stored(
-    app: Row[Any], found: list[tuple[int, str | None, str | None, str | None, bool]]
+    app: Row[Any],
+    found: list[tuple[RecordKey, str | None, str | None, str | None, bool]],
+    register: RegisterMap,
 ) -> Decision:
-    name = next((n for rid, n, *_ in found if rid == app.outcome_record_id), None)
+    stored_key = app.outcome_record_id if register.key_is_integer else app.outcome_record_key
+    name = next((n for rid, n, *_ in found if rid == stored_key), None)
     return Decision(
         application_id=str(app.application_id),
         id_number=app.id_number,
         kind=str(app.kind),
         outcome=Outcome(app.outcome),
-        record_id=app.outcome_record_id,
+        record_id=stored_key,
         name=name,
         from_code=app.outcome_from_code,
         to_code=app.outcome_to_code,
@@ -178,7 +181,7 @@ def _stored(
 
 def _decide_one(
     app: Row[Any],
-    found: list[tuple[int, str | None, str | None, str | None, bool]],
+    found: list[tuple[RecordKey, str | None, str | None, str | None, bool]],
     codes: CodeTable,
     cutoff: datetime,
 ) -> Decision:
@@ -270,7 +273,8 @@ def apply_decisions(
                 outcome_reverted_at=None,
                 outcome=d.outcome.value,
                 outcome_run_id=run_id,
-                outcome_record_id=d.record_id,
+                outcome_record_id=d.record_id if register.key_is_integer else None,
+                outcome_record_key=None if register.key_is_integer else d.record_id,
                 outcome_from_code=d.from_code,
                 outcome_to_code=d.to_code,
             )
@@ -291,7 +295,7 @@ def undo_applied(
         A.c.outcome_run_id == run_id,
         A.c.outcome == Outcome.APPLIED.value,
         A.c.outcome_to_code.is_not(None),
-        A.c.outcome_record_id == R.c.record_id,
+        register.ours(A, "outcome_record") == R.c.record_id,
     )
     conn.execute(
         update(R)
@@ -322,7 +326,7 @@ def applied_application(register: RegisterMap, run_id: str) -> ScalarSelect[Any]
         .where(
             A.c.outcome_run_id == run_id,
             A.c.outcome == Outcome.APPLIED.value,
-            A.c.outcome_record_id == R.c.record_id,
+            register.ours(A, "outcome_record") == R.c.record_id,
         )
         .scalar_subquery()
     )
@@ -344,7 +348,7 @@ def late_changes(conn: Connection, register: RegisterMap, profile: Profile) -> l
             code="LATE_CHANGE",
             category="停办期变更",
             severity="warning",
-            record_id=int(r.record_id),
+            record_id=register.key_of(r.record_id),
             id_number=r.id_number,
             name=r.name,
             explanation=f"停办（{since} 起）期间记录有变更，变更时间 {format_instant(r.updated_at)}",

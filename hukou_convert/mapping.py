@@ -160,6 +160,15 @@ def register_from_mapping(engine: Engine, data: dict[str, Any], path: Path) -> R
         )
     key_type = reflected[key_name]["type"]
     key_is_integer = _python_type(key_type) is int
+    if not key_is_integer:
+        # Our tables keep a text key in 64 characters (record_key); other types are not keys
+        # the batches can order and compare portably.
+        length = getattr(key_type, "length", None)
+        if not isinstance(key_type, String) or (length is not None and length > 64):
+            raise MappingError(
+                f"{path}: register.key {key_name!r} is {key_type}: the key must be an integer"
+                " column or a text column of at most 64 characters"
+            )
     if "record_id" in fields:
         raise MappingError(f"{path}: columns.record_id: the key is named by register.key")
     field_of = {column: f for f, column in fields.items()}

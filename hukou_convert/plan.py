@@ -98,7 +98,7 @@ def plan_document(
     census: Census,
     converted_by: dict[str, int],
     applications: dict[str, str],
-    findings: list[tuple[str, int | None]],
+    findings: list[tuple[str, int | str | None]],
 ) -> dict[str, Any]:
     return {
         "format": PLAN_FORMAT,
@@ -242,7 +242,7 @@ def compare_outcome(
     plan: Plan,
     converted_by: dict[str, int],
     applications: dict[str, str],
-    findings: list[tuple[str, int | None]],
+    findings: list[tuple[str, int | str | None]],
 ) -> list[Difference]:
     """After the run: what it did against what the rehearsal said it would."""
     out: list[Difference] = []
@@ -255,13 +255,12 @@ def compare_outcome(
                 )
             )
     out.extend(compare_applications(plan, applications))
-    expected_findings = Counter(
-        (str(code), None if rid is None else int(rid))
-        for code, rid in plan.data.get("findings", [])
-    )
+    # record keys as the JSON kept them: integers, or a legacy table's text keys
+    expected_findings = Counter((str(code), rid) for code, rid in plan.data.get("findings", []))
     actual_findings = Counter(findings)
     for code, rid in sorted(
-        set(expected_findings) ^ set(actual_findings), key=lambda x: (x[0], x[1] or 0)
+        set(expected_findings) ^ set(actual_findings),
+        key=lambda x: (x[0], _sort_key("" if x[1] is None else str(x[1]))),
     ):
         out.append(
             Difference(

@@ -9,12 +9,22 @@ the table has, and what code a converted record gets.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, DateTime, Dialect, Table, case, func, literal, null
+from sqlalchemy import (
+    ColumnElement,
+    DateTime,
+    Dialect,
+    FromClause,
+    Table,
+    case,
+    func,
+    literal,
+    null,
+)
 from sqlalchemy.types import TypeDecorator
 
 from . import schema
@@ -23,6 +33,7 @@ from .errors import ProfileError
 from .instants import CST, to_cst
 from .profiles import Profile
 
+RecordKey = int | str  # a register key: integer (built-in register), or a legacy table's text key
 KEY = "record_id"  # the key column's field name, whatever the column is called
 # Columns of a legacy table that no field names are keyed with this prefix: the fingerprint and
 # the structure checks see every column, the SQL the tool writes never names them.
@@ -71,14 +82,17 @@ class RegisterMap:
     def display_name(self) -> str:
         return self.table.fullname
 
-    def require_in_place(self) -> None:
-        """Our tables (history, holds, findings, ledgers) keep record keys as integers."""
-        if not self.key_is_integer:
-            raise ProfileError(
-                f"{self.source}: the key {self.key_column.name!r} of {self.display_name!r} is not"
-                " an integer column; converting in place needs an integer key (copy the register"
-                " with 'hukou-convert import --from-db URL --mapping FILE' to rehearse on it)"
-            )
+    def key_of(self, value: Any) -> RecordKey:
+        """A key as read from the register or kept in a ledger, in its Python form."""
+        return int(value) if self.key_is_integer else str(value)
+
+    def sorted_keys(self, keys: Iterable[RecordKey]) -> list[RecordKey]:
+        return sorted(keys, key=lambda k: (0, k, "") if isinstance(k, int) else (1, 0, k))
+
+    def ours(self, table: FromClause, prefix: str = "record") -> Any:
+        """The column of one of our tables that holds this register's keys: ``record_id`` for an
+        integer key, ``record_key`` for a text one (``outcome_record_…`` with a prefix)."""
+        return table.c[f"{prefix}_id" if self.key_is_integer else f"{prefix}_key"]
 
     def changed_after(self, instant: ColumnElement[Any], backend: str) -> ColumnElement[bool]:
         """The record's last-change time is later than one of our instants (a history column)."""

@@ -36,7 +36,7 @@ from .errors import Aborted, ChangedSinceCutoverError, RegisterStateError
 from .inflight import reopen_decisions, undo_applied
 from .instants import now
 from .progress import Progress, no_progress
-from .register import RegisterMap
+from .register import RecordKey, RegisterMap
 from .runlock import live_run_lock
 from .runs import describe_live_run, find_run, run_register
 
@@ -52,7 +52,7 @@ class RollbackResult:
     outcome: str  # reverted | resumed | already-reverted
     restored: int = 0
     skipped_changed: int = 0
-    changed_records: list[int] = field(default_factory=list)  # record keys, never ID numbers
+    changed_records: list[RecordKey] = field(default_factory=list)  # keys, never ID numbers
     batches: int = 0
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -114,7 +114,7 @@ def _locked_rollback(
 ) -> RollbackResult:
     run = find_run(engine, run_id)
     reg = run_register(engine, run)
-    R = reg.table
+    R, hk = reg.table, reg.ours(H)
     backend = engine.dialect.name
     if run.status == "reverted":
         with engine.connect() as conn:
@@ -126,20 +126,20 @@ def _locked_rollback(
     with engine.connect() as conn:
         changed = (
             conn.execute(
-                select(H.c.record_id)
-                .join(R, R.c.record_id == H.c.record_id, isouter=True)
+                select(hk)
+                .join(R, R.c.record_id == hk, isouter=True)
                 .where(
                     *live_rows,
                     or_(R.c.record_id.is_(None), changed_since_cutover(reg, backend)),
                 )
-                .order_by(H.c.record_id)
+                .order_by(hk)
             )
             .scalars()
             .all()
         )
         to_restore = _count(conn, *live_rows) - len(changed)
     if changed and not skip_changed:
-        raise ChangedSinceCutoverError(run_id, [int(r) for r in changed], SHOWN_CHANGED)
+        raise ChangedSinceCutoverError(run_id, [reg.key_of(r) for r in changed], SHOWN_CHANGED)
     if confirm is not None and not confirm(run_id, to_restore):
         raise Aborted("not confirmed: nothing was restored")
     started = now()
@@ -166,7 +166,7 @@ def _locked_rollback(
                 select(H.c.history_id).where(
                     H.c.run_id == run_id,
                     H.c.reverted_at.is_(None),
-                    H.c.record_id == schema.applications.c.outcome_record_id,
+                    hk == reg.ours(schema.applications, "outcome_record"),
                 )
             ),
         )
@@ -180,7 +180,7 @@ def _locked_rollback(
         outcome,
         restored=int(total),
         skipped_changed=len(changed),
-        changed_records=[int(r) for r in changed[:SHOWN_CHANGED]],
+        changed_records=[reg.key_of(r) for r in changed[:SHOWN_CHANGED]],
         batches=batches,
         started_at=started,
         finished_at=now(),
@@ -194,7 +194,7 @@ def _count(conn: Connection, *where: ColumnElement[bool]) -> int:
 def _restore_batches(
     engine: Engine, reg: RegisterMap, run_id: str, batch_size: int, total: int, progress: Progress
 ) -> tuple[int, int]:
-    R = reg.table
+    R, hk = reg.table, reg.ours(H)
     changed = changed_since_cutover(reg, engine.dialect.name)
     restore: dict[str, Any] = {"hukou_type": H.c.original_code}
     if reg.has_category_column:
@@ -213,11 +213,7 @@ def _restore_batches(
                 if lo is not None:
                     after.append(key > lo)
                 # live rows whose record is still as the run left it (changed ones are skipped)
-                as_left = (
-                    select(R.c.record_id)
-                    .where(R.c.record_id == H.c.record_id, not_(changed))
-                    .exists()
-                )
+                as_left = select(R.c.record_id).where(R.c.record_id == hk, not_(changed)).exists()
                 hi = conn.execute(
                     select(key).where(*after).order_by(key).offset(batch_size - 1).limit(1)
                 ).scalar()
@@ -235,7 +231,7 @@ def _restore_batches(
                 restored = conn.execute(
                     update(R)
                     .where(
-                        R.c.record_id == H.c.record_id,
+                        R.c.record_id == hk,
                         H.c.run_id == run_id,
                         H.c.reverted_at == stamp,
                         key > (lo if lo is not None else -1),
@@ -248,7 +244,7 @@ def _restore_batches(
                     reg,
                     run_id,
                     R.c.record_id.in_(
-                        select(H.c.record_id).where(H.c.run_id == run_id, H.c.reverted_at == stamp)
+                        select(hk).where(H.c.run_id == run_id, H.c.reverted_at == stamp)
                     ),
                 )
                 if restored != marked:

@@ -90,7 +90,7 @@ def write_rollback_workbook(
     ) -> None:
         query = (
             select(
-                H.c.record_id,
+                reg.ours(H).label("record_id"),
                 H.c.id_number,
                 reg.column("name"),
                 reg.column("household_id"),
@@ -101,9 +101,9 @@ def write_rollback_workbook(
                 R.c.record_id.label("present"),
                 R.c.hukou_type,
             )
-            .select_from(H.outerjoin(R, R.c.record_id == H.c.record_id))
+            .select_from(H.outerjoin(R, R.c.record_id == reg.ours(H)))
             .where(H.c.run_id == rid, where)
-            .order_by(H.c.record_id, H.c.history_id)
+            .order_by(reg.ours(H), H.c.history_id)
         )
         with engine.connect() as conn:
             rows = conn.execution_options(stream_results=True, yield_per=YIELD_PER).execute(query)

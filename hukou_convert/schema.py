@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
+from .errors import RegisterStateError
 from .instants import CST, to_cst
 
 SCHEMA_VERSION = 1
@@ -121,6 +122,7 @@ applications = Table(
     Column("outcome", String(20)),
     Column("outcome_run_id", String(40)),
     Column("outcome_record_id", BigInteger),
+    Column("outcome_record_key", String(64)),  # the record's key when the register's is text
     Column("outcome_from_code", String(40)),
     Column("outcome_to_code", String(40)),
     # set when the deciding run was rolled back: the application is open again for the next run
@@ -210,15 +212,20 @@ run_batches = Table(
 run_holds = Table(
     "hukou_run_holds",
     metadata,
+    Column("hold_id", Key, primary_key=True, autoincrement=True),
     Column("run_id", String(40), nullable=False),
-    Column("record_id", BigInteger, nullable=False),
+    # The record's key: record_id when the register's key is an integer (the built-in register),
+    # record_key when it is text (a legacy table converted in place). So in every table of ours.
+    Column("record_id", BigInteger),
+    Column("record_key", String(64)),
     Column("codes", String(400), nullable=False),  # the exception codes that held it
     # held | released (converted once resolved) | dropped (resolved, but no longer to convert)
     Column("state", String(10), nullable=False),
     Column("nature", String(24)),  # as counted by the census when the record was held
     Column("category", String(12)),
     Column("released_at", Instant),
-    PrimaryKeyConstraint("run_id", "record_id"),
+    Index("ux_hukou_run_holds_record", "run_id", "record_id", unique=True),
+    Index("ux_hukou_run_holds_key", "run_id", "record_key", unique=True),
     **_mysql,
 )
 
@@ -234,6 +241,7 @@ run_findings = Table(
     Column("category", String(20), nullable=False),
     Column("severity", String(10), nullable=False),
     Column("record_id", BigInteger),
+    Column("record_key", String(64)),
     Column("id_number", String(32)),
     Column("name", String(100)),
     Column("explanation", Text, nullable=False),
@@ -269,7 +277,8 @@ history = Table(
     Column("effective_at", Instant, nullable=False),
     Column("converted_at", Instant, nullable=False),
     Column("run_id", String(40), nullable=False),
-    Column("record_id", BigInteger, nullable=False),
+    Column("record_id", BigInteger),  # the register's key: record_id if integer, else record_key
+    Column("record_key", String(64)),
     Column("division_code", String(20)),
     Column("application_id", String(64)),
     Column("reverted_at", Instant),
@@ -297,6 +306,20 @@ def ensure_schema(engine: Engine) -> None:
     """Create the tables that are missing. Each table is its own DDL statement and commit, so MySQL's
     implicit commits around DDL cannot leave a data change half-done: no data is written here."""
     metadata.create_all(engine, checkfirst=True)
+    inspector = inspect(engine)
+    missing = {
+        table.name: sorted(
+            {c.name for c in table.columns} - {c["name"] for c in inspector.get_columns(table.name)}
+        )
+        for table in metadata.sorted_tables
+    }
+    missing = {name: columns for name, columns in missing.items() if columns}
+    if missing:
+        listed = "; ".join(f"{name}: {', '.join(columns)}" for name, columns in missing.items())
+        raise RegisterStateError(
+            "this database's hukou tables were created by an earlier hukou-convert and lack"
+            f" columns ({listed}): rehearse on a fresh database, or add them"
+        )
 
 
 def has_register(engine: Engine) -> bool:

@@ -52,7 +52,7 @@ def verify_run(engine: Engine, run_id: str | None = None) -> VerifyResult:
     run = find_run(engine, run_id)
     run_id = str(run.run_id)
     reg = run_register(engine, run)
-    R = reg.table
+    R, hk = reg.table, reg.ours(H)
     census = load_census(engine, run_id)
     codes = census.codes
     scope = str(run.scope).split(",")
@@ -80,7 +80,7 @@ def verify_run(engine: Engine, run_id: str | None = None) -> VerifyResult:
     )
     with translate_errors(), engine.connect() as conn:
         # records held back for review are part of the census but not converted (yet)
-        held = current_holds(conn, run_id)
+        held = current_holds(conn, reg, run_id)
         # by the nature and 户别 the census counted them under, not as the register is now
         held_by = held_by_hold_rows(conn, run_id)
         held_count = sum(held_by.values())
@@ -125,7 +125,7 @@ def verify_run(engine: Engine, run_id: str | None = None) -> VerifyResult:
         converted_records = conn.execute(
             select(func.count())
             .select_from(R)
-            .where(R.c.record_id.in_(select(H.c.record_id).where(H.c.run_id == run_id, live)))
+            .where(R.c.record_id.in_(select(hk).where(H.c.run_id == run_id, live)))
         ).scalar_one()
         add(
             Check(
@@ -137,9 +137,9 @@ def verify_run(engine: Engine, run_id: str | None = None) -> VerifyResult:
         )
         twice = (
             conn.execute(
-                select(H.c.record_id)
+                select(hk)
                 .where(H.c.run_id == run_id, live)
-                .group_by(H.c.record_id)
+                .group_by(hk)
                 .having(func.count() > 1)
                 .limit(10)
             )
@@ -156,7 +156,7 @@ def verify_run(engine: Engine, run_id: str | None = None) -> VerifyResult:
         not_resident = (
             conn.execute(
                 select(R.c.record_id)
-                .join(H, and_(H.c.record_id == R.c.record_id, H.c.run_id == run_id, live))
+                .join(H, and_(hk == R.c.record_id, H.c.run_id == run_id, live))
                 .where(
                     or_(
                         R.c.hukou_type.is_(None),
@@ -200,7 +200,7 @@ def verify_run(engine: Engine, run_id: str | None = None) -> VerifyResult:
         # The register now: in scope, everything the census saw is still accounted for. Records
         # dropped from a hold were resolved by changing them (cancelled, made resident…).
         HOLDS = schema.run_holds
-        dropped = select(HOLDS.c.record_id).where(
+        dropped = select(reg.ours(HOLDS)).where(
             HOLDS.c.run_id == run_id, HOLDS.c.state == "dropped"
         )
         resident_codes = [e.raw for e in codes.entries() if e.action is Action.RESIDENT]
@@ -247,7 +247,7 @@ def verify_run(engine: Engine, run_id: str | None = None) -> VerifyResult:
 def _verify_reverted(engine: Engine, reg: RegisterMap, run: Row[Any], result: VerifyResult) -> None:
     """A rolled-back run: every history row reverted (or its record skipped as changed since the
     cutover), and every reverted record back to its original code and 户别."""
-    R = reg.table
+    R, hk = reg.table, reg.ours(H)
     add = result.checks.append
     run_id = str(run.run_id)
     add(
@@ -261,7 +261,7 @@ def _verify_reverted(engine: Engine, reg: RegisterMap, run: Row[Any], result: Ve
     reconverted = (
         select(later.c.history_id)
         .where(
-            later.c.record_id == R.c.record_id,
+            reg.ours(later) == R.c.record_id,
             later.c.run_id != run_id,
             later.c.reverted_at.is_(None),
         )
@@ -275,7 +275,7 @@ def _verify_reverted(engine: Engine, reg: RegisterMap, run: Row[Any], result: Ve
             A.c.outcome_run_id == run_id,
             A.c.outcome == "APPLIED",
             A.c.outcome_to_code.is_not(None),
-            A.c.outcome_record_id == H.c.record_id,
+            reg.ours(A, "outcome_record") == hk,
         )
         .scalar_subquery(),
         H.c.original_code,
@@ -294,7 +294,7 @@ def _verify_reverted(engine: Engine, reg: RegisterMap, run: Row[Any], result: Ve
         not_restored = (
             conn.execute(
                 select(R.c.record_id)
-                .join(H, H.c.record_id == R.c.record_id)
+                .join(H, hk == R.c.record_id)
                 .where(
                     H.c.run_id == run_id,
                     H.c.reverted_at.is_not(None),

@@ -38,7 +38,7 @@ from .inflight import Outcome
 from .instants import format_instant, now
 from .plan import SHOWN_RECORDS, PlanComparison
 from .progress import Progress, no_progress
-from .register import RegisterMap
+from .register import RecordKey, RegisterMap
 from .tallies import BREAKDOWN_COLUMNS, Places, fill_breakdown, write_urban_rural
 from .verify import verify_run
 from .xlsx import Column, PageSetup, TableWriter, styled, write_workbook
@@ -342,9 +342,10 @@ def _detail_query(result: CutoverResult) -> Select[Any]:
             .where(_would_convert(result, raws))
             .order_by(R.c.record_id)
         )
+    hk = reg.ours(H)
     return (
         select(
-            H.c.record_id,
+            hk,
             H.c.id_number,
             reg.column("name"),
             reg.column("household_id"),
@@ -354,13 +355,13 @@ def _detail_query(result: CutoverResult) -> Select[Any]:
             H.c.household_category,
             H.c.effective_at,
         )
-        .select_from(H.outerjoin(R, R.c.record_id == H.c.record_id))
+        .select_from(H.outerjoin(R, R.c.record_id == hk))
         .where(H.c.run_id == result.run_id, H.c.reverted_at.is_(None))
-        .order_by(H.c.record_id, H.c.history_id)
+        .order_by(hk, H.c.history_id)
     )
 
 
-def _moved_codes(result: CutoverResult) -> dict[int, str]:
+def _moved_codes(result: CutoverResult) -> dict[RecordKey, str]:
     """Record -> code as of the cutoff, for the approved applications a rehearsal predicts the
     real run applies before converting (the real run's history already holds them). 农转非/非转农
     keeps the 户别, so only the code and the nature change."""
@@ -471,10 +472,14 @@ def _write_comparison(
     R = reg.table
     ident, name = maskers(unmasked)
     differences = comparison.before + comparison.after
-    record_keys = sorted(
-        {int(d.key) for d in differences if d.kind == "record" and d.key.isdigit()}
+    record_keys = reg.sorted_keys(
+        {
+            reg.key_of(d.key)
+            for d in differences
+            if d.kind == "record" and (d.key.isdigit() or not reg.key_is_integer)
+        }
     )
-    people: dict[int, tuple[str | None, str | None]] = {}
+    people: dict[RecordKey, tuple[str | None, str | None]] = {}
     with engine.connect() as conn:
         for start in range(0, len(record_keys), 500):
             for key, number, person in conn.execute(
@@ -482,7 +487,7 @@ def _write_comparison(
                     R.c.record_id.in_(record_keys[start : start + 500])
                 )
             ):
-                people[int(key)] = (number, person)
+                people[reg.key_of(key)] = (number, person)
     state = "一致" if comparison.matches else "不一致"
     notes = [
         f"演练计划 {Path(comparison.plan_path).name}：{state}",
@@ -506,8 +511,8 @@ def _write_comparison(
     table = TableWriter(wb, "演练对比", COMPARISON_COLUMNS, page, preamble=preamble)
     for d in differences:
         number, person = (
-            people.get(int(d.key), (None, None))
-            if d.kind == "record" and d.key.isdigit()
+            people.get(reg.key_of(d.key), (None, None))
+            if d.kind == "record" and (d.key.isdigit() or not reg.key_is_integer)
             else (None, None)
         )
         table.append(

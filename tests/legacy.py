@@ -21,23 +21,46 @@ from sqlalchemy import (
 
 from .helpers import ident
 
-legacy_md = MetaData()
-LEGACY = Table(
-    "常住人口",
-    legacy_md,
-    Column("人员编号", BigInteger, primary_key=True, autoincrement=False),
-    Column("公民身份号码", String(18)),
-    Column("姓名", String(50)),
-    Column("性别", String(1)),
-    Column("出生日期", Date),
-    Column("户号", String(20)),
-    Column("户口类别", String(4)),  # combined code: nature and 户别 in one
-    Column("行政区划代码", String(12)),
-    Column("人员状态", String(2)),  # 1 = 正常, 2 = 注销
-    Column("变更时间", DateTime),
-    Column("备注", String(100)),  # a column the tool never touches
-    mysql_charset="utf8mb4",
-)
+
+def _legacy_table(metadata: MetaData, key_type: Any) -> Table:
+    return Table(
+        "常住人口",
+        metadata,
+        Column("人员编号", key_type, primary_key=True, autoincrement=False),
+        *_person_columns(),
+        mysql_charset="utf8mb4",
+    )
+
+
+def _person_columns() -> list[Column[Any]]:
+    return [
+        Column("公民身份号码", String(18)),
+        Column("姓名", String(50)),
+        Column("性别", String(1)),
+        Column("出生日期", Date),
+        Column("户号", String(20)),
+        Column("户口类别", String(4)),  # combined code: nature and 户别 in one
+        Column("行政区划代码", String(12)),
+        Column("人员状态", String(2)),  # 1 = 正常, 2 = 注销
+        Column("变更时间", DateTime),
+        Column("备注", String(100)),  # a column the tool never touches
+    ]
+
+
+# The same register keyed by an integer 人员编号, or by a text one ("P00101": many systems key by
+# text); one table name, so one of them per database.
+LEGACY = _legacy_table(MetaData(), BigInteger)
+LEGACY_TEXT = _legacy_table(MetaData(), String(20))
+
+
+def legacy_table(text_key: bool) -> Table:
+    return LEGACY_TEXT if text_key else LEGACY
+
+
+def legacy_key(key: int, text_key: bool) -> int | str:
+    """Record ``key`` of ROWS as the table keys it (zero-padded text keeps the same order)."""
+    return f"P{key:05d}" if text_key else key
+
 
 MAPPING = """
 [register]
@@ -101,17 +124,20 @@ ROWS: list[tuple[int, str, str, str]] = [
 ]
 
 
-def create_legacy(engine: Engine, tmp_path: Path, rows: int = 0) -> tuple[Path, Path]:
+def create_legacy(
+    engine: Engine, tmp_path: Path, rows: int = 0, text_key: bool = False
+) -> tuple[Path, Path]:
     """The legacy table with ROWS (plus ``rows`` generated ones), a mapping and a profile file."""
-    legacy_md.create_all(engine)
+    table = legacy_table(text_key)
+    table.create(engine)
     records: list[dict[str, Any]] = []
     for key, code, status, division in ROWS:
-        records.append(_record(key, code, status, division))
+        records.append(_record(key, code, status, division, text_key))
     for i in range(rows):
         code = ("1", "2", "2", "2", "3", "4", "11")[i % 7]
-        records.append(_record(1000 + i, code, "1", "330211001001"))
+        records.append(_record(1000 + i, code, "1", "330211001001", text_key))
     with engine.begin() as conn:
-        conn.execute(insert(LEGACY), records)
+        conn.execute(insert(table), records)
     mapping = tmp_path / "legacy-mapping.toml"
     mapping.write_text(MAPPING, encoding="utf-8")
     profile = tmp_path / "legacy-profile.toml"
@@ -119,9 +145,9 @@ def create_legacy(engine: Engine, tmp_path: Path, rows: int = 0) -> tuple[Path, 
     return mapping, profile
 
 
-def _record(key: int, code: str, status: str, division: str) -> dict[str, Any]:
+def _record(key: int, code: str, status: str, division: str, text_key: bool) -> dict[str, Any]:
     return {
-        "人员编号": key,
+        "人员编号": legacy_key(key, text_key),
         "公民身份号码": ident(division[:6], "19800101", (key % 400) * 2 + 1),
         "姓名": f"旧系{key}",
         "性别": "1",

@@ -280,3 +280,22 @@ def test_fingerprint_does_not_depend_on_the_session_time_zone(
     other = make_engine(parse_url(db_url))
     assert rehearse(other, ZHENHAI, CUTOFF).fingerprint == first
     other.dispose()
+
+
+def test_tables_of_an_earlier_version_are_named_not_used(engine: Engine, sample_csv: Path) -> None:
+    from sqlalchemy import text
+
+    from hukou_convert.errors import RegisterStateError
+
+    import_register(engine, sample_csv)
+    schema.ensure_schema(engine)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE hukou_type_history DROP COLUMN record_key"))
+    register = select(schema.register).order_by(schema.register.c.record_id)
+    with engine.connect() as conn:
+        before = conn.execute(register).all()
+    with pytest.raises(RegisterStateError, match="hukou_type_history: record_key") as err:
+        run_cutover(engine, ZHENHAI, CUTOFF)
+    assert err.value.exit_code == 5
+    with engine.connect() as conn:
+        assert conn.execute(register).all() == before  # nothing converted

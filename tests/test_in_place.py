@@ -17,66 +17,87 @@ from hukou_convert import schema
 from hukou_convert.checks import run_checks
 from hukou_convert.cli import cli
 from hukou_convert.cutover import rehearse, run_cutover
-from hukou_convert.errors import ChangedSinceCutoverError, ProfileError, UnmappedCodesError
+from hukou_convert.errors import ChangedSinceCutoverError, UnmappedCodesError
 from hukou_convert.instants import CST
-from hukou_convert.mapping import load_mapping
+from hukou_convert.mapping import MappingError, load_mapping
 from hukou_convert.profiles import load_profile, resolve_cutoff
 from hukou_convert.rollback import rollback_run
 from hukou_convert.verify import verify_run
 
-from .legacy import LEGACY, PROFILE_WITH_5, create_legacy
+from .legacy import PROFILE_WITH_5, create_legacy, legacy_key, legacy_table
 
 H = schema.history
 CODE = "户口类别"
 
 
+@pytest.fixture(params=[False, True], ids=["integer-key", "text-key"])
+def text_key(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
 def _structure(engine: Engine) -> Any:
     insp = inspect(engine)
+    name = legacy_table(False).name
     columns = [
         (c["name"], str(c["type"]), c["nullable"], str(c.get("default")))
-        for c in insp.get_columns(LEGACY.name)
+        for c in insp.get_columns(name)
     ]
     indexes = sorted(
         (i["name"] or "", tuple(i["column_names"]), bool(i["unique"]))
-        for i in insp.get_indexes(LEGACY.name)
+        for i in insp.get_indexes(name)
     )
-    return columns, indexes, insp.get_pk_constraint(LEGACY.name)["constrained_columns"]
+    return columns, indexes, insp.get_pk_constraint(name)["constrained_columns"]
 
 
-def _rows(engine: Engine, without: str | None = None) -> list[tuple[Any, ...]]:
+def _rows(engine: Engine, text_key: bool, without: str | None = None) -> list[tuple[Any, ...]]:
     """Every row, every column (but ``without``), in key order."""
-    columns = [c for c in LEGACY.c if c.name != without]
+    table = legacy_table(text_key)
+    columns = [c for c in table.c if c.name != without]
     with engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(select(*columns).order_by(LEGACY.c["人员编号"]))]
+        return [tuple(r) for r in conn.execute(select(*columns).order_by(table.c["人员编号"]))]
 
 
-def _codes(engine: Engine) -> dict[int, str]:
-    key = LEGACY.c["人员编号"]
+def _codes(engine: Engine, text_key: bool) -> dict[int, str]:
+    """Code by record number (101, 102, …, whatever the key's type)."""
+    table = legacy_table(text_key)
     with engine.connect() as conn:
-        return {int(k): str(c) for k, c in conn.execute(select(key, LEGACY.c[CODE]))}
+        return {
+            int(str(k).lstrip("P")): str(c)
+            for k, c in conn.execute(select(table.c["人员编号"], table.c[CODE]))
+        }
 
 
-def _setup(engine: Engine, tmp_path: Path, rows: int = 120) -> tuple[Any, Any, Any]:
-    mapping, profile_file = create_legacy(engine, tmp_path, rows=rows)
+def _where(text_key: bool, key: int) -> Any:
+    return legacy_table(text_key).c["人员编号"] == legacy_key(key, text_key)
+
+
+def _setup(
+    engine: Engine, tmp_path: Path, rows: int = 120, text_key: bool = False
+) -> tuple[Any, Any, Any]:
+    mapping, profile_file = create_legacy(engine, tmp_path, rows=rows, text_key=text_key)
     profile_file.write_text(PROFILE_WITH_5, encoding="utf-8")
     profile = load_profile(str(profile_file))
     return load_mapping(engine, mapping), profile, resolve_cutoff(profile, None)
 
 
 def test_cutover_in_place_converts_the_code_column_and_nothing_else(
-    engine: Engine, tmp_path: Path
+    engine: Engine, tmp_path: Path, text_key: bool
 ) -> None:
-    reg, profile, cutoff = _setup(engine, tmp_path)
-    structure, before, others = _structure(engine), _rows(engine), _rows(engine, without=CODE)
-    original_codes = _codes(engine)
+    reg, profile, cutoff = _setup(engine, tmp_path, text_key=text_key)
+    structure, before, others = (
+        _structure(engine),
+        _rows(engine, text_key),
+        _rows(engine, text_key, without=CODE),
+    )
+    original_codes = _codes(engine, text_key)
 
     rehearsal = rehearse(engine, profile, cutoff, register=reg)
     assert rehearsal.unmapped == []
-    assert _rows(engine) == before  # a rehearsal writes nothing
+    assert _rows(engine, text_key) == before  # a rehearsal writes nothing
     run = run_cutover(engine, profile, cutoff, register=reg, batch_size=17)
     assert run.outcome == "completed" and run.converted == rehearsal.converted
 
-    codes = _codes(engine)
+    codes = _codes(engine, text_key)
     # 非农业/农业家庭户口 -> this system's 居民家庭户口 11; 集体户口 -> 居民集体户口 12, never 11
     assert [codes[k] for k in (101, 102, 103, 104, 109)] == ["11", "11", "12", "12", "11"]
     # already resident, not in the permanent register, cancelled, out of scope: untouched
@@ -84,17 +105,24 @@ def test_cutover_in_place_converts_the_code_column_and_nothing_else(
     converted = {k for k in codes if codes[k] != original_codes[k]}
     assert len(converted) == run.converted
     assert _structure(engine) == structure
-    assert _rows(engine, without=CODE) == others  # every other column, every row, as it was
+    assert (
+        _rows(engine, text_key, without=CODE) == others
+    )  # every other column, every row, as it was
 
     with engine.connect() as conn:
+        rows = conn.execute(select(H).where(H.c.run_id == run.run_id)).all()
+        # the register's key, in the column of its type
+        keys = [r.record_key if text_key else r.record_id for r in rows]
+        assert all((r.record_id if text_key else r.record_key) is None for r in rows)
         history = {
-            int(r.record_id): (r.original_code, r.household_category, r.original_nature)
-            for r in conn.execute(select(H).where(H.c.run_id == run.run_id))
+            int(str(k).lstrip("P")): (r.original_code, r.household_category, r.original_nature)
+            for k, r in zip(keys, rows, strict=True)
         }
         kept = conn.execute(
             select(schema.runs.c.register_mapping).where(schema.runs.c.run_id == run.run_id)
         ).scalar_one()
     assert set(history) == converted
+    assert legacy_key(104, text_key) in keys
     # the history keeps the raw code as it was in that column
     assert history[104] == ("4", "COLLECTIVE", "AGRICULTURAL")
     assert history[109] == ("5", "FAMILY", "SELF_SUPPLIED_GRAIN")
@@ -106,7 +134,7 @@ def test_cutover_in_place_converts_the_code_column_and_nothing_else(
 
     result = rollback_run(engine, str(run.run_id), batch_size=13)
     assert result.restored == run.converted
-    assert _rows(engine) == before  # the register exactly as before the cutover
+    assert _rows(engine, text_key) == before  # the register exactly as before the cutover
     assert _structure(engine) == structure
     assert verify_run(engine, run.run_id).ok
 
@@ -117,78 +145,82 @@ def test_a_code_without_category_refuses_the_cutover_before_writing(
     mapping, profile_file = create_legacy(engine, tmp_path)
     profile = load_profile(str(profile_file))  # code 5 names no 户别 in this profile
     reg, cutoff = load_mapping(engine, mapping), resolve_cutoff(profile, None)
-    before = _rows(engine)
+    before = _rows(engine, False)
     rehearsal = rehearse(engine, profile, cutoff, register=reg)
     assert [(v.raw_code, v.count, v.no_category) for v in rehearsal.unmapped] == [("5", 1, True)]
     with pytest.raises(UnmappedCodesError, match="name no 户别") as err:
         run_cutover(engine, profile, cutoff, register=reg)
     assert err.value.exit_code == 6
-    assert _rows(engine) == before
+    assert _rows(engine, False) == before
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(schema.runs)).scalar_one() == 0
 
 
-def test_checks_run_on_the_legacy_columns(engine: Engine, tmp_path: Path) -> None:
-    reg, profile, cutoff = _setup(engine, tmp_path, rows=0)
+def test_checks_run_on_the_legacy_columns(engine: Engine, tmp_path: Path, text_key: bool) -> None:
+    reg, profile, cutoff = _setup(engine, tmp_path, rows=0, text_key=text_key)
+    table = legacy_table(text_key)
     with engine.begin() as conn:
         # 性别 coded 2 (女) on a number whose sequence digit is odd (男); a duplicated number
-        conn.execute(update(LEGACY).where(LEGACY.c["人员编号"] == 101).values({"性别": "2"}))
+        conn.execute(update(table).where(_where(text_key, 101)).values({"性别": "2"}))
         number = conn.execute(
-            select(LEGACY.c["公民身份号码"]).where(LEGACY.c["人员编号"] == 102)
+            select(table.c["公民身份号码"]).where(_where(text_key, 102))
         ).scalar_one()
-        conn.execute(
-            update(LEGACY).where(LEGACY.c["人员编号"] == 103).values({"公民身份号码": number})
-        )
+        conn.execute(update(table).where(_where(text_key, 103)).values({"公民身份号码": number}))
     report = run_checks(engine, profile, cutoff=cutoff.instant, register=reg)
     found = {(f.code, f.record_id) for f in report.findings}
-    assert ("SEX_MISMATCH", 101) in found
-    assert {("DUPLICATE_ID_NUMBER", 102), ("DUPLICATE_ID_NUMBER", 103)} <= found
+    key = legacy_key
+    assert ("SEX_MISMATCH", key(101, text_key)) in found
+    assert {
+        ("DUPLICATE_ID_NUMBER", key(102, text_key)),
+        ("DUPLICATE_ID_NUMBER", key(103, text_key)),
+    } <= found
     # the table has no 户别 or 与户主关系 column: not an exception of every record
     assert report.counts["MISSING_FIELD"] == 0 and report.counts["HOUSEHOLD_WITHOUT_HEAD"] == 0
 
 
 def test_rollback_in_place_compares_the_wall_clock_change_time_in_china_time(
-    engine: Engine, tmp_path: Path
+    engine: Engine, tmp_path: Path, text_key: bool
 ) -> None:
     """变更时间 is a timestamp without time zone, China Standard Time: a change an hour before the
     cutover is not a change since it (read as UTC it would be 7 hours after), one a minute after
     is."""
-    reg, profile, cutoff = _setup(engine, tmp_path, rows=20)
+    reg, profile, cutoff = _setup(engine, tmp_path, rows=20, text_key=text_key)
+    table = legacy_table(text_key)
     wall_now = datetime.now(CST).replace(tzinfo=None, microsecond=0)
     with engine.begin() as conn:
         conn.execute(
-            update(LEGACY)
-            .where(LEGACY.c["人员编号"] == 101)
+            update(table)
+            .where(_where(text_key, 101))
             .values({"变更时间": wall_now - timedelta(hours=1)})
         )
     run = run_cutover(engine, profile, cutoff, register=reg)
     with engine.begin() as conn:
         conn.execute(
-            update(LEGACY)
-            .where(LEGACY.c["人员编号"] == 102)
+            update(table)
+            .where(_where(text_key, 102))
             .values({"变更时间": wall_now + timedelta(minutes=1)})
         )
     with pytest.raises(ChangedSinceCutoverError) as err:
         rollback_run(engine, str(run.run_id))
-    assert err.value.record_keys == [102]
+    assert err.value.record_keys == [legacy_key(102, text_key)]
     result = rollback_run(engine, str(run.run_id), skip_changed=True)
     assert (result.restored, result.skipped_changed) == (run.converted - 1, 1)
-    assert _codes(engine)[101] == "1" and _codes(engine)[102] == "11"
+    assert _codes(engine, text_key)[101] == "1" and _codes(engine, text_key)[102] == "11"
 
 
-def test_a_text_key_is_refused_in_place(engine: Engine, tmp_path: Path) -> None:
-    mapping, profile_file = create_legacy(engine, tmp_path)
+def test_a_key_that_is_not_integer_or_short_text_is_refused(engine: Engine, tmp_path: Path) -> None:
+    mapping, _ = create_legacy(engine, tmp_path)
     with engine.begin() as conn:
         conn.execute(
             text(
-                "CREATE TABLE 文本键人口 (编号 VARCHAR(20) PRIMARY KEY, 号码 VARCHAR(18),"
+                "CREATE TABLE 长键人口 (编号 VARCHAR(100) PRIMARY KEY, 号码 VARCHAR(18),"
                 " 类别 VARCHAR(4), 区划 VARCHAR(12), 状态 VARCHAR(2))"
             )
         )
     mapping.write_text(
         """
 [register]
-table = "文本键人口"
+table = "长键人口"
 key = "编号"
 [columns]
 id_number = "号码"
@@ -202,20 +234,17 @@ resident_collective = "12"
 """,
         encoding="utf-8",
     )
-    profile = load_profile(str(profile_file))
-    with pytest.raises(ProfileError, match="not an integer column"):
-        run_cutover(
-            engine, profile, resolve_cutoff(profile, None), register=load_mapping(engine, mapping)
-        )
+    with pytest.raises(MappingError, match="text column of at most 64 characters"):
+        load_mapping(engine, mapping)
 
 
-def test_the_commands_in_place(db_url: str, tmp_path: Path) -> None:
+def test_the_commands_in_place(db_url: str, tmp_path: Path, text_key: bool) -> None:
     from hukou_convert.db import make_engine, parse_url
 
     engine = make_engine(parse_url(db_url))
-    mapping, profile_file = create_legacy(engine, tmp_path, rows=60)
+    mapping, profile_file = create_legacy(engine, tmp_path, rows=60, text_key=text_key)
     profile_file.write_text(PROFILE_WITH_5, encoding="utf-8")
-    before = _rows(engine)
+    before = _rows(engine, text_key)
     runner = CliRunner()
     common = ["--db", db_url, "-q"]
     inplace = ["--mapping", str(mapping), "-p", str(profile_file)]
@@ -229,12 +258,12 @@ def test_the_commands_in_place(db_url: str, tmp_path: Path) -> None:
     out = tmp_path / "reports"
     rehearsal = run("cutover", *inplace, "--dry-run", "--out", str(out)).output
     assert "演练 REHEARSAL" in rehearsal and "table 常住人口" in rehearsal
-    assert _rows(engine) == before
+    assert _rows(engine, text_key) == before
     real = run("cutover", *inplace, "--yes", "--out", str(out)).output
     with engine.connect() as conn:
         run_id = conn.execute(select(schema.runs.c.run_id)).scalar_one()
     assert f"正式 CUTOVER run {run_id}: completed" in real
-    assert _codes(engine)[104] == "12"
+    assert _codes(engine, text_key)[104] == "12"
     run("verify")  # no --mapping: the run knows its register
     run("report", "--run", run_id, "--out", str(tmp_path / "again"))
     assert list((tmp_path / "again").glob("*.xlsx"))
@@ -249,7 +278,7 @@ def test_the_commands_in_place(db_url: str, tmp_path: Path) -> None:
     summary = summary_of(load_workbook(workbook)["概要"])
     assert summary["登记库表"] == "常住人口"
     run("rollback", "--run", run_id, "--yes", "--out", str(out))
-    assert _rows(engine) == before
+    assert _rows(engine, text_key) == before
     engine.dispose()
 
 
@@ -265,11 +294,10 @@ def test_lookup_names_come_from_the_register_the_run_converted(
     other = write_register(tmp_path / "builtin.csv", [person(ident("330211", "19900101", 1), "2")])
     import_register(engine, other)  # record 1 of the built-in register: someone else
     reg, profile, cutoff = _setup(engine, tmp_path, rows=0)
+    table = legacy_table(False)
     with engine.begin() as conn:
-        conn.execute(update(LEGACY).where(LEGACY.c["人员编号"] == 102).values({"人员编号": 1}))
-        number = conn.execute(
-            select(LEGACY.c["公民身份号码"]).where(LEGACY.c["人员编号"] == 1)
-        ).scalar_one()
+        conn.execute(update(table).where(_where(False, 102)).values({"人员编号": 1}))
+        number = conn.execute(select(table.c["公民身份号码"]).where(_where(False, 1))).scalar_one()
     run_cutover(engine, profile, cutoff, register=reg)
     [found] = lookup(engine, [number])
     assert [(e.name, e.original_code) for e in found.entries] == [("旧系102", "2")]
@@ -277,16 +305,16 @@ def test_lookup_names_come_from_the_register_the_run_converted(
 
 @pytest.mark.slow
 def test_killed_cutover_in_place_resumes_to_the_uninterrupted_result(
-    db_url: str, tmp_path: Path
+    db_url: str, tmp_path: Path, text_key: bool
 ) -> None:
     from hukou_convert.db import make_engine, parse_url
 
     from .test_resume import _cli, _wait_for_batches
 
     engine = make_engine(parse_url(db_url))
-    mapping, profile_file = create_legacy(engine, tmp_path, rows=6_000)
+    mapping, profile_file = create_legacy(engine, tmp_path, rows=6_000, text_key=text_key)
     profile_file.write_text(PROFILE_WITH_5, encoding="utf-8")
-    others = _rows(engine, without=CODE)
+    others = _rows(engine, text_key, without=CODE)
     cutover = ("cutover", "--mapping", str(mapping), "-p", str(profile_file), "--yes", "-q")
     proc = _cli(db_url, *cutover, "--batch-size", "40", "--out", str(tmp_path / "r1"))
     _wait_for_batches(engine, proc, 5)
@@ -298,13 +326,15 @@ def test_killed_cutover_in_place_resumes_to_the_uninterrupted_result(
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "resumed and completed" in out
-    codes = _codes(engine)
+    codes = _codes(engine, text_key)
     assert {c for k, c in codes.items() if k >= 1000} <= {"11", "12"}
-    assert _rows(engine, without=CODE) == others
+    assert _rows(engine, text_key, without=CODE) == others
     with engine.connect() as conn:
         history = conn.execute(select(func.count()).select_from(H)).scalar_one()
         twice = conn.execute(
-            select(H.c.record_id).group_by(H.c.record_id).having(func.count() > 1)
+            select(H.c.record_id, H.c.record_key)
+            .group_by(H.c.record_id, H.c.record_key)
+            .having(func.count() > 1)
         ).all()
     legacy_codes = sum(1 for i in range(6_000) if i % 7 != 6)  # all but the 11s, once each
     assert history == legacy_codes + 5 and not twice
