@@ -149,7 +149,7 @@ def take_census(conn: Connection, register: RegisterMap, profile: Profile) -> Ce
         case((is_active(table, profile.active_statuses), literal(1)), else_=literal(0)).label(
             "active"
         ),
-        table.c.hukou_type.label("raw_code"),
+        register.column("hukou_type").label("raw_code"),
         register.column("household_category").label("category_label"),
     ).subquery("flags")
     query = select(
@@ -166,7 +166,8 @@ def take_census(conn: Connection, register: RegisterMap, profile: Profile) -> Ce
     lines.sort(
         key=lambda x: (not x.in_scope, not x.active, x.raw_code or "", x.category_label or "")
     )
-    return Census(lines, profile.codes, needs_category=not register.has_category_column)
+    # a register whose written code depends on 户别 must know each converted record's
+    return Census(lines, profile.codes, needs_category=bool(register.resident_by_category))
 
 
 RowDigestSink = Callable[[str, str], None]

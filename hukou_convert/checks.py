@@ -587,7 +587,7 @@ def _collective(reg: RegisterMap, profile: Profile) -> ColumnElement[bool]:
     by_code = reg.table.c.hukou_type.in_(raws)
     if not reg.has_category_column:
         return by_code
-    return or_(reg.table.c.household_category.in_(labels), by_code)
+    return or_(reg.column("household_category").in_(labels), by_code)
 
 
 def _households_without_head(
@@ -631,8 +631,8 @@ def _households_without_head(
 def _missing_fields(
     conn: Connection, reg: RegisterMap, profile: Profile, scope: ColumnElement[bool], add: _Add
 ) -> None:
-    R = reg.table
     """One pass: a CASE per required field. 户别 is required unless the code gives the category."""
+    R = reg.table
     with_category = [e.raw for e in profile.codes.entries() if e.category is not None]
     # Only the fields this register has: a legacy table without 户号 lacks it for everyone, and
     # that is the mapping's business, not an exception of each record.
@@ -665,16 +665,16 @@ def _missing_fields(
 def _category_conflicts(
     conn: Connection, reg: RegisterMap, profile: Profile, scope: ColumnElement[bool], add: _Add
 ) -> None:
-    R = reg.table
     """A combined code says one 户别 and the 户别 column another (农业家庭户口 + 社区集体户, say):
     the conversion follows the code, so the household would change category silently."""
+    R = reg.table
     from_code = {e.raw: e.category.value for e in profile.codes.entries() if e.category}
     if not from_code:
         return
     code_category = case(from_code, value=R.c.hukou_type)
     label_category = case(
         {label: cat.value for label, cat in CATEGORY_OF_LABEL.items()},
-        value=R.c.household_category,
+        value=reg.column("household_category"),
     )
     query = (
         select(*_person_columns(reg), R.c.hukou_type, R.c.household_category)

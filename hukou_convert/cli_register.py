@@ -327,6 +327,11 @@ def mapping_check_command(app: App, mapping_file: Path, profile_name: str) -> No
     for raw, n, active in report.statuses:
         shown = "(empty)" if raw is None else repr(raw)
         click.echo(f"    {shown:<20} {n:>10}  {'active' if active else 'not active'}")
+    if report.categories:
+        click.echo("  户别 values present:")
+        for raw, n, what in report.categories:
+            shown = "(empty)" if raw is None else repr(raw)
+            click.echo(f"    {shown:<20} {n:>10}  {what}")
     if report.unmapped:
         raise UnmappedCodesError(
             [UnmappedValue(raw, n, no_category) for raw, n, no_category in report.unmapped],

@@ -225,7 +225,8 @@ def convert_window(
         register.key_column,
         R.c.division_code,
         applied_application(register, run_id) if applies else null(),
-        register.column("household_category"),
+        # 户别 exactly as it was in the register's own values (rollback restores it)
+        R.c.household_category if register.has_category_column else null(),
     ).where(window, scope_pred)
     conn.execute(
         insert(H).from_select(
@@ -248,8 +249,11 @@ def convert_window(
     )
     # MySQL evaluates single-table SET clauses left to right: 户别 first, while hukou_type still
     # holds the original code (the resident code of a combined-code register reads it too).
-    new_values: list[tuple[Any, Any]] = [(R.c.hukou_type, register.resident_code(category))]
-    if register.has_category_column:
+    new_values: list[tuple[Any, Any]] = [
+        *register.keep_change_time().items(),
+        (R.c.hukou_type, register.resident_code(category)),
+    ]
+    if register.writes_category:
         new_values.insert(0, (R.c.household_category, new_label))
     updated = conn.execute(update(R).where(window, scope_pred).ordered_values(*new_values)).rowcount
     # Counted, not taken from the INSERT's rowcount (psycopg reports -1 for INSERT … SELECT

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
     Connection,
     Engine,
     Row,
@@ -73,6 +72,7 @@ from .inflight import (
     moved_census,
 )
 from .instants import format_instant, now
+from .mapping import mapping_identity
 from .plan import (
     Difference,
     Plan,
@@ -97,6 +97,7 @@ from .runs import (
     run_codes,
     run_profile,
     run_register,
+    run_table,
     unfinished_run,
 )
 
@@ -306,13 +307,16 @@ def _locked_cutover(
     comparison = PlanComparison(str(plan.path)) if plan is not None else None
     with engine.connect() as conn:
         unfinished = unfinished_run(conn)
-        completed = conn.execute(
-            select(RUNS).where(
-                RUNS.c.status == "completed",
-                RUNS.c.profile == profile.name,
-                _same_register(register),
-            )
-        ).first()
+        completed = next(
+            (
+                run
+                for run in conn.execute(
+                    select(RUNS).where(RUNS.c.status == "completed", RUNS.c.profile == profile.name)
+                )
+                if run_table(run) == _table_of(register)
+            ),
+            None,
+        )
     if unfinished is not None and unfinished.status == "rolling_back":
         raise RunMismatchError(
             f"the rollback of run {unfinished.run_id} is unfinished: finish it first with"
@@ -460,17 +464,25 @@ def _describe(d: Difference) -> str:
     return f"{d.kind} {d.key}: rehearsal {d.expected}, now {d.actual}"
 
 
-def _same_register(register: RegisterMap) -> ColumnElement[bool]:
-    if register.mapping_json is None:
-        return RUNS.c.register_mapping.is_(None)
-    return RUNS.c.register_mapping == register.mapping_json
+def _table_of(register: RegisterMap) -> str | None:
+    """The register table a run converts (None: the built-in one), as a mapping names it."""
+    if register.builtin:
+        return None
+    return register.display_name
+
+
+def _kept_identity(run: Row[Any]) -> str | None:
+    if run.register_mapping is None:
+        return None
+    return mapping_identity(json.loads(run.register_mapping)["mapping"])
 
 
 def _check_same_run(
     run: Row[Any], profile: Profile, cutoff: ResolvedCutoff, register: RegisterMap
 ) -> None:
     differences = []
-    if run.register_mapping != register.mapping_json:
+    # the same mapping content, from whatever file: a resume reads the same columns
+    if _kept_identity(run) != register.identity:
         kept = "the built-in register"
         if run.register_mapping is not None:
             kept = f"the register of mapping {json.loads(run.register_mapping)['source']}"

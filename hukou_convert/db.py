@@ -91,6 +91,16 @@ def make_engine(url: URL) -> Engine:
             cursor.close()
             dbapi_connection.commit()
 
+    if backend in ("mysql", "mariadb"):
+
+        @event.listens_for(engine, "connect")
+        def _mysql_settings(dbapi_connection: Any, _record: Any) -> None:
+            # A legacy TIMESTAMP column is read in the session's time zone: China Standard Time,
+            # as every wall-clock time the tool reads (our own instants are DATETIME in CST).
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SET time_zone = '+08:00'")
+            cursor.close()
+
     return engine
 
 
@@ -117,6 +127,8 @@ def translate_errors() -> Iterator[None]:
         raise DatabaseError(f"database refused a statement: {_first_line(err)}") from None
     except exc.IntegrityError as err:
         raise DatabaseError(f"database integrity error: {_first_line(err)}") from None
+    except exc.DataError as err:
+        raise DatabaseError(f"database refused a value: {_first_line(err)}") from None
 
 
 _QUOTED = re.compile(r"'[^']*'")

@@ -40,13 +40,13 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, func, inspect, select
 
-from .codes import Action, Category
+from .codes import CATEGORY_LABELS, CATEGORY_OF_LABEL, Action, Category
 from .db import translate_errors
 from .errors import ProfileError
 from .profiles import Profile
@@ -152,11 +152,19 @@ def register_from_mapping(engine: Engine, data: dict[str, Any], path: Path) -> R
             f"{path}: register.key {key_name!r} is not a single-column unique key of"
             f" {table_name!r}{detail}: name a column with a primary key or unique index of its own"
         )
-    code_type = reflected[fields["hukou_type"]]["type"]
-    if not isinstance(code_type, String) and _python_type(code_type) is not str:
+    # Values the tool compares as text must be text (a LIKE on an integer division code is an
+    # error on PostgreSQL and a wrong answer elsewhere); the change time must be a date-time.
+    for f in ("hukou_type", "id_number", "division_code", "status"):
+        column_type = reflected[fields[f]]["type"]
+        if not isinstance(column_type, String) and _python_type(column_type) is not str:
+            raise MappingError(
+                f"{path}: columns.{f} {fields[f]!r} is not a text column ({column_type}):"
+                " it is compared as text; map a view that casts it"
+            )
+    if "updated_at" in fields and not isinstance(reflected[fields["updated_at"]]["type"], DateTime):
         raise MappingError(
-            f"{path}: columns.hukou_type {fields['hukou_type']!r} is not a text column"
-            f" ({code_type}): codes are compared as text; map a view that casts it"
+            f"{path}: columns.updated_at {fields['updated_at']!r} is not a date-time column"
+            f" ({reflected[fields['updated_at']]['type']}): map a view that casts it"
         )
     key_type = reflected[key_name]["type"]
     key_is_integer = _python_type(key_type) is int
@@ -193,6 +201,7 @@ def register_from_mapping(engine: Engine, data: dict[str, Any], path: Path) -> R
         schema=schema_name,
     )
     resident, by_category = _resident_codes(path, values, "household_category" in fields)
+    category_values = _category_values(path, values, "household_category" in fields)
     active = values.get("active")
     if active is not None and (
         not isinstance(active, list) or not all(isinstance(v, str) for v in active)
@@ -204,11 +213,36 @@ def register_from_mapping(engine: Engine, data: dict[str, Any], path: Path) -> R
         active_values=tuple(active) if active is not None else None,
         resident=resident,
         resident_by_category=by_category,
+        category_values=category_values,
         source=str(path),
         mapping_json=json.dumps(
             {"source": str(path), "mapping": data}, ensure_ascii=False, sort_keys=True
         ),
+        identity=mapping_identity(data),
     )
+
+
+def mapping_identity(data: dict[str, Any]) -> str:
+    """What makes two mappings the same register: their content, not the file's path."""
+    return json.dumps(data, ensure_ascii=False, sort_keys=True)
+
+
+def _category_values(path: Path, values: dict[str, Any], has_category: bool) -> dict[str, str]:
+    """``values.family`` / ``values.collective``: what the 户别 column's own values mean."""
+    out: dict[str, str] = {}
+    for name, label in (("family", "家庭户"), ("collective", "集体户")):
+        listed = values.get(name)
+        if listed is None:
+            continue
+        if not has_category:
+            raise MappingError(f"{path}: values.{name} needs a 户别 column (household_category)")
+        if not isinstance(listed, list) or not all(isinstance(v, str) for v in listed):
+            raise MappingError(f"{path}: values.{name} must be a list of strings")
+        for value in listed:
+            if value in out:
+                raise MappingError(f"{path}: 户别 value {value!r} is both family and collective")
+            out[value] = label
+    return out
 
 
 def _field_type(name: str | None, reflected: Any) -> Any:
@@ -275,6 +309,8 @@ class MappingReport:
     records: int
     codes: list[tuple[str | None, int, str]]  # raw value, records, what the profile does with it
     statuses: list[tuple[str | None, int, bool]]  # raw value, records, counted as active
+    # 户别 values present (when mapped): raw value, records, the category it reads as
+    categories: list[tuple[str | None, int, str]] = field(default_factory=list)
 
     @property
     def unmapped(self) -> list[tuple[str | None, int, bool]]:
@@ -316,6 +352,16 @@ def check_mapping(engine: Engine, path: Path, profile: Profile) -> MappingReport
                 select(t.c.status, func.count()).group_by(t.c.status).order_by(func.count().desc())
             )
         ]
+        categories = []
+        if reg.has_category_column:
+            raw_column = t.c.household_category
+            for raw, n in conn.execute(
+                select(raw_column, func.count()).group_by(raw_column).order_by(func.count().desc())
+            ):
+                label = None if raw is None else reg.category_values.get(str(raw), str(raw))
+                category = CATEGORY_OF_LABEL.get(label or "")
+                what = CATEGORY_LABELS[category] if category else "unknown 户别"
+                categories.append((None if raw is None else str(raw), int(n), what))
     return MappingReport(
         source=str(path),
         table=reg.display_name,
@@ -324,4 +370,5 @@ def check_mapping(engine: Engine, path: Path, profile: Profile) -> MappingReport
         records=records,
         codes=codes,
         statuses=statuses,
+        categories=categories,
     )

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    CHAR,
     ColumnElement,
     DateTime,
     Dialect,
@@ -67,8 +68,11 @@ class RegisterMap:
     active_values: tuple[str, ...] | None = None  # None: the profile's active statuses
     resident: str | None = RESIDENT_TYPE  # the code written when 户别 has its own column
     resident_by_category: Mapping[Category, str] = field(default_factory=dict)
+    # the 户别 column's own values -> our label (家庭户 / 集体户); labels themselves need no entry
+    category_values: Mapping[str, str] = field(default_factory=dict)
     source: str = "built-in schema"
     mapping_json: str | None = None  # what a run keeps to find this register again
+    identity: str | None = None  # the mapping's content, whatever file it was read from
 
     @property
     def builtin(self) -> bool:
@@ -110,11 +114,30 @@ class RegisterMap:
         return self.has("household_category")
 
     def column(self, name: str) -> ColumnElement[Any]:
-        """The field's column, or NULL where the table has none (labelled with the field's name)."""
-        if name in self.table.c:
-            column: ColumnElement[Any] = self.table.c[name]
-            return column
-        return null().label(name)
+        """The field's column, or NULL where the table has none (labelled with the field's name).
+        A legacy 户别 column reads as our labels where the mapping says what its values mean;
+        a CHAR code column without its padding (PostgreSQL pads it when read)."""
+        if name not in self.table.c:
+            return null().label(name)
+        column: ColumnElement[Any] = self.table.c[name]
+        if name == "household_category" and self.category_values:
+            return case(dict(self.category_values), value=column, else_=column)
+        if name == "hukou_type" and isinstance(column.type, CHAR):
+            return func.rtrim(column)
+        return column
+
+    @property
+    def writes_category(self) -> bool:
+        """The conversion rewrites 户别 to the code's (our labels) only in the built-in register:
+        a legacy table's 户别 column keeps its own values, and the run writes the code alone."""
+        return self.builtin and self.has_category_column
+
+    def keep_change_time(self) -> dict[Any, Any]:
+        """SET clauses that leave a change-time column as it is: MySQL's ON UPDATE
+        CURRENT_TIMESTAMP would otherwise stamp every converted record."""
+        if self.builtin or not self.has("updated_at"):
+            return {}
+        return {self.table.c.updated_at: self.table.c.updated_at}
 
     def resident_code(self, category: ColumnElement[Any]) -> ColumnElement[Any]:
         """The code a converted record gets, given its 户别 (a ``Category`` value) as SQL."""

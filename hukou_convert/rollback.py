@@ -73,7 +73,7 @@ def changed_since_cutover(reg: RegisterMap, backend: str) -> ColumnElement[bool]
     if reg.has_category_column:
         category_now = case(
             {label: cat.value for label, cat in CATEGORY_OF_LABEL.items()},
-            value=R.c.household_category,
+            value=reg.column("household_category"),
         )
         changed += [
             and_(H.c.household_category.is_not(None), category_now.is_(None)),
@@ -196,9 +196,9 @@ def _restore_batches(
 ) -> tuple[int, int]:
     R, hk = reg.table, reg.ours(H)
     changed = changed_since_cutover(reg, engine.dialect.name)
-    restore: dict[str, Any] = {"hukou_type": H.c.original_code}
-    if reg.has_category_column:
-        restore["household_category"] = H.c.original_category_label
+    restore: dict[Any, Any] = {R.c.hukou_type: H.c.original_code, **reg.keep_change_time()}
+    if reg.writes_category:
+        restore[R.c.household_category] = H.c.original_category_label
     key = H.c.history_id
     batches = restored_total = 0
     with engine.connect() as conn:

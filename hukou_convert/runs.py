@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, select
@@ -64,7 +65,7 @@ def describe_live_run(engine: Engine) -> str:
 def find_run(engine: Engine, run_id: str | None) -> Row[Any]:
     """A run by id, or the latest one."""
     with translate_errors(), engine.connect() as conn:
-        if not schema.has_register(engine) or "hukou_runs" in schema.missing_tables(engine):
+        if "hukou_runs" in schema.missing_tables(engine):
             raise RegisterStateError("no cutover has run on this database")
         query = select(RUNS)
         if run_id is not None:
@@ -110,6 +111,15 @@ def run_register(engine: Engine, run: Row[Any]) -> RegisterMap:
     if run.register_mapping is None:
         return BUILTIN_REGISTER
     return register_from_json(engine, str(run.register_mapping))
+
+
+def run_table(run: Row[Any]) -> str | None:
+    """The register table a run converted, as its mapping names it (None: the built-in one)."""
+    if run.register_mapping is None:
+        return None
+    section = json.loads(run.register_mapping)["mapping"].get("register", {})
+    schema_name = section.get("schema")
+    return f"{schema_name}.{section['table']}" if schema_name else str(section["table"])
 
 
 def completed_run(engine: Engine, run_id: str | None) -> Row[Any]:

@@ -21,9 +21,10 @@ from .db import translate_errors
 from .holds import current_holds, held_by_hold_rows, not_held
 from .profiles import Profile
 from .register import RegisterMap
-from .runs import find_run, load_census, run_register
+from .runs import find_run, load_census, run_register, run_table
 
 H = schema.history
+RUNS = schema.runs
 
 
 @dataclass
@@ -258,11 +259,17 @@ def _verify_reverted(engine: Engine, reg: RegisterMap, run: Row[Any], result: Ve
         )
     )
     later = aliased(H)
+    with engine.connect() as conn:
+        same_register = [
+            r.run_id for r in conn.execute(select(RUNS)) if run_table(r) == run_table(run)
+        ]
     reconverted = (
         select(later.c.history_id)
         .where(
             reg.ours(later) == R.c.record_id,
             later.c.run_id != run_id,
+            # a run on the same register: a key means nothing in another one
+            later.c.run_id.in_(same_register),
             later.c.reverted_at.is_(None),
         )
         .exists()
@@ -335,8 +342,8 @@ def _verify_reverted(engine: Engine, reg: RegisterMap, run: Row[Any], result: Ve
 
 
 def _category_not_restored(reg: RegisterMap) -> list[ColumnElement[bool]]:
-    if not reg.has_category_column:
-        return []  # the category travels in the code
+    if not reg.writes_category:
+        return []  # the run wrote the code alone
     R = reg.table
     return [
         R.c.household_category != H.c.original_category_label,

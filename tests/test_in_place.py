@@ -24,7 +24,8 @@ from hukou_convert.profiles import load_profile, resolve_cutoff
 from hukou_convert.rollback import rollback_run
 from hukou_convert.verify import verify_run
 
-from .legacy import PROFILE_WITH_5, create_legacy, legacy_key, legacy_table
+from .helpers import ident
+from .legacy import PROFILE, PROFILE_WITH_5, create_legacy, legacy_key, legacy_table
 
 H = schema.history
 CODE = "户口类别"
@@ -265,6 +266,9 @@ def test_the_commands_in_place(db_url: str, tmp_path: Path, text_key: bool) -> N
     assert f"正式 CUTOVER run {run_id}: completed" in real
     assert _codes(engine, text_key)[104] == "12"
     run("verify")  # no --mapping: the run knows its register
+    number = conn_number(engine, text_key, 104)
+    answer = run("lookup", number, "--format", "json", "--unmasked").output
+    assert '"original_code": "4"' in answer and "旧系104" in answer
     run("report", "--run", run_id, "--out", str(tmp_path / "again"))
     assert list((tmp_path / "again").glob("*.xlsx"))
     run("stats", "--run", run_id, "--out", str(tmp_path / "stats.xlsx"))
@@ -280,6 +284,14 @@ def test_the_commands_in_place(db_url: str, tmp_path: Path, text_key: bool) -> N
     run("rollback", "--run", run_id, "--yes", "--out", str(out))
     assert _rows(engine, text_key) == before
     engine.dispose()
+
+
+def conn_number(engine: Engine, text_key: bool, key: int) -> str:
+    table = legacy_table(text_key)
+    with engine.connect() as conn:
+        return str(
+            conn.execute(select(table.c["公民身份号码"]).where(_where(text_key, key))).scalar_one()
+        )
 
 
 def test_lookup_names_come_from_the_register_the_run_converted(
@@ -327,7 +339,9 @@ def test_killed_cutover_in_place_resumes_to_the_uninterrupted_result(
     assert proc.returncode == 0, err
     assert "resumed and completed" in out
     codes = _codes(engine, text_key)
-    assert {c for k, c in codes.items() if k >= 1000} <= {"11", "12"}
+    for i in range(6_000):  # generated with codes 1 2 2 2 3 4 11 in turn
+        was = ("1", "2", "2", "2", "3", "4", "11")[i % 7]
+        assert codes[1000 + i] == {"1": "11", "2": "11", "3": "12", "4": "12"}.get(was, was)
     assert _rows(engine, text_key, without=CODE) == others
     with engine.connect() as conn:
         history = conn.execute(select(func.count()).select_from(H)).scalar_one()
@@ -356,3 +370,147 @@ def test_an_unfinished_run_in_place_is_not_continued_on_another_register(
     with pytest.raises(RunMismatchError, match="R-in-place is unfinished with the register of"):
         run_cutover(engine, profile, cutoff)  # the built-in register
     assert run_cutover(engine, profile, cutoff, register=reg).outcome == "resumed"
+
+
+# A register that keeps 户别 in a column of its own, coded 1 / 2, beside combined codes.
+HOUSEHOLD_TABLE = "户籍人员"
+HOUSEHOLD_MAPPING = """
+[register]
+table = "户籍人员"
+key = "编号"
+[columns]
+id_number = "身份号码"
+hukou_type = "户口类别"
+household_category = "户别"
+division_code = "区划"
+status = "状态"
+updated_at = "变更时间"
+[values]
+active = ["1"]
+family = ["1"]
+collective = ["2"]
+resident_family = "11"
+resident_collective = "12"
+"""
+
+
+def _household_table(engine: Engine, on_update: bool = False) -> None:
+    changed = "DATETIME(6) NOT NULL DEFAULT '2016-06-01 09:00:00'"
+    if on_update:  # MySQL/MariaDB stamps it on every UPDATE unless told otherwise
+        changed += " ON UPDATE CURRENT_TIMESTAMP(6)"
+    elif engine.dialect.name == "postgresql":
+        changed = "TIMESTAMP NOT NULL DEFAULT '2016-06-01 09:00:00'"
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                f"CREATE TABLE {HOUSEHOLD_TABLE} (编号 INTEGER PRIMARY KEY, 身份号码 VARCHAR(18),"
+                f" 户口类别 VARCHAR(4), 户别 VARCHAR(2), 区划 VARCHAR(12), 状态 VARCHAR(2),"
+                f" 变更时间 {changed})"
+            )
+        )
+        rows = [
+            (1, "2", "1"),  # 农业家庭户口, 户别 1 = 家庭户
+            (2, "4", "2"),  # 农业集体户口
+            (3, "5", "2"),  # 自理口粮: 户别 from the column, 2 = 集体户 -> 12
+            (4, "5", "1"),  # 自理口粮 in a family household -> 11
+        ]
+        for key, code, category in rows:
+            conn.execute(
+                text(
+                    f"INSERT INTO {HOUSEHOLD_TABLE} (编号, 身份号码, 户口类别, 户别, 区划, 状态)"
+                    " VALUES (:k, :n, :c, :h, '330211001001', '1')"
+                ),
+                {"k": key, "n": ident("330211", "19800101", key * 2 + 1), "c": code, "h": category},
+            )
+
+
+def _household_rows(engine: Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        return [
+            tuple(r) for r in conn.execute(text(f"SELECT * FROM {HOUSEHOLD_TABLE} ORDER BY 编号"))
+        ]
+
+
+def test_a_household_column_of_its_own_values_is_read_never_written(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """户别 coded 1 / 2: read through the mapping (a code naming no 户别 takes the column's),
+    never overwritten with the tool's labels; a blank one refuses the run before writing."""
+    _household_table(engine)
+    mapping = tmp_path / "household.toml"
+    mapping.write_text(HOUSEHOLD_MAPPING, encoding="utf-8")
+    profile_file = tmp_path / "profile.toml"
+    profile_file.write_text(PROFILE, encoding="utf-8")  # 5 takes its 户别 from the column
+    with engine.begin() as conn:  # 自理口粮 with no 户别 at all: the code to write is unknown
+        conn.execute(text(f"UPDATE {HOUSEHOLD_TABLE} SET 户口类别 = '6', 户别 = '' WHERE 编号 = 4"))
+    profile = load_profile(str(profile_file))
+    reg, cutoff = load_mapping(engine, mapping), resolve_cutoff(profile, None)
+    before = _household_rows(engine)
+    with pytest.raises(UnmappedCodesError, match="name no 户别"):
+        run_cutover(engine, profile, cutoff, register=reg)
+    assert _household_rows(engine) == before
+    with engine.begin() as conn:
+        conn.execute(
+            text(f"UPDATE {HOUSEHOLD_TABLE} SET 户口类别 = '5', 户别 = '1' WHERE 编号 = 4")
+        )
+    before = _household_rows(engine)
+    run = run_cutover(engine, profile, cutoff, register=reg)
+    after = _household_rows(engine)
+    assert [r[2] for r in after] == ["11", "12", "12", "11"]
+    # every other column, 户别 included, exactly as it was
+    assert [r[:2] + r[3:] for r in after] == [r[:2] + r[3:] for r in before]
+    with engine.connect() as conn:
+        kept = conn.execute(
+            select(H.c.original_category_label, H.c.household_category).order_by(H.c.record_id)
+        ).all()
+    assert [tuple(k) for k in kept] == [
+        ("1", "FAMILY"),
+        ("2", "COLLECTIVE"),
+        ("2", "COLLECTIVE"),
+        ("1", "FAMILY"),
+    ]
+    assert verify_run(engine, run.run_id).ok
+    rollback_run(engine, str(run.run_id))
+    assert _household_rows(engine) == before
+    assert verify_run(engine, run.run_id).ok
+
+
+def test_a_change_time_the_database_stamps_on_update_is_left_alone(
+    db_url: str, tmp_path: Path
+) -> None:
+    from hukou_convert.db import make_engine, parse_url
+
+    if not db_url.startswith("mysql"):
+        pytest.skip("ON UPDATE CURRENT_TIMESTAMP is MySQL/MariaDB's")
+    engine = make_engine(parse_url(db_url))
+    _household_table(engine, on_update=True)
+    mapping = tmp_path / "household.toml"
+    mapping.write_text(HOUSEHOLD_MAPPING, encoding="utf-8")
+    profile_file = tmp_path / "profile.toml"
+    profile_file.write_text(PROFILE, encoding="utf-8")  # 5 takes its 户别 from the column
+    profile = load_profile(str(profile_file))
+    reg, cutoff = load_mapping(engine, mapping), resolve_cutoff(profile, None)
+    before = _household_rows(engine)
+    run = run_cutover(engine, profile, cutoff, register=reg)
+    assert [r[-1] for r in _household_rows(engine)] == [r[-1] for r in before]
+    rollback_run(engine, str(run.run_id))  # nothing looks changed since the cutover
+    assert _household_rows(engine) == before
+    engine.dispose()
+
+
+def test_the_same_mapping_from_another_file_is_the_same_register(
+    engine: Engine, tmp_path: Path
+) -> None:
+    from hukou_convert.errors import RunMismatchError
+    from hukou_convert.profiles import ResolvedCutoff
+
+    reg, profile, cutoff = _setup(engine, tmp_path, rows=0)
+    run_cutover(engine, profile, cutoff, register=reg)
+    copy = tmp_path / "elsewhere" / "copy.toml"
+    copy.parent.mkdir()
+    copy.write_text(Path(reg.source).read_text(encoding="utf-8"), encoding="utf-8")
+    other = load_mapping(engine, copy)
+    later = ResolvedCutoff(cutoff.instant + timedelta(days=1), "another cutoff")
+    with pytest.raises(RunMismatchError, match="already converted"):
+        run_cutover(engine, profile, later, register=other)
+    assert run_cutover(engine, profile, cutoff, register=other).outcome == "already-complete"
