@@ -4,13 +4,16 @@ Run on demand (not a test):  python benchmarks/bench_workbook.py [--sizes 100000
 
 For each size: a synthetic register on SQLite (built once, cached under --work), the real cutover,
 then, each in a fresh process so that peak RSS (getrusage ru_maxrss) is its own: loading the run, writing
-its workbook, and the floor, raw openpyxl write-only of the same number of rows x 10 columns.
+its workbook, the same split by township (--split-by, --processes, default every core: the
+wall-clock time and the largest worker's RSS), and the floor, raw openpyxl write-only of the same
+number of rows x 10 columns on one core.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -104,6 +107,24 @@ def workbook(db: Path, out: Path) -> dict[str, Any]:
     }
 
 
+def split(db: Path, out: Path, processes: int) -> dict[str, Any]:
+    """The same report, its 变更明细 one workbook per township, ``processes`` at a time."""
+    from hukou_convert.cutover import load_run_result
+    from hukou_convert.workbook import write_run_workbook
+
+    engine = make_engine(parse_url(f"sqlite:///{db}"))
+    started = time.perf_counter()
+    result = load_run_result(engine, None)
+    written = write_run_workbook(engine, result, out, split_by="township", processes=processes)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {
+        "rows": written.detail_rows,
+        "areas": len(written.areas),
+        "seconds": round(time.perf_counter() - started, 1),
+        "peak_rss_mb": round(max(peak_rss_mb(), children), 1),
+    }
+
+
 def floor(rows: int, out: Path) -> dict[str, Any]:
     """Raw openpyxl write-only, rows x 10 columns of short strings and numbers."""
     from openpyxl import Workbook
@@ -153,7 +174,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="100000,300000,1000000")
     parser.add_argument("--work", default="/tmp/hukou-bench", type=Path)
-    parser.add_argument("--step", choices=["build", "workbook", "floor"], help=argparse.SUPPRESS)
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--step", choices=["build", "workbook", "split", "floor"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     work: Path = args.work
@@ -163,6 +187,8 @@ def main() -> None:
             out = build(db, args.n)
         elif args.step == "workbook":
             out = workbook(db, work / "reports" / str(args.n))
+        elif args.step == "split":
+            out = split(db, work / "split" / str(args.n), args.processes)
         else:
             out = floor(args.n, work / "floor")
         print(json.dumps(out))
@@ -170,17 +196,33 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     print(
         f"{'persons':>9} {'rows':>9} {'load s':>7} {'RSS loaded':>10} {'write s':>8}"
-        f" {'peak RSS MB':>11} {'file MB':>8} | {'floor s':>8} {'floor RSS MB':>12}"
+        f" {'peak RSS MB':>11} {'file MB':>8} | {'split s':>8} {'areas':>5} {'split RSS':>9}"
+        f" | {'floor s':>8} {'floor RSS MB':>12} | ratio split/floor"
     )
     for n in (int(s) for s in args.sizes.split(",")):
         built = child(["--work", str(work), "--step", "build", "--n", str(n)])
         print(f"  built {n}: {built}", file=sys.stderr)
         wb = child(["--work", str(work), "--step", "workbook", "--n", str(n)])
+        sp = child(
+            [
+                "--work",
+                str(work),
+                "--step",
+                "split",
+                "--n",
+                str(n),
+                "--processes",
+                str(args.processes),
+            ]
+        )
         fl = child(["--work", str(work), "--step", "floor", "--n", str(wb["rows"])])
+        ratio = sp["seconds"] / fl["seconds"] if fl["seconds"] else float("nan")
         print(
             f"{n:>9} {wb['rows']:>9} {wb['load_s']:>7} {wb['rss_loaded_mb']:>10}"
             f" {wb['seconds']:>8} {wb['peak_rss_mb']:>11} {wb['file_mb']:>8} |"
-            f" {fl['seconds']:>8} {fl['peak_rss_mb']:>12}",
+            f" {sp['seconds']:>8} {sp['areas']:>5} {sp['peak_rss_mb']:>9} |"
+            f" {fl['seconds']:>8} {fl['peak_rss_mb']:>12} | {ratio:.2f}"
+            f" ({args.processes} processes)",
             flush=True,
         )
 

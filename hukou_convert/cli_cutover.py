@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,8 +34,25 @@ from .plan import PlanComparison
 from .profiles import load_profile, resolve_cutoff
 from .rollback import rollback_run
 from .runbook import cutover_and_report
+from .tallies import AreaLevel
 from .verify import verify_run
 from .workbook import WorkbookResult, rewrite_report
+
+
+def split_options(f: F) -> F:
+    f = click.option(
+        "--processes",
+        type=click.IntRange(min=1),
+        default=os.cpu_count() or 1,
+        show_default="this machine's cores",
+        help="With --split-by: area workbooks written at a time, one process each.",
+    )(f)
+    return click.option(
+        "--split-by",
+        type=click.Choice(["county", "township"]),
+        help="Write the 变更明细 as one workbook per area (the unit auditors sign off), in"
+        " parallel, and the city workbook without it (the real run's workbooks).",
+    )(f)
 
 
 def batch_size_option(unit: str) -> Callable[[F], F]:
@@ -53,6 +71,7 @@ def batch_size_option(unit: str) -> Callable[[F], F]:
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation before writing.")
 @batch_size_option("Records")
 @out_dir_option("reports")
+@split_options
 @click.option(
     "--unmasked",
     is_flag=True,
@@ -92,6 +111,8 @@ def cutover_command(
     expect: Path | None,
     accept_changes: bool,
     max_exceptions: int | None,
+    split_by: AreaLevel | None,
+    processes: int,
 ) -> None:
     """Re-register every active person in scope as 居民户口 at the cutoff.
 
@@ -106,8 +127,10 @@ def cutover_command(
     With --mapping FILE the register is a legacy table converted in place (its own column names
     and codes); verify, report and rollback later find it through the run.
     """
-    if dry_run and (expect or accept_changes or max_exceptions is not None):
-        raise UsageError("--expect, --accept-changes and --max-exceptions are for the real run")
+    if dry_run and (expect or accept_changes or max_exceptions is not None or split_by):
+        raise UsageError(
+            "--expect, --accept-changes, --max-exceptions and --split-by are for the real run"
+        )
     profile = load_profile(profile_name)
     resolved = resolve_cutoff(profile, cutoff, force_cutoff)
     engine = app.engine()
@@ -144,6 +167,8 @@ def cutover_command(
         max_exceptions=max_exceptions,
         progress=app.progress(),
         register=register,
+        split_by=split_by,
+        processes=processes,
     )
     result = report.result
     _print_cutover(result, where)
@@ -242,15 +267,33 @@ def verify_command(app: App, run_id: str | None) -> None:
     is_flag=True,
     help="Write full ID numbers and names (masked by default).",
 )
+@split_options
 @db_option
 @quiet_option
 @pass_app
-def report_command(app: App, run_id: str | None, out: Path, unmasked: bool) -> None:
+def report_command(
+    app: App,
+    run_id: str | None,
+    out: Path,
+    unmasked: bool,
+    split_by: AreaLevel | None,
+    processes: int,
+) -> None:
     """Write the audit workbook of a finished cutover again.
 
     A rehearsal's workbook is written by the rehearsal itself (cutover --dry-run).
     """
-    _print_workbook(rewrite_report(app.engine(), run_id, out, unmasked, progress=app.progress()))
+    _print_workbook(
+        rewrite_report(
+            app.engine(),
+            run_id,
+            out,
+            unmasked,
+            progress=app.progress(),
+            split_by=split_by,
+            processes=processes,
+        )
+    )
 
 
 def _print_workbook(written: WorkbookResult) -> None:
@@ -260,6 +303,8 @@ def _print_workbook(written: WorkbookResult) -> None:
     click.echo(
         f"  {written.detail_rows} detail rows; verdict {verdict}; sha256 {written.sha256_path}"
     )
+    for area in written.areas:
+        click.echo(f"  area {area.area} {area.name}: {area.rows} detail rows, {area.path}")
 
 
 @cli.command("rollback")

@@ -506,6 +506,7 @@ def _finished_result(
     cutoff: ResolvedCutoff,
     outcome: str,
     recorded: list[Finding] | None = None,
+    decide_now: bool = True,
 ) -> CutoverResult:
     """What a finished run did; its findings are ``recorded`` ones, or found again now."""
     run_id = str(run.run_id)
@@ -518,7 +519,9 @@ def _finished_result(
             .group_by(H.c.original_nature, H.c.household_category)
         ):
             by[(Nature(nature), Category(category) if category else None)] += int(n)
-        decisions = decide(conn, register, profile, census.codes, cutoff.instant)
+        decisions = (
+            decide(conn, register, profile, census.codes, cutoff.instant) if decide_now else []
+        )
         findings = (
             recorded
             if recorded is not None
@@ -733,9 +736,12 @@ def _require_register(engine: Engine, register: RegisterMap) -> None:
             )
 
 
-def load_run_result(engine: Engine, run_id: str | None) -> CutoverResult:
+def load_run_result(
+    engine: Engine, run_id: str | None, *, with_findings: bool = True
+) -> CutoverResult:
     """The result of a finished real run (default: the latest), rebuilt from what the run recorded:
-    for writing its report again later."""
+    for writing its report again later. ``with_findings=False``: without its exceptions and
+    in-flight decisions (an area's detail workbook needs neither)."""
     run = find_run(engine, run_id)
     if run.status != "completed":
         raise RegisterStateError(
@@ -743,9 +749,11 @@ def load_run_result(engine: Engine, run_id: str | None) -> CutoverResult:
         )
     profile = run_profile(engine, run)
     cutoff = ResolvedCutoff(run.cutoff, str(run.cutoff_source or "recorded with the run"))
-    recorded = recorded_findings(engine, str(run.run_id))
+    recorded = recorded_findings(engine, str(run.run_id)) if with_findings else []
     register = run_register(engine, run)
-    return _finished_result(engine, register, run, profile, cutoff, "completed", recorded)
+    return _finished_result(
+        engine, register, run, profile, cutoff, "completed", recorded, decide_now=with_findings
+    )
 
 
 _FINDINGS_MARK = "(recorded)"

@@ -15,6 +15,7 @@ from .cutover import DEFAULT_BATCH_SIZE, Confirm, CutoverResult, rehearse, run_c
 from .profiles import Profile, ResolvedCutoff
 from .progress import Progress, no_progress
 from .register import BUILTIN_REGISTER, RegisterMap
+from .tallies import AreaLevel
 from .workbook import WorkbookResult, write_run_workbook
 
 
@@ -39,6 +40,8 @@ def cutover_and_report(
     max_exceptions: int | None = None,
     progress: Progress = no_progress,
     register: RegisterMap = BUILTIN_REGISTER,
+    split_by: AreaLevel | None = None,
+    processes: int = 1,
 ) -> CutoverReport:
     if rehearsal:
         result = rehearse(engine, profile, cutoff, progress, plan_dir=out_dir, register=register)
@@ -55,5 +58,13 @@ def cutover_and_report(
             max_exceptions=max_exceptions,
             register=register,
         )
-    workbook = write_run_workbook(engine, result, out_dir, unmasked=unmasked, progress=progress)
+    workbook = write_run_workbook(
+        engine,
+        result,
+        out_dir,
+        unmasked=unmasked,
+        progress=progress,
+        split_by=split_by,
+        processes=processes,
+    )
     return CutoverReport(result, workbook)

@@ -17,14 +17,14 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from openpyxl import Workbook
 from openpyxl.styles import Font
 from openpyxl.worksheet.worksheet import Worksheet
-from sqlalchemy import Engine, Select, and_, select
+from sqlalchemy import Engine, Select, and_, func, or_, select
 
 from . import __version__, schema
 from .census import in_scope, is_active
@@ -32,6 +32,7 @@ from .codes import CATEGORY_LABELS, NATURE_LABELS, RESIDENT_TYPE, Category, Natu
 from .conversion import conversion_expressions
 from .cutover import CutoverResult, load_run_result
 from .db import display_url, translate_errors
+from .errors import UsageError
 from .findings import Finding
 from .idnumbers import maskers
 from .inflight import Outcome
@@ -39,7 +40,7 @@ from .instants import format_instant, now
 from .plan import SHOWN_RECORDS, PlanComparison
 from .progress import Progress, no_progress
 from .register import RecordKey, RegisterMap
-from .tallies import BREAKDOWN_COLUMNS, Places, fill_breakdown, write_urban_rural
+from .tallies import BREAKDOWN_COLUMNS, AreaLevel, Places, fill_breakdown, write_urban_rural
 from .verify import verify_run
 from .xlsx import Column, PageSetup, TableWriter, styled, write_workbook
 
@@ -52,6 +53,17 @@ MODE_REHEARSAL = ("rehearsal", "演练")
 MODE_CUTOVER = ("cutover", "正式")
 
 
+@dataclass(frozen=True)
+class AreaWorkbook:
+    """One area's detail workbook (``--split-by``)."""
+
+    area: str  # the area's division code (county: 6 digits + 000000; township: 9 + 000)
+    name: str
+    path: Path
+    sha256: str
+    rows: int
+
+
 @dataclass
 class WorkbookResult:
     path: Path
@@ -61,6 +73,7 @@ class WorkbookResult:
     sheets: list[str]
     verdict_ok: bool
     unmasked: bool
+    areas: list[AreaWorkbook] = field(default_factory=list)  # --split-by: the detail workbooks
 
 
 @dataclass
@@ -81,23 +94,50 @@ def write_run_workbook(
     unmasked: bool = False,
     findings: Sequence[Finding] | None = None,
     progress: Progress = no_progress,
+    split_by: AreaLevel | None = None,
+    processes: int = 1,
 ) -> WorkbookResult:
     """Write the audit workbook of a rehearsal or a finished real run into ``out_dir``.
 
-    ``findings`` default to those the result carries (``result.findings``).
+    ``findings`` default to those the result carries (``result.findings``). With ``split_by`` (a
+    real run) the 变更明细 goes into one workbook per area, ``processes`` written at a time, and
+    the city workbook lists them.
     """
     if findings is None:
         findings = result.findings
     if not result.rehearsal and result.run_id is None:
         raise ValueError("a real run's workbook needs its run id")
+    if split_by is not None and result.rehearsal:
+        raise UsageError("--split-by is for the real run's workbooks (cutover, report)")
     chosen = findings
+    areas: list[AreaWorkbook] | None = None
+    if split_by is not None:
+        from .split import write_area_workbooks
+
+        areas = write_area_workbooks(
+            engine,
+            str(result.run_id),
+            result.profile.name,
+            out_dir,
+            by=split_by,
+            unmasked=unmasked,
+            processes=processes,
+            progress=progress,
+        )
     with translate_errors():
         (detail_rows, ok), saved = write_workbook(
             out_dir / workbook_name(result, unmasked),
-            lambda wb: _build(wb, engine, result, unmasked, chosen, progress),
+            lambda wb: _build(wb, engine, result, unmasked, chosen, progress, areas),
         )
     return WorkbookResult(
-        saved.path, saved.sha256_path, saved.sha256, detail_rows, saved.sheets, ok, unmasked
+        saved.path,
+        saved.sha256_path,
+        saved.sha256,
+        detail_rows,
+        saved.sheets,
+        ok,
+        unmasked,
+        areas or [],
     )
 
 
@@ -108,11 +148,20 @@ def rewrite_report(
     unmasked: bool = False,
     progress: Progress = no_progress,
     findings: Sequence[Finding] | None = None,
+    split_by: AreaLevel | None = None,
+    processes: int = 1,
 ) -> WorkbookResult:
     """The workbook of a finished real run, written again (default: the latest run)."""
     result = load_run_result(engine, run_id)
     return write_run_workbook(
-        engine, result, out_dir, unmasked=unmasked, findings=findings, progress=progress
+        engine,
+        result,
+        out_dir,
+        unmasked=unmasked,
+        findings=findings,
+        progress=progress,
+        split_by=split_by,
+        processes=processes,
     )
 
 
@@ -138,6 +187,7 @@ def _build(
     unmasked: bool,
     findings: Sequence[Finding],
     progress: Progress,
+    areas: list[AreaWorkbook] | None = None,
 ) -> tuple[int, bool]:
     places = Places.of(engine)
     if result.rehearsal:
@@ -146,12 +196,19 @@ def _build(
     else:
         banner = f"正式 CUTOVER：正式转换记录，运行编号 {result.run_id}"
         page = PageSetup(f"正式 CUTOVER — {result.profile.name} — 运行 {result.run_id}", "00B050")
-    page = PageSetup(page.banner.replace("&", "&&"), page.tab_color)
+    page = escaped(page)
     color = "C00000" if result.rehearsal else "006100"
     summary = summary_table(wb, page, banner, color, unmasked)
     breakdown = TableWriter(wb, "分类汇总", BREAKDOWN_COLUMNS, page)
     by_division: dict[str, Counter[Nature]] = {}
-    detail_rows = _write_details(engine, wb, page, places, result, unmasked, by_division, progress)
+    if areas is None:
+        detail_rows = write_detail_rows(
+            engine, wb, page, places, result, unmasked, by_division, progress
+        )
+    else:  # the details are in the area workbooks: the breakdown from the history
+        by_division = _converted_by_division(engine, result)
+        detail_rows = sum(a.rows for a in areas)
+        _write_area_list(wb, page, areas)
     table_total = fill_breakdown(breakdown, places, by_division)
     _write_findings(wb, page, findings, unmasked)
     if result.plan_comparison is not None:
@@ -161,6 +218,40 @@ def _build(
     ok = all(c.ok for c in checks)
     _fill_summary(summary, engine, result, unmasked, findings, detail_rows, checks, wb.sheetnames)
     return detail_rows, ok
+
+
+def escaped(page: PageSetup) -> PageSetup:
+    """The banner as a print header shows it (& is the header's escape character)."""
+    return PageSetup(page.banner.replace("&", "&&"), page.tab_color)
+
+
+AREA_COLUMNS = [
+    Column("区域代码", 14, "code"),
+    Column("区域名称", 20),
+    Column("变更明细行数", 14, "int"),
+    Column("工作簿", 70),
+    Column("SHA-256", 70, "code"),
+]
+
+
+def _write_area_list(wb: Workbook, page: PageSetup, areas: list[AreaWorkbook]) -> None:
+    table = TableWriter(wb, "分区工作簿", AREA_COLUMNS, page)
+    for a in areas:
+        table.append([a.area, a.name, a.rows, a.path.name, a.sha256])
+    table.append_total(["合计", None, sum(a.rows for a in areas), None, None])
+    table.finish()
+
+
+def _converted_by_division(engine: Engine, result: CutoverResult) -> dict[str, Counter[Nature]]:
+    out: dict[str, Counter[Nature]] = {}
+    with engine.connect() as conn:
+        for division, nature, n in conn.execute(
+            select(H.c.division_code, H.c.original_nature, func.count())
+            .where(H.c.run_id == result.run_id, H.c.reverted_at.is_(None))
+            .group_by(H.c.division_code, H.c.original_nature)
+        ):
+            out.setdefault(division or "", Counter())[Nature(nature)] += int(n)
+    return out
 
 
 def _text_font(color: str, size: int = 14) -> Font:
@@ -321,9 +412,12 @@ DETAIL_COLUMNS = [
 ]
 
 
-def _detail_query(result: CutoverResult) -> Select[Any]:
+def _detail_query(
+    result: CutoverResult, divisions: Sequence[str | None] | None = None
+) -> Select[Any]:
     """(record id, ID number, name, household, division, original code, nature, category,
-    effective at) in key order, for the run's history or the rehearsal's would-be conversion."""
+    effective at) in key order, for the run's history or the rehearsal's would-be conversion;
+    only records of ``divisions`` when given (one area's workbook)."""
     reg = result.register
     R = reg.table
     if result.rehearsal:
@@ -357,8 +451,17 @@ def _detail_query(result: CutoverResult) -> Select[Any]:
         )
         .select_from(H.outerjoin(R, R.c.record_id == hk))
         .where(H.c.run_id == result.run_id, H.c.reverted_at.is_(None))
+        .where(*([] if divisions is None else [_in_divisions(H.c.division_code, divisions)]))
         .order_by(hk, H.c.history_id)
     )
+
+
+def _in_divisions(column: Any, divisions: Sequence[str | None]) -> Any:
+    named = [d for d in divisions if d is not None]
+    clauses = [column.in_(named)] if named else []
+    if None in divisions:
+        clauses.append(column.is_(None))
+    return or_(*clauses)
 
 
 def _moved_codes(result: CutoverResult) -> dict[RecordKey, str]:
@@ -377,7 +480,7 @@ def _moved_codes(result: CutoverResult) -> dict[RecordKey, str]:
     }
 
 
-def _write_details(
+def write_detail_rows(
     engine: Engine,
     wb: Workbook,
     page: PageSetup,
@@ -386,8 +489,10 @@ def _write_details(
     unmasked: bool,
     by_division: dict[str, Counter[Nature]],
     progress: Progress,
+    divisions: Sequence[str | None] | None = None,
 ) -> int:
-    """The detail rows, streamed; counts them by division and nature into ``by_division``."""
+    """The detail rows, streamed; counts them by division and nature into ``by_division``.
+    ``divisions``: only the records of these division codes (one area's workbook)."""
     codes = result.census.codes
     ident, name = maskers(unmasked)
     table = TableWriter(wb, "变更明细", DETAIL_COLUMNS, page)
@@ -401,7 +506,7 @@ def _write_details(
         engine.connect() as conn,
     ):
         rows = conn.execution_options(stream_results=True, yield_per=YIELD_PER).execute(
-            _detail_query(result)
+            _detail_query(result, divisions)
         )
         for partition in rows.partitions():
             for r in partition:
