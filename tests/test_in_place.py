@@ -394,7 +394,9 @@ resident_collective = "12"
 """
 
 
-def _household_table(engine: Engine, on_update: bool = False) -> None:
+def _household_table(
+    engine: Engine, on_update: bool = False, code_type: str = "VARCHAR(4)"
+) -> None:
     changed = "DATETIME(6) NOT NULL DEFAULT '2016-06-01 09:00:00'"
     if on_update:  # MySQL/MariaDB stamps it on every UPDATE unless told otherwise
         changed += " ON UPDATE CURRENT_TIMESTAMP(6)"
@@ -404,7 +406,7 @@ def _household_table(engine: Engine, on_update: bool = False) -> None:
         conn.execute(
             text(
                 f"CREATE TABLE {HOUSEHOLD_TABLE} (编号 INTEGER PRIMARY KEY, 身份号码 VARCHAR(18),"
-                f" 户口类别 VARCHAR(4), 户别 VARCHAR(2), 区划 VARCHAR(12), 状态 VARCHAR(2),"
+                f" 户口类别 {code_type}, 户别 VARCHAR(2), 区划 VARCHAR(12), 状态 VARCHAR(2),"
                 f" 变更时间 {changed})"
             )
         )
@@ -514,3 +516,22 @@ def test_the_same_mapping_from_another_file_is_the_same_register(
     with pytest.raises(RunMismatchError, match="already converted"):
         run_cutover(engine, profile, later, register=other)
     assert run_cutover(engine, profile, cutoff, register=other).outcome == "already-complete"
+
+
+def test_a_char_code_column_reads_without_its_padding(engine: Engine, tmp_path: Path) -> None:
+    """PostgreSQL reads CHAR(4) '2' back as '2   ': still the code 2, never an unmapped value."""
+    _household_table(engine, code_type="CHAR(4)")
+    mapping = tmp_path / "household.toml"
+    mapping.write_text(HOUSEHOLD_MAPPING, encoding="utf-8")
+    profile_file = tmp_path / "profile.toml"
+    profile_file.write_text(PROFILE, encoding="utf-8")
+    profile = load_profile(str(profile_file))
+    reg, cutoff = load_mapping(engine, mapping), resolve_cutoff(profile, None)
+    rehearsal = rehearse(engine, profile, cutoff, register=reg)
+    assert rehearsal.unmapped == [] and rehearsal.converted == 4
+    run = run_cutover(engine, profile, cutoff, register=reg)
+    assert [str(r[2]).rstrip() for r in _household_rows(engine)] == ["11", "12", "12", "11"]
+    with engine.connect() as conn:
+        originals = conn.execute(select(H.c.original_code).order_by(H.c.record_id)).scalars()
+        assert list(originals) == ["2", "4", "5", "5"]
+    assert verify_run(engine, run.run_id).ok
