@@ -116,12 +116,13 @@ def split(db: Path, out: Path, processes: int) -> dict[str, Any]:
     started = time.perf_counter()
     result = load_run_result(engine, None)
     written = write_run_workbook(engine, result, out, split_by="township", processes=processes)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    # the workers are the forkserver's children, not ours: each reports its own peak
+    workers = max((a.peak_rss_mb for a in written.areas), default=0.0)
     return {
         "rows": written.detail_rows,
         "areas": len(written.areas),
         "seconds": round(time.perf_counter() - started, 1),
-        "peak_rss_mb": round(max(peak_rss_mb(), children), 1),
+        "peak_rss_mb": round(max(peak_rss_mb(), workers), 1),
     }
 
 

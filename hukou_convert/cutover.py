@@ -313,7 +313,7 @@ def _locked_cutover(
                 for run in conn.execute(
                     select(RUNS).where(RUNS.c.status == "completed", RUNS.c.profile == profile.name)
                 )
-                if run_table(run) == _table_of(register)
+                if run_table(run) == register.table_identity
             ),
             None,
         )
@@ -340,6 +340,12 @@ def _locked_cutover(
         if comparison is not None:
             comparison.compared_before = False  # the register is already partly converted
     elif completed is not None:
+        if _kept_identity(completed) != register.identity:
+            # read through other columns or codes, the run's records would be misread
+            raise RunMismatchError(
+                f"run {completed.run_id} converted this register through another mapping"
+                f" ({json.loads(completed.register_mapping)['source']}); use that mapping"
+            )
         if (
             completed.profile_fingerprint == profile.fingerprint()
             and completed.cutoff == cutoff.instant
@@ -462,13 +468,6 @@ def _describe(d: Difference) -> str:
     if d.kind == "record":
         return f"record {d.key}: {d.actual}"
     return f"{d.kind} {d.key}: rehearsal {d.expected}, now {d.actual}"
-
-
-def _table_of(register: RegisterMap) -> str | None:
-    """The register table a run converts (None: the built-in one), as a mapping names it."""
-    if register.builtin:
-        return None
-    return register.display_name
 
 
 def _kept_identity(run: Row[Any]) -> str | None:

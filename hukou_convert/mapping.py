@@ -132,6 +132,8 @@ def register_from_mapping(engine: Engine, data: dict[str, Any], path: Path) -> R
 
     with translate_errors():
         inspector = inspect(engine)
+        # the table as the database knows it: the same table named with or without its schema
+        table_identity = f"{schema_name or inspector.default_schema_name or ''}.{table_name}"
         if not inspector.has_table(table_name, schema=schema_name):
             where = f"{schema_name}.{table_name}" if schema_name else table_name
             raise MappingError(f"{path}: no table {where!r} in the database")
@@ -216,7 +218,9 @@ def register_from_mapping(engine: Engine, data: dict[str, Any], path: Path) -> R
         category_values=category_values,
         source=str(path),
         mapping_json=json.dumps(
-            {"source": str(path), "mapping": data}, ensure_ascii=False, sort_keys=True
+            {"source": str(path), "mapping": data, "table": table_identity},
+            ensure_ascii=False,
+            sort_keys=True,
         ),
         identity=mapping_identity(data),
     )

@@ -9,6 +9,7 @@ the table has, and what code a converted record gets.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -105,6 +106,13 @@ class RegisterMap:
             # ours is timestamptz: compare as CST wall-clock, not in the session's UTC
             return updated > func.timezone("Asia/Shanghai", instant)
         return updated > instant
+
+    @property
+    def table_identity(self) -> str | None:
+        """The table as the database knows it (schema.table), None for the built-in register."""
+        if self.mapping_json is None:
+            return None
+        return str(json.loads(self.mapping_json)["table"])
 
     def has(self, *fields: str) -> bool:
         return all(f in self.table.c for f in fields)

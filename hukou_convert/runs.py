@@ -117,9 +117,7 @@ def run_table(run: Row[Any]) -> str | None:
     """The register table a run converted, as its mapping names it (None: the built-in one)."""
     if run.register_mapping is None:
         return None
-    section = json.loads(run.register_mapping)["mapping"].get("register", {})
-    schema_name = section.get("schema")
-    return f"{schema_name}.{section['table']}" if schema_name else str(section["table"])
+    return str(json.loads(run.register_mapping)["table"])
 
 
 def completed_run(engine: Engine, run_id: str | None) -> Row[Any]:

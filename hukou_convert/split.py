@@ -11,18 +11,24 @@ child process, never on a command line or in a log) and reads the run as recorde
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
+import os
 import re
-from collections.abc import Iterator
+import resource
+import shutil
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from . import schema
-from .db import make_engine, translate_errors
+from .db import make_engine, sqlite_path, translate_errors
+from .errors import HukouError, RegisterStateError
 from .instants import format_instant, now
 from .progress import Progress, no_progress
 from .tallies import AreaLevel, Places
@@ -34,27 +40,30 @@ H = schema.history
 
 @dataclass(frozen=True)
 class _AreaJob:
-    url: str  # with its password: passed to the worker in memory only
+    url: str = field(repr=False)  # with its password: passed to the worker in memory only
     run_id: str
     area: str
     name: str
     divisions: tuple[str | None, ...]  # the division codes of the run's records in this area
+    records: int  # the run's live history rows in this area: the workbook must hold as many
     target: Path
     unmasked: bool
 
 
 def areas_of_run(
     engine: Engine, run_id: str, places: Places, by: AreaLevel
-) -> dict[str, list[str | None]]:
-    """Area code -> the division codes of the run's live history rows in it."""
-    out: dict[str, list[str | None]] = {}
+) -> dict[str, tuple[list[str | None], int]]:
+    """Area code -> (the division codes of the run's live history rows in it, their count)."""
+    out: dict[str, tuple[list[str | None], int]] = {}
     with engine.connect() as conn:
-        for (division,) in conn.execute(
-            select(H.c.division_code)
+        for division, n in conn.execute(
+            select(H.c.division_code, func.count())
             .where(H.c.run_id == run_id, H.c.reverted_at.is_(None))
             .group_by(H.c.division_code)
         ):
-            out.setdefault(places.area(division, by), []).append(division)
+            codes, total = out.get(places.area(division, by), ([], 0))
+            codes.append(division)
+            out[places.area(division, by)] = (codes, total + int(n))
     return out
 
 
@@ -68,8 +77,13 @@ def write_area_workbooks(
     unmasked: bool,
     processes: int,
     progress: Progress = no_progress,
-) -> list[AreaWorkbook]:
-    """Every area's detail workbook of a finished run, ``processes`` at a time."""
+) -> tuple[list[AreaWorkbook], Callable[[], None], Callable[[], None]]:
+    """Every area's detail workbook of a finished run, ``processes`` at a time, written into a
+    staging directory inside ``out_dir``. Returns them with ``publish`` (move them into
+    ``out_dir``, once the city workbook that lists them is saved) and ``discard``: a failure
+    leaves a set written earlier as it was, never half replaced."""
+    if processes > 1 and engine.dialect.name == "sqlite" and sqlite_path(engine) is None:
+        processes = 1  # an in-memory database is private to this process
     places = Places.of(engine)
     level = 3 if by == "county" else 4
     with translate_errors():
@@ -78,49 +92,84 @@ def write_area_workbooks(
     safe_profile = re.sub(r"[^A-Za-z0-9_.-]+", "_", profile_name) or "profile"
     suffix = "-UNMASKED" if unmasked else ""
     url = engine.url.render_as_string(hide_password=False)
-    jobs = [
-        _AreaJob(
-            url,
-            run_id,
-            area,
-            places.name(area, level),
-            tuple(divisions),
-            out_dir
-            / (
-                f"hukou-{MODE_CUTOVER[0]}-{MODE_CUTOVER[1]}-{safe_profile}-{safe_run}"
-                f"-{by}-{area[: 6 if by == 'county' else 9]}{suffix}.xlsx"
-            ),
-            unmasked,
+    staging = out_dir / f".hukou-areas-{safe_run}-{os.getpid()}"
+    staging.mkdir(parents=True, exist_ok=False, mode=0o700)
+    names: set[str] = set()
+    jobs = []
+    for area, (divisions, records) in sorted(areas.items()):
+        code = re.sub(r"[^0-9A-Za-z]+", "_", area[: 6 if by == "county" else 9]) or "_"
+        name = f"hukou-{MODE_CUTOVER[0]}-{MODE_CUTOVER[1]}-{safe_profile}-{safe_run}-{by}-{code}"
+        while name.lower() in names:  # two odd codes alike once made safe for a file name
+            name += "_"
+        names.add(name.lower())
+        jobs.append(
+            _AreaJob(
+                url,
+                run_id,
+                area,
+                places.name(area, level),
+                tuple(divisions),
+                records,
+                staging / f"{name}{suffix}.xlsx",
+                unmasked,
+            )
         )
-        for area, divisions in sorted(areas.items())
-    ]
+
+    def discard() -> None:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def publish() -> None:
+        for path in sorted(staging.iterdir()):
+            os.replace(path, out_dir / path.name)
+        staging.rmdir()
+
     written: list[AreaWorkbook] = []
-    with progress("分区工作簿 area workbooks", len(jobs), "个") as advance:
-        for done in _run_jobs(jobs, processes):
-            written.append(done)
-            advance(1)
-    return sorted(written, key=lambda w: w.area)
+    try:
+        with progress("分区工作簿 area workbooks", len(jobs), "个") as advance:
+            for done in _run_jobs(engine, jobs, processes):
+                written.append(done)
+                advance(1)
+    except BaseException:
+        discard()
+        raise
+    final = [replace(w, path=out_dir / w.path.name) for w in written]
+    return sorted(final, key=lambda w: w.area), publish, discard
 
 
-def _run_jobs(jobs: list[_AreaJob], processes: int) -> Iterator[AreaWorkbook]:
+def _run_jobs(engine: Engine, jobs: list[_AreaJob], processes: int) -> Iterator[AreaWorkbook]:
     if processes <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            yield _write_area(job)
+        for job in jobs:  # in this process, on the caller's engine
+            yield _write_area(job, engine)
         return
     # forkserver: a child starts clean, never with a copy of the parent's connections
     context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+    pool = ProcessPoolExecutor(max_workers=min(processes, len(jobs)), mp_context=context)
+    try:
         futures = [pool.submit(_write_area, job) for job in jobs]
         for future in as_completed(futures):
             yield future.result()
+    except BrokenProcessPool:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise HukouError(
+            "a process writing the area workbooks died (killed, or out of memory): no area"
+            " workbook was kept, and a set written earlier is as it was"
+        ) from None
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # no area starts after a failure
+        raise
+    pool.shutdown(wait=True)
 
 
-def _write_area(job: _AreaJob) -> AreaWorkbook:
-    """In a worker process: one area's workbook, from the history table."""
+def _write_area(job: _AreaJob, engine: Engine | None = None) -> AreaWorkbook:
+    """One area's workbook, from the history table: in a worker process (its own engine), or in
+    this one."""
     from .cutover import load_run_result
     from .db import parse_url
 
-    engine = make_engine(parse_url(job.url))
+    own = engine is None
+    if engine is None:
+        logging.getLogger("sqlalchemy").addHandler(logging.NullHandler())
+        engine = make_engine(parse_url(job.url))
     try:
         with translate_errors():
             result = load_run_result(engine, job.run_id, with_findings=False)
@@ -131,20 +180,26 @@ def _write_area(job: _AreaJob) -> AreaWorkbook:
                 )
             )
             banner = f"正式 CUTOVER：{job.name}（{job.area}）变更明细，运行编号 {job.run_id}"
+            reading = engine
 
             def build(wb: Any) -> int:
                 summary = summary_table(wb, page, banner, "006100", job.unmasked)
                 rows = write_detail_rows(
-                    engine,
+                    reading,
                     wb,
                     page,
-                    Places.of(engine),
+                    Places.of(reading),
                     result,
                     job.unmasked,
                     {},
                     no_progress,
                     divisions=job.divisions,
                 )
+                if rows != job.records:
+                    raise RegisterStateError(
+                        f"area {job.area}: {rows} detail rows written, the history holds"
+                        f" {job.records}; no area workbook was kept"
+                    )
                 summary.append(["运行编号", job.run_id, ""])
                 summary.append(["区域", f"{job.name}（{job.area}）", ""])
                 summary.append(["截止时点", format_instant(result.cutoff.instant), ""])
@@ -156,5 +211,7 @@ def _write_area(job: _AreaJob) -> AreaWorkbook:
 
             rows, saved = write_workbook(job.target, build)
     finally:
-        engine.dispose()
-    return AreaWorkbook(job.area, job.name, saved.path, saved.sha256, rows)
+        if own:
+            engine.dispose()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return AreaWorkbook(job.area, job.name, saved.path, saved.sha256, rows, round(peak, 1))

@@ -62,6 +62,7 @@ class AreaWorkbook:
     path: Path
     sha256: str
     rows: int
+    peak_rss_mb: float = 0.0  # of the process that wrote it (benchmarks)
 
 
 @dataclass
@@ -111,10 +112,11 @@ def write_run_workbook(
         raise UsageError("--split-by is for the real run's workbooks (cutover, report)")
     chosen = findings
     areas: list[AreaWorkbook] | None = None
+    publish = discard = None
     if split_by is not None:
         from .split import write_area_workbooks
 
-        areas = write_area_workbooks(
+        areas, publish, discard = write_area_workbooks(
             engine,
             str(result.run_id),
             result.profile.name,
@@ -124,11 +126,18 @@ def write_run_workbook(
             processes=processes,
             progress=progress,
         )
-    with translate_errors():
-        (detail_rows, ok), saved = write_workbook(
-            out_dir / workbook_name(result, unmasked),
-            lambda wb: _build(wb, engine, result, unmasked, chosen, progress, areas),
-        )
+    try:
+        with translate_errors():
+            (detail_rows, ok), saved = write_workbook(
+                out_dir / workbook_name(result, unmasked),
+                lambda wb: _build(wb, engine, result, unmasked, chosen, progress, areas),
+            )
+    except BaseException:
+        if discard is not None:
+            discard()
+        raise
+    if publish is not None:
+        publish()  # the area workbooks join the city workbook that lists them
     return WorkbookResult(
         saved.path,
         saved.sha256_path,

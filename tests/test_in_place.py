@@ -535,3 +535,45 @@ def test_a_char_code_column_reads_without_its_padding(engine: Engine, tmp_path: 
         originals = conn.execute(select(H.c.original_code).order_by(H.c.record_id)).scalars()
         assert list(originals) == ["2", "4", "5", "5"]
     assert verify_run(engine, run.run_id).ok
+
+
+def test_a_completed_register_is_not_read_through_another_mapping(
+    engine: Engine, tmp_path: Path
+) -> None:
+    from hukou_convert.errors import RunMismatchError
+
+    reg, profile, cutoff = _setup(engine, tmp_path, rows=0)
+    run_cutover(engine, profile, cutoff, register=reg)
+    # the same table through a mapping that reads other columns: refused, never "complete"
+    swapped = tmp_path / "other.toml"
+    mapping_text = Path(reg.source).read_text(encoding="utf-8")
+    assert 'name = "姓名"\n' in mapping_text
+    swapped.write_text(mapping_text.replace('name = "姓名"\n', ""), encoding="utf-8")
+    other = load_mapping(engine, swapped)
+    assert other.identity != reg.identity
+    with pytest.raises(RunMismatchError, match="through another mapping"):
+        run_cutover(engine, profile, cutoff, register=other)
+
+
+def test_the_same_table_named_with_its_schema_is_the_same_register(
+    engine: Engine, tmp_path: Path
+) -> None:
+    from hukou_convert.errors import RunMismatchError
+    from hukou_convert.profiles import ResolvedCutoff
+
+    reg, profile, cutoff = _setup(engine, tmp_path, rows=0)
+    run_cutover(engine, profile, cutoff, register=reg)
+    default = inspect(engine).default_schema_name
+    named = tmp_path / "named.toml"
+    named.write_text(
+        Path(reg.source)
+        .read_text(encoding="utf-8")
+        .replace('table = "常住人口"', f'table = "常住人口"\nschema = "{default}"'),
+        encoding="utf-8",
+    )
+    later = ResolvedCutoff(cutoff.instant + timedelta(days=1), "another cutoff")
+    # recognised as the table the run converted (named otherwise, it would start a second run)
+    with pytest.raises(RunMismatchError, match="converted this register through another mapping"):
+        run_cutover(engine, profile, later, register=load_mapping(engine, named))
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(schema.runs)).scalar_one() == 1

@@ -110,3 +110,29 @@ def test_report_split_by_county_command(db_url: str, tmp_path: Path) -> None:
         cli, ["cutover", "-p", "zhenhai", "--dry-run", "--split-by", "county", *common]
     )
     assert dry.exit_code == 2 and "--split-by" in dry.output
+
+
+def test_a_failed_area_leaves_the_earlier_set_as_it_was(
+    engine: Engine, converted: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hukou_convert import split
+
+    out = tmp_path / "split"
+    first = rewrite_report(engine, converted, out, split_by="township", processes=1)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = split._write_area
+    calls = []
+
+    def failing(job: object, engine: object = None) -> object:
+        calls.append(job)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device", "area.xlsx")
+        return real(job, engine)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(split, "_write_area", failing)
+    with pytest.raises(OSError, match="No space left"):
+        rewrite_report(engine, converted, out, split_by="township", processes=1)
+    assert len(calls) == 3  # no area started after the failure
+    # the earlier set, city workbook included, byte for byte; no staging directory left
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert len(first.areas) > 3
