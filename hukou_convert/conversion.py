@@ -10,6 +10,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Row,
     and_,
     bindparam,
     case,
@@ -100,12 +101,7 @@ def convert_batches(
     with engine.connect() as conn:
         holds, applies = _run_holds_and_applies(conn, run_id)
         scope_pred = conversion_predicate(register, run_id, exprs[0], profile, holds)
-        last = conn.execute(
-            select(B.c.batch_no, B.c.last_key)
-            .where(B.c.run_id == run_id)
-            .order_by(B.c.batch_no.desc())
-            .limit(1)
-        ).first()
+        last = last_batch(conn, run_id)
         lo: RecordKey | None = register.key_of(last.last_key) if last is not None else None
         batch_no = int(last.batch_no) if last is not None else 0
         done_rows = (
@@ -163,6 +159,17 @@ def convert_batches(
             lo = register.key_of(hi)
             batches += 1
     return batches
+
+
+def last_batch(conn: Connection, run_id: str) -> Row[Any, Any] | None:
+    """The run's last committed batch (number and last key): where a resume continues."""
+    B = schema.run_batches
+    return conn.execute(
+        select(B.c.batch_no, B.c.last_key)
+        .where(B.c.run_id == run_id)
+        .order_by(B.c.batch_no.desc())
+        .limit(1)
+    ).first()
 
 
 def conversion_predicate(

@@ -24,7 +24,6 @@ from sqlalchemy import (
     Connection,
     Engine,
     Row,
-    delete,
     func,
     insert,
     select,
@@ -44,6 +43,7 @@ from .conversion import (
     conversion_predicate,
     convert_batches,
     convert_window,
+    last_batch,
 )
 from .db import display_url, translate_errors
 from .errors import (
@@ -89,6 +89,7 @@ from .plan import (
 from .profiles import Profile, ResolvedCutoff
 from .progress import Progress, no_progress
 from .register import BUILTIN_REGISTER, RecordKey, RegisterMap
+from .run_findings import recorded_findings, store_findings
 from .runlock import live_run_lock
 from .runs import (
     describe_live_run,
@@ -665,13 +666,8 @@ def _release_resolved(
                 )
                 .values(state="released", released_at=now())
             )
-            last = conn.execute(
-                select(B.c.batch_no, B.c.last_key)
-                .where(B.c.run_id == run_id)
-                .order_by(B.c.batch_no.desc())
-                .limit(1)
-            ).one()
-            batch_no = int(last.batch_no)
+            last = last_batch(conn, run_id)
+            batch_no = int(last.batch_no) if last is not None else 0
             converted = convert_window(
                 conn,
                 register,
@@ -687,7 +683,7 @@ def _release_resolved(
                     run_id=run_id,
                     batch_no=batch_no + 1,
                     first_key="released",  # a release batch: the key window is unchanged
-                    last_key=last.last_key,
+                    last_key=last.last_key if last is not None else None,
                     converted=converted,
                     committed_at=now(),
                 )
@@ -753,78 +749,3 @@ def load_run_result(
     return _finished_result(
         engine, register, run, profile, cutoff, "completed", recorded, decide_now=with_findings
     )
-
-
-_FINDINGS_MARK = "(recorded)"
-
-
-def store_findings(engine: Engine, run_id: str, findings: list[Finding]) -> None:
-    """Record what a finished run reported (after its commit, in one transaction of its own),
-    replacing what it recorded before: ``load_run_result`` reads it back."""
-    F = schema.run_findings
-    rows: list[dict[str, Any]] = [
-        {
-            "run_id": run_id,
-            "seq": 0,
-            "code": _FINDINGS_MARK,
-            "category": "",
-            "severity": "",
-            "record_id": None,
-            "record_key": None,
-            "id_number": None,
-            "name": None,
-            "explanation": f"{len(findings)} findings",
-            "action": "",
-            "upgraded_id": None,
-        }
-    ]
-    rows.extend(
-        {
-            "run_id": run_id,
-            "seq": i,
-            "code": f.code,
-            "category": f.category,
-            "severity": f.severity,
-            # an integer key (the built-in register), or a legacy table's text key
-            "record_id": f.record_id if isinstance(f.record_id, int) else None,
-            "record_key": f.record_id if isinstance(f.record_id, str) else None,
-            "id_number": f.id_number,
-            "name": f.name,
-            "explanation": f.explanation,
-            "action": f.action,
-            "upgraded_id": f.upgraded_id,
-        }
-        for i, f in enumerate(findings, start=1)
-    )
-    with translate_errors():
-        schema.ensure_schema(engine)
-        with engine.begin() as conn:
-            conn.execute(delete(F).where(F.c.run_id == run_id))
-            for start in range(0, len(rows), 5_000):
-                conn.execute(insert(F), rows[start : start + 5_000])
-
-
-def recorded_findings(engine: Engine, run_id: str) -> list[Finding] | None:
-    """The findings a run recorded, in its order; None for a run that recorded none (an older
-    version, or killed between its commit and the record)."""
-    F = schema.run_findings
-    if F.name in schema.missing_tables(engine):
-        return None
-    with translate_errors(), engine.connect() as conn:
-        rows = conn.execute(select(F).where(F.c.run_id == run_id).order_by(F.c.seq)).all()
-    if not rows or rows[0].seq != 0:
-        return None
-    return [
-        Finding(
-            code=r.code,
-            category=r.category,
-            severity=r.severity,
-            record_id=int(r.record_id) if r.record_id is not None else r.record_key,
-            id_number=r.id_number,
-            name=r.name,
-            explanation=r.explanation,
-            action=r.action,
-            upgraded_id=r.upgraded_id,
-        )
-        for r in rows[1:]
-    ]

@@ -8,9 +8,10 @@ from pathlib import Path
 from sqlalchemy import Engine, delete, func, select, update
 
 from hukou_convert import schema
-from hukou_convert.cutover import load_run_result, recorded_findings, run_cutover
+from hukou_convert.cutover import load_run_result, run_cutover
 from hukou_convert.ingest import import_register
 from hukou_convert.profiles import BUILTIN_PROFILES, resolve_cutoff
+from hukou_convert.run_findings import recorded_findings
 
 from .helpers import ident, person, write_register
 
