@@ -41,6 +41,7 @@ class App:
 
     db_url: str = DEFAULT_URL
     password_file: Path | None = None
+    password_prompt: bool = False  # ask on the terminal, never echoed
     quiet: bool = False
     mapping_file: Path | None = None  # a legacy register converted in place
     _engine: Engine | None = field(default=None, repr=False)
@@ -50,6 +51,8 @@ class App:
             password = None
             if self.password_file is not None:
                 password = self.password_file.read_text(encoding="utf-8").strip()
+            elif self.password_prompt:
+                password = ask_password("Database password")
             self._engine = make_engine(parse_url(self.db_url, password))
         return self._engine
 
@@ -99,6 +102,16 @@ def _set_password_file(ctx: click.Context, _param: click.Parameter, value: Path 
         ctx.ensure_object(App).password_file = value
 
 
+def _set_password_prompt(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(App).password_prompt = True
+
+
+def ask_password(what: str) -> str:
+    """A password typed at the terminal (on stderr, not echoed): neither argv nor a file holds it."""
+    return str(click.prompt(what, hide_input=True, err=True))
+
+
 def _set_mapping(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
     if value is not None:
         ctx.ensure_object(App).mapping_file = value
@@ -125,6 +138,13 @@ def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None
 
 
 def db_option(f: F) -> F:
+    f = click.option(
+        "--db-password-prompt",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_password_prompt,
+        help="Ask for the database password on the terminal (not echoed).",
+    )(f)
     f = click.option(
         "--db-password-file",
         type=click.Path(exists=True, dir_okay=False, path_type=Path),

@@ -9,6 +9,7 @@ import click
 
 from .cli import (
     App,
+    ask_password,
     cli,
     db_option,
     mapping_option,
@@ -49,6 +50,11 @@ from .sample import SampleOptions, write_sample
     help="The legacy database's password (or set HUKOU_FROM_DB_PASSWORD).",
 )
 @click.option(
+    "--from-db-password-prompt",
+    is_flag=True,
+    help="Ask for the legacy database's password on the terminal (not echoed).",
+)
+@click.option(
     "--applications",
     "applications_file",
     type=click.Path(path_type=Path),
@@ -73,6 +79,7 @@ def import_command(
     from_db: str | None,
     mapping_file: Path | None,
     from_db_password_file: Path | None,
+    from_db_password_prompt: bool,
     applications_file: Path | None,
     encoding: str | None,
     mode: str | None,
@@ -89,11 +96,12 @@ def import_command(
         raise UsageError("give a PERSONS_FILE, or --from-db URL with --mapping FILE")
     if from_db is not None:
         assert mapping_file is not None
-        password = (
-            from_db_password_file.read_text(encoding="utf-8").strip()
-            if from_db_password_file
-            else os.environ.get("HUKOU_FROM_DB_PASSWORD")
-        )
+        if from_db_password_file:
+            password: str | None = from_db_password_file.read_text(encoding="utf-8").strip()
+        elif from_db_password_prompt:
+            password = ask_password("Legacy database password")
+        else:
+            password = os.environ.get("HUKOU_FROM_DB_PASSWORD")
         result = import_from_db(
             app.engine(),
             make_engine(parse_url(from_db, password)),

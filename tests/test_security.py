@@ -1,9 +1,7 @@
 """Prying eyes: no password and no ID number in any message, log line or error; passwords from a
-file or the environment; files with personal data created 0600; values from a profile file travel
-as bound parameters, never as SQL text.
-
-(Profile files hold no table or column names today, so there is no identifier to check against an
-allowlist yet; mapping files, which will, are another issue.)
+file, a prompt or the environment; files with personal data created 0600; values from a profile file
+travel as bound parameters, never as SQL text. (Table and column names from mapping files are
+checked in test_mapping.py.)
 """
 
 from __future__ import annotations
@@ -30,8 +28,10 @@ SECRET = "s3cret-Pw-9f2"
 R = schema.register
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+def run(
+    *args: str, env: dict[str, str] | None = None, input: str | None = None
+) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args), env=env, input=input, catch_exceptions=False)
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -148,11 +148,43 @@ def test_password_from_the_environment_or_a_file_is_used_and_never_shown(
         assert code == 0, err
         assert "postgres:***@" in out  # the database line shows that a password was given
         assert SECRET not in out + err
+        code, out, err = run(
+            "cutover",
+            "-p",
+            "zhenhai",
+            "--dry-run",
+            "-q",
+            "--out",
+            str(tmp_path / "prompted"),
+            "--db",
+            url,
+            "--db-password-prompt",
+            input=SECRET + "\n",
+        )
+        assert code == 0, err
+        assert "Database password" in err  # asked on the terminal, the answer not echoed
+        assert "postgres:***@" in out and SECRET not in out + err
         for written in out_dir.iterdir():
             if written.suffix == ".json":
                 assert SECRET not in written.read_text(encoding="utf-8")
     finally:
         next(databases, None)
+
+
+def test_legacy_database_password_from_a_prompt_is_never_shown(tmp_path: Path) -> None:
+    code, out, err = run(
+        "import",
+        "--from-db",
+        "postgresql://postgres@127.0.0.1:1/nothing",
+        "--mapping",
+        str(tmp_path / "unused.toml"),
+        "--from-db-password-prompt",
+        "--db",
+        f"sqlite:///{tmp_path / 'copy.db'}",
+        input=SECRET + "\n",
+    )
+    assert "Legacy database password" in err
+    assert code != 0 and SECRET not in out + err
 
 
 def test_files_with_personal_data_are_0600(
