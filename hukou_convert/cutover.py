@@ -270,7 +270,7 @@ def run_cutover(
     profile = register.effective_profile(profile)
     with translate_errors():
         schema.ensure_schema(engine)
-        with live_run_lock(engine, lambda: describe_live_run(engine)):
+        with live_run_lock(engine, lambda note: describe_live_run(engine, note)):
             result = _locked_cutover(
                 engine,
                 profile,

@@ -601,7 +601,7 @@ def import_table(
     without being in its census (or skipped, below its checkpoint)."""
     map_header(table, fields)
     schema.ensure_schema(engine)
-    with live_run_lock(engine, lambda: describe_live_run(engine)):
+    with live_run_lock(engine, lambda note: describe_live_run(engine, note)):
         with engine.connect() as conn:
             unfinished = unfinished_run(conn)
         if unfinished is not None:

@@ -100,7 +100,7 @@ def rollback_run(
         raise ValueError("batch_size must be positive")
     with translate_errors():
         schema.ensure_schema(engine)
-        with live_run_lock(engine, lambda: describe_live_run(engine)):
+        with live_run_lock(engine, lambda note: describe_live_run(engine, note)):
             return _locked_rollback(engine, run_id, skip_changed, batch_size, confirm, progress)
 
 

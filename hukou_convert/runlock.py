@@ -2,27 +2,44 @@
 
 PostgreSQL: a session advisory lock; MySQL/MariaDB: GET_LOCK on a name that includes the database;
 SQLite: an flock on ``<database file>.lock``. None of them needs manual clean-up after a kill -9.
+
+The holder leaves a note where a refused process can read it before the holder has recorded its run
+(two runs started at the same moment): in the lock file, or as the lock session's application_name on
+PostgreSQL; on MariaDB the holder's server connection is named.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from .db import sqlite_path
 from .errors import LockHeldError
+from .instants import format_instant, now
 
 _NAME = "hukou_convert.live_run"
 _PG_KEY = zlib.crc32(_NAME.encode())  # advisory locks are scoped to the current database
 
 
+HolderDescription = Callable[[str | None], str]
+
+
+def _own_note() -> str:
+    """Who this process is, for a process refused the lock (no personal data)."""
+    since = format_instant(now())
+    return f"hukou-convert pid {os.getpid()} on {socket.gethostname()[:40]} since {since}"
+
+
 @contextmanager
-def live_run_lock(engine: Engine, describe_holder: Callable[[], str]) -> Iterator[None]:
+def live_run_lock(engine: Engine, describe_holder: HolderDescription) -> Iterator[None]:
+    """``describe_holder(note)`` names the holder for the refusal; ``note`` is what the lock itself
+    tells of it (None when nothing)."""
     backend = engine.dialect.name
     if backend == "sqlite":
         with _file_lock(engine, describe_holder):
@@ -30,14 +47,19 @@ def live_run_lock(engine: Engine, describe_holder: Callable[[], str]) -> Iterato
         return
     conn = engine.connect()
     try:
+        name = f"{_NAME}:{engine.url.database}"[:64]
         if backend == "postgresql":
             got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _PG_KEY}).scalar()
+            if got:
+                conn.execute(
+                    text("SELECT set_config('application_name', :note, false)"),
+                    {"note": _own_note()[:63]},
+                )
         else:
-            name = f"{_NAME}:{engine.url.database}"[:64]
             got = conn.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": name}).scalar()
         conn.commit()  # the lock belongs to the session, not to this transaction
         if not got:
-            raise LockHeldError(describe_holder())
+            raise LockHeldError(describe_holder(_server_note(conn, name)))
         try:
             yield
         finally:
@@ -53,8 +75,36 @@ def live_run_lock(engine: Engine, describe_holder: Callable[[], str]) -> Iterato
         conn.close()
 
 
+def _server_note(conn: Connection, name: str) -> str | None:
+    """The lock holder's session as the server knows it (best effort: None when it can't tell)."""
+    try:
+        if conn.dialect.name == "postgresql":
+            note = conn.execute(
+                text(
+                    "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a"
+                    " ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted"
+                    " AND l.classid = 0 AND l.objid::bigint = :k AND l.objsubid = 1"
+                    " AND l.database = (SELECT oid FROM pg_database"
+                    " WHERE datname = current_database())"
+                ),
+                {"k": _PG_KEY},
+            ).scalar()
+            return str(note) if note else None
+        holder = conn.execute(text("SELECT IS_USED_LOCK(:n)"), {"n": name}).scalar()
+        if holder is None:
+            return None
+        host = conn.execute(
+            text("SELECT HOST FROM information_schema.PROCESSLIST WHERE ID = :i"), {"i": holder}
+        ).scalar()
+        return f"server connection {holder}" + (f" from {host}" if host else "")
+    except Exception:  # naming the holder must never hide the refusal itself
+        return None
+    finally:
+        conn.rollback()
+
+
 @contextmanager
-def _file_lock(engine: Engine, describe_holder: Callable[[], str]) -> Iterator[None]:
+def _file_lock(engine: Engine, describe_holder: HolderDescription) -> Iterator[None]:
     path = sqlite_path(engine)
     if path is None:  # an in-memory database is private to this process
         yield
@@ -64,7 +114,10 @@ def _file_lock(engine: Engine, describe_holder: Callable[[], str]) -> Iterator[N
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise LockHeldError(describe_holder()) from None
+            with open(path + ".lock", encoding="utf-8", errors="replace") as note:
+                raise LockHeldError(describe_holder(note.read(200).strip() or None)) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (_own_note() + "\n").encode("utf-8"), 0)
         try:
             yield
         finally:

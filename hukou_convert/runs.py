@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, select
@@ -42,24 +43,32 @@ def load_census(engine: Engine, run_id: str) -> Census:
     return Census(lines, codes)
 
 
-def describe_live_run(engine: Engine) -> str:
-    """Who holds the live-run lock, as far as the runs table tells."""
-    try:
-        with engine.connect() as conn:
-            row = conn.execute(
-                select(RUNS.c.run_id, RUNS.c.profile, RUNS.c.pid, RUNS.c.host, RUNS.c.started_at)
-                .where(RUNS.c.status.in_(LIVE_STATUSES))
-                .order_by(RUNS.c.started_at.desc())
-                .limit(1)
-            ).first()
-    except Exception:
-        row = None
-    if row is None:
-        return "another hukou-convert process (its run is not recorded yet)"
-    return (
-        f"run {row.run_id} (profile {row.profile}, pid {row.pid} on {row.host},"
-        f" started {format_instant(row.started_at)})"
-    )
+def describe_live_run(engine: Engine, lock_note: str | None = None, wait: float = 3.0) -> str:
+    """Who holds the live-run lock: its run as the runs table tells, waiting ``wait`` seconds for a
+    holder that started at the same moment to record it; else what the lock itself tells."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with engine.connect() as conn:
+                row = conn.execute(
+                    select(
+                        RUNS.c.run_id, RUNS.c.profile, RUNS.c.pid, RUNS.c.host, RUNS.c.started_at
+                    )
+                    .where(RUNS.c.status.in_(LIVE_STATUSES))
+                    .order_by(RUNS.c.started_at.desc())
+                    .limit(1)
+                ).first()
+        except Exception:
+            row = None
+        if row is not None:
+            return (
+                f"run {row.run_id} (profile {row.profile}, pid {row.pid} on {row.host},"
+                f" started {format_instant(row.started_at)})"
+            )
+        if time.monotonic() >= deadline:
+            held_by = lock_note or "another hukou-convert process"
+            return f"{held_by} (no run recorded: an import, or a cutover still taking its census)"
+        time.sleep(0.2)
 
 
 def find_run(engine: Engine, run_id: str | None) -> Row[Any]:

@@ -17,7 +17,10 @@ from sqlalchemy import Engine, func, select
 
 from hukou_convert import schema
 from hukou_convert.db import make_engine, parse_url
+from hukou_convert.errors import LockHeldError
 from hukou_convert.ingest import import_register
+from hukou_convert.runlock import live_run_lock
+from hukou_convert.runs import describe_live_run
 from hukou_convert.sample import SampleOptions, write_sample
 from hukou_convert.verify import verify_run
 
@@ -137,4 +140,70 @@ def test_second_live_run_is_refused_naming_the_holder(db_url: str, register_csv:
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert run_id in out
+    engine.dispose()
+
+
+def test_two_cutovers_started_at_once_one_proceeds_the_other_names_it(
+    db_url: str, register_csv: Path
+) -> None:
+    engine = make_engine(parse_url(db_url))
+    import_register(engine, register_csv)
+    cutover = ("cutover", "-p", "zhenhai", "--yes", "-q", "--batch-size", "20")
+    first, second = _cli(db_url, *cutover), _cli(db_url, *cutover)  # the same moment
+    outputs = {proc.pid: proc.communicate(timeout=300) for proc in (first, second)}
+    codes = sorted((proc.returncode, proc.pid) for proc in (first, second))
+    (won, winner), (lost, loser) = codes
+    assert (won, lost) == (0, 7), outputs
+    refusal = outputs[loser][1]
+    with engine.connect() as conn:
+        runs = conn.execute(select(schema.runs.c.run_id, schema.runs.c.pid)).all()
+    assert len(runs) == 1 and runs[0].pid == winner  # exactly one run, the winner's
+    if engine.dialect.name == "mysql":
+        # the holder's server connection when its run is not recorded yet, else its run
+        assert f"pid {winner}" in refusal or "server connection" in refusal, refusal
+    else:
+        assert f"pid {winner}" in refusal, refusal
+    engine.dispose()
+
+
+_HOLD_THE_LOCK = """
+import sys, time
+from hukou_convert.db import make_engine, parse_url
+from hukou_convert.runlock import live_run_lock
+engine = make_engine(parse_url(sys.argv[1]))
+with live_run_lock(engine, lambda note: "unused"):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes stdin
+"""
+
+
+def test_a_holder_with_no_run_recorded_is_named_by_the_lock(db_url: str) -> None:
+    """Before the holder records its run (taking its census), the refused process names it from
+    the lock itself: its pid (lock file, PostgreSQL application_name) or its server connection."""
+    engine = make_engine(parse_url(db_url))
+    schema.ensure_schema(engine)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_THE_LOCK, db_url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with (
+            pytest.raises(LockHeldError) as refused,
+            live_run_lock(engine, lambda note: describe_live_run(engine, note, wait=0)),
+        ):
+            pass
+    finally:
+        holder.communicate(timeout=60)
+    message = str(refused.value)
+    assert "no run recorded" in message
+    if engine.dialect.name == "mysql":
+        assert "server connection" in message and "127.0.0.1" in message, message
+    else:
+        assert f"hukou-convert pid {holder.pid} on " in message, message
+    # released when the holder ended: the lock is free again
+    with live_run_lock(engine, lambda note: "unused"):
+        pass
     engine.dispose()
