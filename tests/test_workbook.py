@@ -24,7 +24,7 @@ from openpyxl.worksheet.worksheet import Worksheet
 from openpyxl.writer.excel import ExcelWriter
 from sqlalchemy import Engine, select, update
 
-from hukou_convert import schema, xlsx
+from hukou_convert import __version__, schema, xlsx
 from hukou_convert.cli import cli
 from hukou_convert.codes import CATEGORY_LABELS, NATURE_LABELS, Action, Category, Nature
 from hukou_convert.cutover import CutoverResult, rehearse, run_cutover
@@ -167,6 +167,12 @@ def check_workbook(engine: Engine, result: CutoverResult, written: WorkbookResul
     assert s["登记库指纹 SHA-256"] == result.fingerprint and len(result.fingerprint) == 64
     assert s["截止时点"] == datetime(2016, 10, 1, 0, 0)
     assert isinstance(s["开始时间"], datetime)
+    assert isinstance(s["结束时间"], datetime) and s["结束时间"] >= s["开始时间"]
+    assert s["运行编号"] == (result.run_id if not result.rehearsal else "（演练无运行编号）")
+    assert s["辖区"] == "宁波市镇海区（zhenhai）"
+    assert s["政策文件"] == ZHENHAI.policy_document and "镇海" in s["政策文件"]
+    assert s["范围（区划代码前缀）"] == "330211"
+    assert s["工具版本"] == __version__
     assert s["数据库"] == engine.url.render_as_string(hide_password=True)
     assert s["个人信息"] == "已脱敏"
 
