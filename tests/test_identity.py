@@ -42,6 +42,7 @@ def _department_csv(path: Path) -> Path:
         ["3", _upgraded(OLD15), "老号壬"],
         ["4", X_ID.lower(), "数字辛"],
         ["5", "12345", "无效"],
+        ["6", X_ID[:6] + X_ID[8:17], "数字辛"],  # the old 15-digit form asked
     ]
     with path.open("w", encoding="gbk", newline="") as fh:
         csv.writer(fh).writerows(rows)
@@ -60,14 +61,14 @@ def test_every_row_is_answered_and_masked(engine: Engine, sample_csv: Path, tmp_
     out = tmp_path / "out" / "answer.xlsx"
     result = lookup_file(engine, _department_csv(tmp_path / "ids.csv"), out)
     assert result.id_column == "证件号"
-    assert result.rows == 5
-    assert result.by_status == {"found": 3, "not-found": 1, "invalid": 1}
+    assert result.rows == 6
+    assert result.by_status == {"found": 4, "not-found": 1, "invalid": 1}
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
     ws = load_workbook(out, read_only=True).worksheets[0]
     rows = [list(r) for r in ws.iter_rows(values_only=True)]
     header, body = rows[0], rows[1:]
     assert header[:3] == ["序号", "证件号", "姓名"] and header[3] == "查询结果"
-    assert [r[0] for r in body] == ["1", "2", "3", "4", "5"]  # every row, in order
+    assert [r[0] for r in body] == ["1", "2", "3", "4", "5", "6"]  # every row, in order
     first = dict(zip(header, body[0], strict=False))
     assert first["证件号"] == COLLECTIVE[:6] + "********" + COLLECTIVE[-4:]
     assert first["姓名"] == "集**"
@@ -81,6 +82,9 @@ def test_every_row_is_answered_and_masked(engine: Engine, sample_csv: Path, tmp_
     assert body[2][3] == "已转换" and body[2][4] == "农业家庭户口"  # 18-digit asked, 15 held
     assert body[3][3] == "已转换"  # lower-case x on both sides
     assert body[4][3] == "号码无效"
+    # 15-digit asked, 18 held: found and said so
+    assert body[5][3] == "已转换" and body[5][4:6] == body[3][4:6]
+    assert "15-digit" in str(body[5][-1])
     text = out.read_bytes()
     assert COLLECTIVE.encode() not in text
 
@@ -116,7 +120,7 @@ def test_cli_bulk_lookup(db_url: str, sample_csv: Path, tmp_path: Path) -> None:
     ids = _department_csv(tmp_path / "ids.csv")
     result = runner.invoke(cli, ["lookup", "--file", str(ids), "--out", str(out), "-q", *db])
     assert result.exit_code == 0, result.output
-    assert "5 rows looked up" in result.stdout and "已转换 3" in result.stdout
+    assert "6 rows looked up" in result.stdout and "已转换 4" in result.stdout
     assert out.exists()
     missing = runner.invoke(cli, ["lookup", "--file", str(ids), *db])
     assert missing.exit_code == 2 and "--out" in missing.stderr
