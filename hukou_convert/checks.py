@@ -57,6 +57,7 @@ from sqlalchemy import (
 from stdnum.cn import ric
 from stdnum.exceptions import ValidationError
 
+from . import schema
 from .census import in_scope, is_active
 from .codes import CATEGORY_LABELS, CATEGORY_OF_LABEL, Category
 from .db import translate_errors
@@ -686,7 +687,35 @@ def _category_conflicts(
         )
         .order_by(R.c.record_id)
     )
-    for row in conn.execute(query):
+    # The conversion resolves the conflict (the code's 户别, the resident code): a record a live run
+    # converted is judged on its code and 户别 as of the cutoff, kept in the history, so the run's
+    # own report and any after it list it as the rehearsal did.
+    converted: dict[Any, Any] = {}
+    H = schema.history
+    if inspect(conn).has_table(H.name, schema=H.schema):
+        kept_category = case(from_code, value=H.c.original_code)
+        kept_label = case(
+            {label: cat.value for label, cat in CATEGORY_OF_LABEL.items()},
+            value=H.c.original_category_label,
+        )
+        for row in conn.execute(
+            select(
+                *_person_columns(reg),
+                H.c.original_code.label("hukou_type"),
+                H.c.original_category_label.label("household_category"),
+            )
+            .join_from(R, H, reg.ours(H) == R.c.record_id)
+            .where(
+                scope,
+                H.c.reverted_at.is_(None),
+                H.c.original_code.in_(list(from_code)),
+                kept_label.is_not(None),
+                kept_category != kept_label,
+            )
+        ):
+            converted[row.record_id] = row
+    rows = [r for r in conn.execute(query) if r.record_id not in converted]
+    for row in [*rows, *converted.values()]:
         add(
             "CATEGORY_CONFLICT",
             row,

@@ -7,6 +7,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import openpyxl
 from sqlalchemy import Engine, inspect, select
 
 from hukou_convert import schema
@@ -69,3 +70,17 @@ def write_register(path: Path, rows: list[dict[str, str]], encoding: str = "utf-
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def sheet_table(path: Path, sheet: str) -> list[dict[str, Any]]:
+    """A workbook sheet's table read back with openpyxl: one dict per row, by header name (rows
+    below the autofilter range excluded)."""
+    ws = openpyxl.load_workbook(path)[sheet]
+    ref = ws.auto_filter.ref
+    assert ref, f"{sheet}: no autofilter"
+    last = int("".join(ch for ch in ref.split(":")[1] if ch.isdigit()))
+    header = [c.value for c in ws[1]]
+    return [
+        dict(zip(header, row, strict=True))
+        for row in ws.iter_rows(min_row=2, max_row=last, values_only=True)
+    ]

@@ -24,12 +24,14 @@ from hukou_convert.checks import (
     run_checks,
 )
 from hukou_convert.cli import cli
-from hukou_convert.idnumbers import mask_id
+from hukou_convert.cutover import rehearse, run_cutover
+from hukou_convert.idnumbers import mask_id, mask_name
 from hukou_convert.ingest import import_register
 from hukou_convert.instants import CST
 from hukou_convert.profiles import BUILTIN_PROFILES, resolve_cutoff
+from hukou_convert.workbook import write_run_workbook
 
-from .helpers import ident, person, write_register
+from .helpers import ident, person, sheet_table, write_register
 
 ZHENHAI = BUILTIN_PROFILES["zhenhai"]
 CUTOFF = resolve_cutoff(ZHENHAI, None).instant  # 2016-09-30 24:00 +08:00
@@ -471,3 +473,188 @@ def test_check_command_prints_counts_and_masked_list(sqlite_url: str, tmp_path: 
         cli, ["check", "-p", "panjin", "--cutoff", "2016-12-31 24:00", "--db", sqlite_url, "-q"]
     )
     assert result.exit_code == 0 and re.search(r"^(合计 )?total\s.*\b1$", result.stdout, re.M)
+
+
+# ---------------------------------------------------------------- the audit workbook's 异常清单
+
+KIND = {
+    code: kind
+    for kind, codes in (
+        (
+            "错",
+            (
+                "WRONG_CHECK_DIGIT",
+                "BIRTH_DATE_MISMATCH",
+                "SEX_MISMATCH",
+                "MALFORMED_DIVISION_CODE",
+                "MALFORMED_ID_NUMBER",
+                "OLD_15_DIGIT_ID",
+                "CATEGORY_CONFLICT",
+            ),
+        ),
+        (
+            "重",
+            ("DUPLICATE_ID_NUMBER", "DUPLICATE_ID_WITH_INACTIVE", "DUPLICATE_PERSON_IN_HOUSEHOLD"),
+        ),
+        ("假", ("BIRTH_DATE_IMPOSSIBLE", "UNKNOWN_ADDRESS_CODE")),
+        ("漏", ("MISSING_FIELD", "HOUSEHOLD_WITHOUT_HEAD", "NO_DIVISION_CODE")),
+    )
+    for code in codes
+}
+SEVERITY = {E: "错误", W: "警告"}
+ROW = {key: row for key, row, _ in CASES}
+
+
+def _upgraded(number: str) -> str:
+    """The 18-digit form of a 15-digit number, by python-stdnum's check computation."""
+    return _check18(number[:6] + "19" + number[6:])
+
+
+def _explanations(rid: dict[str, int]) -> dict[tuple[str, str], str]:
+    """(case, code) -> the explanation its row must give, from the case itself."""
+
+    def check(key: str) -> str:
+        number = ROW[key]["公民身份号码"]
+        return (
+            f"校验码应为 {_check18(number[:17])[-1]}，登记为 {number[-1]}"
+            "（GB 11643，ISO 7064 MOD 11-2）"
+        )
+
+    def see(key: str, *group: str) -> str:
+        return "另见记录 " + "、".join(f"#{r}" for r in sorted(rid[k] for k in group if k != key))
+
+    def same_id(key: str, active: int, *group: str) -> str:
+        return f"同一公民身份号码在本辖区共 {len(group)} 条记录（在册 {active} 条），{see(key, *group)}"
+
+    def old(key: str) -> str:
+        check_char = _upgraded(ROW[key]["公民身份号码"])[-1]
+        return f"旧15位号码，可升位为18位号码（第7位前插入19，校验码 {check_char}）"
+
+    def address(code: str, year: int) -> str:
+        return (
+            f"地址码 {code} 在 python-stdnum 区划表中自出生年 {year} 至 2016 年均无记载；"
+            "地址码会随区划调整撤销，仅作提示，待核实"
+        )
+
+    dup_ids = ("dup_id_a", "dup_id_b", "dup_id_c_inactive")
+    trail = ("dup_trail_active", "dup_trail_cancelled")
+    dup15 = ("dup15_old", "dup15_new")
+    persons = ("dup_person_a", "dup_person_b")
+    headless = "，登记了与户主关系但无人为本人/户主（本条为该户记录号最小者）"
+    future = "出生日期栏晚于截止时刻或早于1900年"
+    return {
+        ("wrong_check", "WRONG_CHECK_DIGIT"): check("wrong_check"),
+        ("inactive_wrong_check", "WRONG_CHECK_DIGIT"): check("inactive_wrong_check"),
+        ("birth_mismatch", "BIRTH_DATE_MISMATCH"): "号码中的出生日期与出生日期栏不符（相差 1 天）",
+        ("sex_mismatch", "SEX_MISMATCH"): "号码顺序码末位为奇数（男），性别栏为女",
+        ("old15_sex", "SEX_MISMATCH"): "号码顺序码末位为偶数（女），性别栏为男",
+        ("division_bad", "MALFORMED_DIVISION_CODE"): (
+            "行政区划代码 '330211ABC001' 应为6、9或12位数字"
+        ),
+        ("id_too_short", "MALFORMED_ID_NUMBER"): (
+            "号码共 14 位：应为18位（17位数字加校验码 0-9 或 X）或旧15位数字"
+        ),
+        ("id_date_invalid", "MALFORMED_ID_NUMBER"): "号码中的出生日期（第7-14位）不存在",
+        ("old15", "OLD_15_DIGIT_ID"): old("old15"),
+        ("old15_sex", "OLD_15_DIGIT_ID"): old("old15_sex"),
+        ("dup15_old", "OLD_15_DIGIT_ID"): old("dup15_old"),
+        ("category_conflict", "CATEGORY_CONFLICT"): "户口类别 2 含户别 家庭户，户别栏为 社区集体户",
+        **{(k, "DUPLICATE_ID_NUMBER"): same_id(k, 2, *dup15) for k in dup15},
+        **{(k, "DUPLICATE_ID_NUMBER"): same_id(k, 2, *dup_ids) for k in dup_ids},
+        **{(k, "DUPLICATE_ID_WITH_INACTIVE"): same_id(k, 1, *trail) for k in trail},
+        **{
+            (k, "DUPLICATE_PERSON_IN_HOUSEHOLD"): (
+                f"户号 HP 内姓名、出生日期、性别相同的在册记录共 2 条，{see(k, *persons)}"
+            )
+            for k in persons
+        },
+        ("born_on_cutoff_day", "BIRTH_DATE_IMPOSSIBLE"): future,
+        ("born_2020", "BIRTH_DATE_IMPOSSIBLE"): future,
+        ("born_1899", "BIRTH_DATE_IMPOSSIBLE"): future,
+        ("unknown_county", "UNKNOWN_ADDRESS_CODE"): address("330299", 1990),
+        ("unknown_province", "UNKNOWN_ADDRESS_CODE"): address("999999", 1990),
+        ("retired_before_birth", "UNKNOWN_ADDRESS_CODE"): address("330227", 2010),
+        ("missing_name", "MISSING_FIELD"): "必填项为空：姓名",
+        ("missing_id", "MISSING_FIELD"): "必填项为空：公民身份号码",
+        ("missing_category", "MISSING_FIELD"): "必填项为空：户别",
+        ("missing_birth", "MISSING_FIELD"): "必填项为空：出生日期",
+        ("headless_spouse", "HOUSEHOLD_WITHOUT_HEAD"): f"户号 HH 共 2 名在册人员{headless}",
+        ("head_cancelled_child", "HOUSEHOLD_WITHOUT_HEAD"): f"户号 HX 共 1 名在册人员{headless}",
+        ("no_division", "NO_DIVISION_CODE"): (
+            "行政区划代码为空：不在任何辖区范围内，转换不会处理此记录"
+        ),
+    }
+
+
+def _action(key: str, code: str) -> str:
+    """What the row must say is done with the record: stated per category, and per state."""
+    if code == "NO_DIVISION_CODE":
+        return NEVER_CONVERTED
+    if ROW[key]["人员状态"] != "正常":
+        return INACTIVE_NOT_CONVERTED
+    if code == "MISSING_FIELD":
+        return "照常转换，列入异常清单待补录"
+    if code == "CATEGORY_CONFLICT":
+        return "照常转换，户别按户口类别登记（原户别记入历史表），列入异常清单待核实"
+    return CONVERTED_AS_USUAL
+
+
+def test_each_case_has_its_row_in_the_workbook(engine: Engine, tmp_path: Path) -> None:
+    """The rehearsal's 异常清单 lists each case's findings: category code, 错重假漏, severity, the
+    record (key, masked number, 18-digit form, masked name), the explanation and the action; the
+    real run held to the rehearsal's plan does what the action says, and its 异常清单 is the
+    rehearsal's."""
+    key_of = _load(engine, tmp_path)
+    rid = {key: record_id for record_id, key in key_of.items()}
+    cutoff = resolve_cutoff(ZHENHAI, None)
+    rehearsal = rehearse(engine, ZHENHAI, cutoff, plan_dir=tmp_path / "plan")
+    rows = sheet_table(write_run_workbook(engine, rehearsal, tmp_path / "r").path, "异常清单")
+
+    explanations = _explanations(rid)
+    expected_pairs = {(key, code) for key, _, found in CASES for code, _ in found}
+    assert set(explanations) == expected_pairs  # every case with a finding is spelled out
+    got = {(key_of[r["记录号"]], r["类别代码"]): r for r in rows}
+    assert len(got) == len(rows) == len(expected_pairs)
+    assert [r["序号"] for r in rows] == list(range(1, len(rows) + 1))
+    for key, row, found in CASES:
+        number = row["公民身份号码"]
+        for code, severity in found:
+            cells = got[key, code]
+            assert cells == {
+                "序号": cells["序号"],
+                "类别代码": code,
+                "类别": KIND[code],
+                "严重程度": SEVERITY[severity],
+                "记录号": rid[key],
+                "公民身份号码": mask_id(number) or None,
+                "18位号码（由15位升级）": (
+                    mask_id(_upgraded(number)) if code == "OLD_15_DIGIT_ID" else None
+                ),
+                "姓名": mask_name(row["姓名"]) or None,
+                "说明": explanations[key, code],
+                "处理": _action(key, code),
+            }, (key, code)
+    shown = " ".join(str(v) for r in rows for v in r.values())
+    assert not any(row["公民身份号码"] in shown for _, row, _ in CASES if row["公民身份号码"])
+
+    result = run_cutover(engine, ZHENHAI, cutoff, expect=rehearsal.plan_path)
+    assert result.plan_comparison is not None and result.plan_comparison.matches
+    H = schema.history
+    with engine.connect() as conn:
+        history = {
+            key_of[r.record_id]: r
+            for r in conn.execute(
+                select(H.c.record_id, H.c.household_category, H.c.original_category_label)
+            )
+        }
+    # what the action says is what the run did
+    for (key, code), cells in got.items():
+        assert (key in history) == cells["处理"].startswith("照常转换"), (key, code)
+    conflict = history["category_conflict"]
+    assert (conflict.household_category, conflict.original_category_label) == (
+        "FAMILY",
+        "社区集体户",
+    )
+    # the real run reports every exception the rehearsal did, row for row
+    written = write_run_workbook(engine, result, tmp_path / "c")
+    assert sheet_table(written.path, "异常清单") == rows

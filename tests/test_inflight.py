@@ -8,12 +8,15 @@ from sqlalchemy import Engine, select
 
 from hukou_convert import schema
 from hukou_convert.cutover import rehearse, run_cutover
+from hukou_convert.findings import Finding
+from hukou_convert.idnumbers import mask_id, mask_name
 from hukou_convert.inflight import Outcome
 from hukou_convert.ingest import import_applications, import_register
 from hukou_convert.profiles import BUILTIN_PROFILES, resolve_cutoff
 from hukou_convert.verify import verify_run
+from hukou_convert.workbook import rewrite_report, write_run_workbook
 
-from .helpers import ident, person, table_dump, write_register
+from .helpers import ident, person, sheet_table, table_dump, write_register
 
 ZHENHAI = BUILTIN_PROFILES["zhenhai"]
 CUTOFF = resolve_cutoff(ZHENHAI, None)  # 2016-09-30 24:00
@@ -22,7 +25,7 @@ P = {n: ident("330211", "19700101", 2 * n + 1) for n in range(1, 8)}
 UNKNOWN = ident("330211", "19700101", 99)
 
 
-def _register(tmp_path: Path) -> Path:
+def _register(tmp_path: Path, *extra: dict[str, str]) -> Path:
     rows = [
         person(P[1], "2", household="H1", name="甲"),
         person(P[2], "4", household="H2", category="", name="乙"),
@@ -31,6 +34,7 @@ def _register(tmp_path: Path) -> Path:
         person(P[5], "2", household="H5", status="注销", name="戊"),
         person(P[6], "5", household="H6", name="己"),
         person(P[7], "农业", household="H7", name="庚"),
+        *extra,
     ]
     return write_register(tmp_path / "register.csv", rows)
 
@@ -242,3 +246,145 @@ def test_rollback_undoes_an_applied_application_and_reopens_the_decisions(
     assert table_dump(engine)["hukou_register"] == original
     check = verify_run(engine, second.run_id)
     assert check.ok, check.discrepancies()
+
+
+# application -> (severity, explanation, note, action) of its 异常清单 row: the rule of issue 4 for
+# each case of APPLICATIONS; the note is the reason the rehearsal gives
+CUTOFF_TEXT = "2016-10-01T00:00:00+08:00"
+APPLIED_ACTION = "先行办结，历史表按截止时点类型记载并注明业务编号"
+UNRESOLVED = "不予办理，待核实"
+INFLIGHT_ROWS: dict[str, tuple[str, str, str, str]] = {
+    "A01": ("警告", "截止时点前已批准的农转非业务", "", APPLIED_ACTION),
+    "A02": ("警告", "截止时点前已批准的农转非业务", "", APPLIED_ACTION),
+    "A03": ("警告", "截止时点未批准的非转农业务", "审批状态 待审批", "停止办理"),
+    "A04": ("错误", "农转非业务的申请人不在本次范围内或非在册", "", UNRESOLVED),
+    "A05": ("错误", "农转非业务的申请人不在本次范围内或非在册", "", UNRESOLVED),
+    "A06": (
+        "错误",
+        "已批准的农转非业务与申请人现登记类型不符",
+        "现登记户口性质 '5'",
+        "未办理，待人工核实",
+    ),
+    "A07": ("警告", "截止时点及以后申请的农转非业务", f"申请时间 {CUTOFF_TEXT}", "不予受理"),
+    "A08": ("错误", "农转非业务的申请人不在户籍登记中", "", UNRESOLVED),
+    "A09": ("警告", "截止时点前已驳回的农转非业务", "", "无需处理"),
+    "A10": (
+        "警告",
+        "截止时点未批准的农转非业务",
+        f"审批状态 已批准，批准时间 {CUTOFF_TEXT}",
+        "停止办理",
+    ),
+}
+# changed exactly when the 停办 began (2016-09-30 00:00): listed; a second earlier: not
+LATE = ident("330211", "19700101", 21)
+EARLY = ident("330211", "19700101", 23)
+LISTED = ("在办业务", "停办期变更")
+
+
+def test_every_outcome_has_its_finding_stored_outcome_and_workbook_row(
+    engine: Engine, tmp_path: Path
+) -> None:
+    late = person(LATE, "2", household="H8", name="辛八", updated="2016-09-30 00:00:00")
+    early = person(EARLY, "2", household="H9", name="壬九", updated="2016-09-29 23:59:59")
+    import_register(engine, _register(tmp_path, late, early))
+    import_applications(engine, _applications(tmp_path))
+    R = schema.register
+    with engine.connect() as conn:
+        people = {
+            r.id_number: (r.record_id, r.name)
+            for r in conn.execute(select(R.c.id_number, R.c.record_id, R.c.name))
+        }
+    assert len(people) == 9  # one record per person
+
+    def expected_rows(run_id: str | None) -> list[dict[str, object]]:
+        """The in-flight and late-change rows. The real run's own report (``run_id``) says it
+        decided the outcomes it stored: all but those about people it does not cover."""
+        rows: list[dict[str, object]] = []
+        for app_id, number, kind, *_, outcome in APPLICATIONS:
+            severity, text, note, action = INFLIGHT_ROWS[app_id]
+            assert kind in text
+            if run_id and outcome not in (Outcome.NOT_IN_REGISTER, Outcome.OUT_OF_SCOPE):
+                note = f"已由运行 {run_id} 处理"
+            record, name = people.get(number, (None, None))
+            rows.append(
+                {
+                    "类别代码": f"APPLICATION_{outcome.value}",
+                    "类别": "在办业务",
+                    "严重程度": severity,
+                    "记录号": record,
+                    "公民身份号码": mask_id(number),
+                    "18位号码（由15位升级）": None,
+                    "姓名": mask_name(name) or None,
+                    "说明": f"{text}（业务编号 {app_id}）" + (f"：{note}" if note else ""),
+                    "处理": action,
+                }
+            )
+        rows.append(
+            {
+                "类别代码": "LATE_CHANGE",
+                "类别": "停办期变更",
+                "严重程度": "警告",
+                "记录号": people[LATE][0],
+                "公民身份号码": mask_id(LATE),
+                "18位号码（由15位升级）": None,
+                "姓名": "辛*",
+                "说明": "停办（2016-09-30T00:00:00+08:00 起）期间记录有变更，"
+                "变更时间 2016-09-30T00:00:00+08:00",
+                "处理": "照常转换，列入复核",
+            }
+        )
+        return rows
+
+    def listed(path: Path) -> list[dict[str, object]]:
+        rows = sheet_table(path, "异常清单")
+        assert [r["序号"] for r in rows] == list(range(1, len(rows) + 1))
+        return [{k: v for k, v in r.items() if k != "序号"} for r in rows if r["类别"] in LISTED]
+
+    def findings(found: list[Finding]) -> list[tuple[str, object]]:
+        return [(f.code, f.record_id) for f in found if f.category in LISTED]
+
+    rehearsal = rehearse(engine, ZHENHAI, CUTOFF)
+    rehearsed = expected_rows(None)
+    assert findings(rehearsal.findings) == [(r["类别代码"], r["记录号"]) for r in rehearsed]
+    assert listed(write_run_workbook(engine, rehearsal, tmp_path / "r").path) == rehearsed
+
+    result = run_cutover(engine, ZHENHAI, CUTOFF)
+    run_id = str(result.run_id)
+    done = expected_rows(run_id)
+    assert findings(result.findings) == [(r["类别代码"], r["记录号"]) for r in done]
+    assert listed(write_run_workbook(engine, result, tmp_path / "c").path) == done
+    # and the same when the report is written again later, from what the run recorded
+    assert listed(rewrite_report(engine, run_id, tmp_path / "later").path) == done
+
+    # the applications table: the outcome about each person the run covers, the record, the codes
+    A, H = schema.applications, schema.history
+    with engine.connect() as conn:
+        stored = {
+            r.application_id: tuple(r)[1:]
+            for r in conn.execute(
+                select(
+                    A.c.application_id,
+                    A.c.outcome,
+                    A.c.outcome_run_id,
+                    A.c.outcome_record_id,
+                    A.c.outcome_from_code,
+                    A.c.outcome_to_code,
+                )
+            )
+        }
+        converted = set(conn.execute(select(H.c.id_number)).scalars())
+    unstored = (None, None, None, None, None)
+    assert stored == {
+        "A01": ("APPLIED", run_id, people[P[1]][0], "2", "1"),
+        "A02": ("APPLIED", run_id, people[P[2]][0], "4", "3"),
+        "A03": ("TERMINATED", run_id, people[P[3]][0], None, None),
+        "A04": unstored,  # out of scope: another run decides
+        "A05": unstored,  # not an active record
+        "A06": ("NOT_APPLICABLE", run_id, people[P[6]][0], None, None),
+        "A07": ("REJECTED", run_id, people[P[7]][0], None, None),
+        "A08": unstored,  # not in the register
+        "A09": ("ALREADY_REJECTED", run_id, people[P[7]][0], None, None),
+        "A10": ("TERMINATED", run_id, people[P[7]][0], None, None),
+    }
+    # a late change is converted as usual (照常转换)
+    assert {LATE, EARLY} <= converted
