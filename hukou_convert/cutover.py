@@ -439,11 +439,15 @@ def _locked_cutover(
             started,
         )
         outcome = "completed"
+        schema.defer_history_indexes(engine)
 
     codes = run_codes(engine, run_id)
     batches = convert_batches(
         engine, run_id, codes, profile, cutoff, batch_size, census, progress, register
     )
+    # the register is back in service: the history's indexes are built before the run is complete
+    with progress("索引 history indexes", None, "个") as advance:
+        advance(len(schema.build_history_indexes(engine)))
     with engine.begin() as conn:
         converted = conn.execute(
             select(func.coalesce(func.sum(schema.run_batches.c.converted), 0)).where(

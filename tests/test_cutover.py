@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select
@@ -299,3 +300,59 @@ def test_tables_of_an_earlier_version_are_named_not_used(engine: Engine, sample_
     assert err.value.exit_code == 5
     with engine.connect() as conn:
         assert conn.execute(register).all() == before  # nothing converted
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _history_indexes(engine: Engine) -> set[str]:
+    from sqlalchemy import inspect
+
+    return {str(ix["name"]) for ix in inspect(engine).get_indexes(schema.history.name)}
+
+
+def test_history_indexes_are_built_after_the_batches_of_a_first_cutover(
+    engine: Engine, sample_csv: Path
+) -> None:
+    """Into an empty history the batches run without its indexes, which are built once after the
+    last batch, also by a resume; a later cutover (history not empty) keeps them throughout."""
+    from contextlib import contextmanager
+
+    from hukou_convert.rollback import rollback_run
+
+    _sample(engine, sample_csv)
+    expected = {str(ix.name) for ix in schema.HISTORY_INDEXES}
+    assert _history_indexes(engine) == expected
+    seen: dict[str, set[str]] = {}
+
+    def watching(interrupt_after: int | None = None) -> Any:
+        @contextmanager
+        def progress(phase: str, _total: int | None, _unit: str) -> Any:
+            batches = 0
+
+            def advance(_n: int) -> None:
+                nonlocal batches
+                batches += 1
+                seen[phase] = _history_indexes(engine)
+                if interrupt_after is not None and batches > interrupt_after:
+                    raise _Interrupted
+
+            yield advance
+
+        return progress
+
+    with pytest.raises(_Interrupted):
+        run_cutover(engine, ZHENHAI, CUTOFF, batch_size=40, progress=watching(interrupt_after=2))
+    assert seen["转换 cutover"] == set() and _history_indexes(engine) == set()
+    resumed = run_cutover(engine, ZHENHAI, CUTOFF, batch_size=40, progress=watching())
+    assert resumed.outcome == "resumed"
+    assert _history_indexes(engine) == expected
+    assert verify_run(engine, resumed.run_id).ok
+
+    rollback_run(engine, str(resumed.run_id))
+    seen.clear()
+    again = run_cutover(engine, ZHENHAI, CUTOFF, batch_size=40, progress=watching())
+    assert again.outcome == "completed" and again.run_id != resumed.run_id
+    assert seen["转换 cutover"] == expected  # the history held rows: its indexes stayed
+    assert _history_indexes(engine) == expected
