@@ -142,6 +142,8 @@ def _print_import(result: ImportResult) -> None:
         click.echo(f"  rejected rows with reasons: {result.reject_file}")
         for reason, n in sorted(result.rejects_by_reason.items(), key=lambda kv: -kv[1]):
             click.echo(f"    {n:>8}  {reason}")
+    for note in result.notes:  # formulas and merged ranges of a workbook, by line and column
+        click.echo(f"hukou-convert: warning: {note}", err=True)
 
 
 @cli.command("profiles")

@@ -9,12 +9,12 @@ transaction with its ledger row: a failed import leaves nothing behind.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,29 @@ from sqlalchemy import Connection, Engine, Table, delete, func, insert, select
 
 from . import schema
 from .bulk import BulkInserter, Convert
-from .codes import CATEGORY_INPUTS
 from .errors import InputFileError, RegisterStateError
-from .instants import CST, now, parse_instant
+from .fields import (
+    APPLICATION_FIELDS,
+    PERSON_FIELDS,
+    FieldSpec,
+    Parser,
+    Reject,
+    column_letter,
+    map_header,
+    parse_id_number,
+    parse_text,
+)
+from .instants import now
 from .progress import Progress, no_progress
-from .readers import Cell, Row, TableFile, is_bad_record, open_table
+from .readers import (
+    Cell,
+    FormulaCell,
+    MergedRange,
+    Row,
+    TableFile,
+    is_bad_record,
+    open_table,
+)
 from .runlock import live_run_lock
 from .runs import describe_live_run, unfinished_run
 
@@ -38,23 +56,6 @@ class ImportMode(StrEnum):
     NEW = "new"  # refuse if the table already holds rows
     APPEND = "append"
     REPLACE = "replace"
-
-
-class Reject(Exception):
-    def __init__(self, column: str | None, reason: str) -> None:
-        self.column = column
-        self.reason = reason
-
-
-Parser = Callable[[Cell], Any]
-
-
-@dataclass(frozen=True)
-class FieldSpec:
-    name: str
-    aliases: tuple[str, ...]
-    parse: Parser
-    required: bool = False  # the column must be present in the header
 
 
 @dataclass
@@ -68,226 +69,9 @@ class ImportResult:
     reject_file: str | None
     import_id: int
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------- cell parsers
-
-
-def _text(cell: Cell) -> str | None:
-    if type(cell) is str:  # every CSV cell: the fast path
-        return cell.strip() or None
-    if cell is None:
-        return None
-    if isinstance(cell, bool):
-        return "1" if cell else "0"
-    if isinstance(cell, float):
-        if cell.is_integer():
-            return str(int(cell))
-        return repr(cell)
-    if isinstance(cell, datetime | date):
-        return cell.isoformat()
-    text = str(cell).strip()
-    return text or None
-
-
-def _code_text(cell: Cell) -> str | None:
-    """Codes and numbers kept as text. A float that cannot hold its digits exactly is refused: Excel
-    keeps 15 significant digits and silently destroys an 18-digit ID or household number."""
-    if type(cell) is str:
-        return cell.strip() or None
-    if isinstance(cell, float) and abs(cell) >= 2**53:
-        raise Reject(
-            None, "stored as a number in Excel: its digits were lost; format the column as text"
-        )
-    if isinstance(cell, int) and not isinstance(cell, bool) and abs(cell) >= 10**15:
-        raise Reject(None, "stored as a number in Excel: re-export the column as text")
-    return _text(cell)
-
-
-def _id_number(cell: Cell) -> str | None:
-    text = _code_text(cell)
-    return None if text is None else "".join(text.split()).upper()
-
-
-_SEX = {
-    "男": "男",
-    "1": "男",
-    "m": "男",
-    "male": "男",
-    "女": "女",
-    "2": "女",
-    "f": "女",
-    "female": "女",
-}
-
-
-def _sex(cell: Cell) -> str | None:
-    text = _text(cell)
-    if text is None:
-        return None
-    value = _SEX.get(text.lower())
-    if value is None:
-        raise Reject(None, f"性别 {text!r} is not 男/女 or 1/2")
-    return value
-
-
-_EXCEL_EPOCH = date(1899, 12, 30)
-_DATE_RE = re.compile(r"^(\d{4})[-/.年]?(\d{1,2})[-/.月]?(\d{1,2})日?$")
-
-
-def _date(cell: Cell) -> date | None:
-    if cell is None:
-        return None
-    if isinstance(cell, datetime):
-        return cell.date()
-    if isinstance(cell, date):
-        return cell
-    if isinstance(cell, int | float) and not isinstance(cell, bool):
-        if 1 <= cell < 2_958_466:  # an Excel serial date
-            return _EXCEL_EPOCH + timedelta(days=int(cell))
-        cell = str(int(cell))
-    text = str(cell).strip()
-    if not text:
-        return None
-    match = _DATE_RE.match(text)
-    if match is None or (len(text) == 8 and not text.isdigit()):
-        raise Reject(None, f"{text!r} is not a date (YYYY-MM-DD or YYYYMMDD)")
-    try:
-        return date(int(match[1]), int(match[2]), int(match[3]))
-    except ValueError:
-        raise Reject(None, f"{text!r} is not a date that exists") from None
-
-
-def _instant(cell: Cell) -> datetime | None:
-    if cell is None:
-        return None
-    if isinstance(cell, datetime):
-        return cell.replace(tzinfo=CST) if cell.tzinfo is None else cell
-    if isinstance(cell, date):
-        return datetime(cell.year, cell.month, cell.day, tzinfo=CST)
-    text = str(cell).strip()
-    if not text:
-        return None
-    if re.match(r"^\d{4}-\d{2}-\d{2}$", text) or re.match(r"^\d{8}$", text):
-        day = _date(text)
-        assert day is not None
-        return datetime(day.year, day.month, day.day, tzinfo=CST)
-    try:
-        return parse_instant(text.replace("/", "-"))
-    except ValueError:
-        raise Reject(None, f"{text!r} is not a date and time") from None
-
-
-def _category(cell: Cell) -> str | None:
-    text = _text(cell)
-    if text is None:
-        return None
-    value = CATEGORY_INPUTS.get(text.lower())
-    if value is None:
-        raise Reject(None, f"户别 {text!r} is neither 家庭户 nor 集体户")
-    return value
-
-
-def _status(cell: Cell) -> str:
-    return _text(cell) or "正常"
-
-
-PERSON_FIELDS: list[FieldSpec] = [
-    FieldSpec(
-        "id_number", ("公民身份号码", "身份证号码", "身份证号", "id_number"), _id_number, True
-    ),
-    FieldSpec("name", ("姓名", "name"), _text, True),
-    FieldSpec("sex", ("性别", "sex"), _sex),
-    FieldSpec("birth_date", ("出生日期", "birth_date"), _date),
-    FieldSpec("household_id", ("户号", "household_id"), _code_text, True),
-    FieldSpec("hukou_type", ("户口性质", "户口类别", "hukou_type"), _code_text, True),
-    FieldSpec("household_category", ("户别", "household_category"), _category),
-    FieldSpec("division_code", ("行政区划代码", "行政区划", "division_code"), _code_text, True),
-    FieldSpec("status", ("人员状态", "status"), _status),
-    FieldSpec("updated_at", ("变更时间", "updated_at"), _instant),
-    FieldSpec("address", ("住址", "address"), _text),
-    FieldSpec("police_station", ("派出所", "police_station"), _text),
-    FieldSpec("relation", ("与户主关系", "relation"), _text),
-]
-
-_KINDS = {"农转非": "农转非", "非转农": "非转农"}
-_APP_STATUS = {"已批准": "已批准", "待审批": "待审批", "已驳回": "已驳回"}
-
-
-def _choice(options: dict[str, str], label: str) -> Parser:
-    def parse(cell: Cell) -> str:
-        text = _text(cell)
-        if text is None or text not in options:
-            raise Reject(None, f"{label} {text!r} is not one of {'/'.join(options)}")
-        return options[text]
-
-    return parse
-
-
-def _required_text(cell: Cell) -> str:
-    text = _code_text(cell)
-    if text is None:
-        raise Reject(None, "empty")
-    return text
-
-
-def _required_instant(cell: Cell) -> datetime:
-    value = _instant(cell)
-    if value is None:
-        raise Reject(None, "empty")
-    return value
-
-
-APPLICATION_FIELDS: list[FieldSpec] = [
-    FieldSpec("application_id", ("业务编号", "application_id"), _required_text, True),
-    FieldSpec("id_number", ("公民身份号码", "身份证号码", "id_number"), _id_number, True),
-    FieldSpec("kind", ("业务类型", "kind"), _choice(_KINDS, "业务类型"), True),
-    FieldSpec("applied_at", ("申请时间", "applied_at"), _required_instant, True),
-    FieldSpec("status", ("审批状态", "status"), _choice(_APP_STATUS, "审批状态"), True),
-    FieldSpec("approved_at", ("审批时间", "approved_at"), _instant),
-]
-
-
-# ---------------------------------------------------------------- header
-
-
-def map_header(table: TableFile, fields: list[FieldSpec]) -> dict[str, int]:
-    """Field name -> column index. Missing required columns or a column given twice are errors."""
-    lookup: dict[str, FieldSpec] = {}
-    for spec in fields:
-        for alias in spec.aliases:
-            lookup[alias.lower()] = spec
-    positions: dict[str, int] = {}
-    for index, title in enumerate(table.header):
-        found = lookup.get(title.strip().lstrip("\ufeff").lower())
-        if found is None:
-            continue  # extra columns are ignored
-        spec = found
-        if spec.name in positions:
-            first = table.header[positions[spec.name]]
-            raise InputFileError(
-                str(table.path),
-                f"columns {first!r} and {title!r} both give {spec.name}: keep one",
-                table.header_line,
-                _column_letter(index),
-            )
-        positions[spec.name] = index
-    missing = [s for s in fields if s.required and s.name not in positions]
-    if missing:
-        names = ", ".join(f"{s.aliases[0]}/{s.aliases[-1]}" for s in missing)
-        raise InputFileError(
-            str(table.path), f"the header lacks required column(s): {names}", table.header_line
-        )
-    return positions
-
-
-def _column_letter(index: int) -> str:
-    letters = ""
-    index += 1
-    while index:
-        index, rem = divmod(index - 1, 26)
-        letters = chr(65 + rem) + letters
-    return letters
+    # how cells were read where the file does not simply hold a value (xlsx formulas, merged
+    # ranges), each naming the file, line and column; the first few listed, the rest counted
+    notes: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- rows
@@ -336,15 +120,20 @@ class RowPlan:
         self.is_xlsx = table.kind == "xlsx"
         self._cells: list[tuple[int, str, Parser, int | None, Convert | None]] = []
         self._fast: list[tuple[int, Callable[[str], Any]]] = []
+        self.labels: dict[int, str] = {}  # column index -> "B (姓名)", for the columns read
+        self._required: set[int] = set()
         names: list[str] = []
         for spec in fields:
             if spec.name not in positions:
                 continue
             index = positions[spec.name]
-            label = f"{_column_letter(index)} ({table.header[index]})"
+            label = f"{column_letter(index)} ({table.header[index]})"
             limit = lengths.get(spec.name)
             conv = convert.get(spec.name)
             self._cells.append((index, label, spec.parse, limit, conv))
+            self.labels[index] = label
+            if spec.required:
+                self._required.add(index)
             self._fast.append((index, self._fast_cell(spec, limit, conv)))
             names.append(spec.name)
         absent = [s for s in fields if s.name not in positions]
@@ -355,12 +144,20 @@ class RowPlan:
             for s, v in zip(absent, defaults, strict=True)
         )
         self.columns: tuple[str, ...] = tuple(names) + tuple(s.name for s in absent)
+        # merged ranges over each column read, by first row: to say why a cell is empty
+        self._merged: dict[int, tuple[list[int], list[MergedRange]]] = {}
+        for merged in sorted(table.merged, key=lambda m: m.min_row):
+            for index in range(merged.min_col, merged.max_col + 1):
+                if index in self.labels:
+                    starts, ranges = self._merged.setdefault(index, ([], []))
+                    starts.append(merged.min_row)
+                    ranges.append(merged)
 
     def _fast_cell(
         self, spec: FieldSpec, limit: int | None, conv: Convert | None
     ) -> Callable[[str], Any]:
         cap = limit if limit is not None else 1 << 62
-        if spec.parse is _text and conv is None:
+        if spec.parse is parse_text and conv is None:
             # free text (names, addresses) rarely repeats: not worth a cache
 
             def text(cell: str) -> str | None:
@@ -370,7 +167,7 @@ class RowPlan:
                 return value or None
 
             return text
-        if spec.parse is _id_number and conv is None:
+        if spec.parse is parse_id_number and conv is None:
 
             def id_number(cell: str) -> str | None:
                 value = "".join(cell.split()).upper()
@@ -403,7 +200,13 @@ class RowPlan:
 
         return cached
 
-    def parse(self, cells: list[Cell]) -> tuple[Any, ...] | Reject:
+    def parse(
+        self, cells: list[Cell], line: int = 0, formulas: tuple[FormulaCell, ...] = ()
+    ) -> tuple[Any, ...] | Reject | None:
+        """The row's values, or the Reject that keeps it out, or None for a row to skip (blank
+        but for formulas without a value in columns not read). ``line`` and ``formulas`` are the
+        row's (xlsx): a formula the file holds no value for rejects the row in a required column
+        and reads as empty in another."""
         count = len(cells)
         if self.is_csv and count == self.width:
             try:
@@ -417,15 +220,24 @@ class RowPlan:
             extra = cells[self.width :]
             if count < self.width or any(str(c).strip() for c in extra if c is not None):
                 return Reject(None, f"{count} fields where the header has {self.width}")
+        uncached = [column for column, cached in formulas if not cached] if formulas else []
+        if uncached and all(_blank(c) for c in cells):
+            read = [column for column in uncached if column in self.labels]
+            # nothing in the row but formulas the file has no value for: nothing to load
+            return Reject(self.labels[read[0]], NO_CACHED_VALUE) if read else None
         values: list[Any] = []
         for index, label, parse, limit, conv in self._cells:
             cell = cells[index] if index < count else None
+            if uncached and index in uncached and index in self._required:
+                return Reject(label, NO_CACHED_VALUE)
             try:
                 if self.is_xlsx and isinstance(cell, str) and cell in _EXCEL_ERRORS:
                     raise Reject(None, f"Excel error value {cell}")
                 value = parse(cell)
             except Reject as exc:
                 reason = exc.reason if exc.reason != "empty" else "required value is empty"
+                if self._merged and _blank(cell):
+                    reason += self._under_merge(index, line)
                 return Reject(label, reason)
             if isinstance(value, str) and limit is not None and len(value) > limit:
                 return Reject(label, f"longer than {limit} characters")
@@ -433,6 +245,110 @@ class RowPlan:
                 value = conv(value)
             values.append(value)
         return (*values, *self._defaults)
+
+    def _under_merge(self, index: int, line: int) -> str:
+        """Why an empty cell is empty, if a merged range hides it (ranges do not overlap)."""
+        starts, ranges = self._merged.get(index, ([], []))
+        at = bisect.bisect_right(starts, line) - 1
+        if at >= 0 and ranges[at].hides(index, line):
+            merged = ranges[at]
+            return f" (under the merged range {merged.ref}: only {merged.first} holds its value)"
+        return ""
+
+
+NO_CACHED_VALUE = (
+    "a formula with no cached value (the workbook was saved without calculating it):"
+    " open and save it in Excel, or paste the values"
+)
+
+
+def _blank(cell: Cell) -> bool:
+    return cell is None or (isinstance(cell, str) and not cell.strip())
+
+
+class _ReadNotes:
+    """What an import says about cells the file does not simply hold a value for: formula cells of
+    loaded rows (their cached value loaded, or none: loaded as empty) and merged ranges over the
+    columns read. Each names the file, line and column; the first few are listed, the rest counted,
+    so that a large sheet keeps memory flat. No value is ever quoted."""
+
+    LISTED = 20
+
+    def __init__(self, table: TableFile, plan: RowPlan) -> None:
+        self.file = str(table.path)
+        self.labels = plan.labels
+        self.lines: list[str] = []
+        self._formulas_listed = 0
+        self._unlisted_cached = 0
+        self._unlisted_empty = 0
+        self._merged(table)
+
+    def _merged(self, table: TableFile) -> None:
+        unlisted = table.merged_unlisted
+        for merged in sorted(table.merged, key=lambda m: (m.min_row, m.min_col)):
+            columns = [
+                self.labels[i]
+                for i in range(merged.min_col, merged.max_col + 1)
+                if i in self.labels
+            ]
+            first_data = max(merged.min_row, table.header_line + 1)
+            if columns == [self.labels.get(merged.min_col)] and first_data == merged.min_row:
+                first_data += 1  # only the first cell's column is read: its rows below
+            if not columns or first_data > merged.max_row:
+                continue
+            if len(self.lines) >= self.LISTED:
+                unlisted += 1
+                continue
+            lines = (
+                f"line {first_data}"
+                if first_data == merged.max_row
+                else f"lines {first_data}-{merged.max_row}"
+            )
+            self.lines.append(
+                f"{self.file}, {lines}, column{'s' if len(columns) > 1 else ''}"
+                f" {', '.join(columns)}: merged range {merged.ref}: the cells under it other than"
+                f" the first ({merged.first}) are empty in the file and are read as empty"
+            )
+        if unlisted:
+            self.lines.append(
+                f"{self.file}: {unlisted} more merged ranges not listed"
+                # beyond the ranges kept, their columns were not looked at
+                + (" (some may be in columns not read)" if table.merged_unlisted else "")
+            )
+
+    def formulas(self, line: int, cells: tuple[FormulaCell, ...]) -> None:
+        """The formula cells of a loaded row."""
+        for column, cached in cells:
+            label = self.labels.get(column)
+            if label is None:
+                continue  # a column the import does not read
+            if self._formulas_listed >= self.LISTED:
+                if cached:
+                    self._unlisted_cached += 1
+                else:
+                    self._unlisted_empty += 1
+                continue
+            self._formulas_listed += 1
+            self.lines.append(
+                f"{self.file}, line {line}, column {label}: "
+                + (
+                    "a formula: the value loaded is its cached value (the result last saved"
+                    " with the workbook)"
+                    if cached
+                    else "a formula with no cached value (the workbook was saved without"
+                    " calculating it): loaded as empty"
+                )
+            )
+
+    def finish(self) -> list[str]:
+        more = self._unlisted_cached + self._unlisted_empty
+        if more:
+            self.lines.append(
+                f"{self.file}: {more} more formula cells not listed ({self._unlisted_cached}"
+                f" loaded with their cached value, {self._unlisted_empty} with none, loaded as"
+                " empty)"
+            )
+        return self.lines
 
 
 def parse_rows(
@@ -444,7 +360,9 @@ def parse_rows(
     """Each row with its values by field name, or the Reject that keeps it out."""
     plan = RowPlan(table, fields, target)
     for row in table.rows(progress):
-        outcome = plan.parse(row.cells)
+        outcome = plan.parse(row.cells, row.line, row.formulas)
+        if outcome is None:
+            continue
         yield (
             row,
             outcome
@@ -650,10 +568,13 @@ def _load(
                 raise AssertionError("import_id and source_line need no conversion")
             plan = RowPlan(table, fields, target, writer.converters)
             key_at = columns.index("application_id") if kind == "applications" else -1
+            notes = _ReadNotes(table, plan)
             loaded = 0
             chunk: list[tuple[Any, ...]] = []
             for row in table.rows(progress):
-                outcome = plan.parse(row.cells)
+                outcome = plan.parse(row.cells, row.line, row.formulas)
+                if outcome is None:
+                    continue
                 if isinstance(outcome, Reject):
                     rejects.add(row, outcome)
                     continue
@@ -663,6 +584,8 @@ def _load(
                         rejects.add(row, Reject("业务编号", "application id already loaded"))
                         continue
                     seen_keys.add(key)
+                if row.formulas:
+                    notes.formulas(row.line, row.formulas)
                 chunk.append((*outcome, import_id, row.line))
                 if len(chunk) >= _CHUNK_ROWS:
                     writer.insert(chunk)
@@ -699,6 +622,7 @@ def _load(
         reject_file=rejects.commit(),
         import_id=int(import_id),
         rejects_by_reason=dict(rejects.by_reason),
+        notes=notes.finish(),
     )
 
 

@@ -21,7 +21,8 @@ from sqlalchemy import Engine, func, select
 
 from . import schema
 from .db import translate_errors
-from .ingest import PERSON_FIELDS, ImportMode, ImportResult, import_table
+from .fields import PERSON_FIELDS
+from .ingest import ImportMode, ImportResult, import_table
 from .mapping import OPTIONAL_FIELDS, REQUIRED_FIELDS, load_mapping
 from .progress import Progress, no_progress
 from .readers import Cell, Row, TableFile

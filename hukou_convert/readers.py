@@ -3,6 +3,12 @@
 A file is checked in full before anything is loaded from it (encoding, NUL bytes, format), so that a
 file that cannot be read loads nothing. Each data row comes with its line number and the original text
 as read, for the reject file.
+
+An xlsx is read by openpyxl in read-only mode, which gives a formula's cached value or its text but
+not both, and no merged ranges. A light streaming pass over the sheet's XML when it is opened finds
+whether it holds formulas and which merged ranges reach below the header (they are written after the
+rows); if it holds formulas, a second parse of the XML runs in step with openpyxl's rows and tells
+each row which of its cells are formulas and whether the file holds their cached value.
 """
 
 from __future__ import annotations
@@ -12,17 +18,22 @@ import csv
 import hashlib
 import io
 import itertools
+import re
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, cast
+from xml.etree import ElementTree
 
 from .errors import InputFileError
 from .progress import Progress
 
 Cell = str | int | float | date | datetime | bool | None
+# (0-based column, whether the file holds the formula's cached value)
+FormulaCell = tuple[int, bool]
 
 _CHUNK = 1 << 20
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -42,6 +53,28 @@ class Row:
     line: int  # 1-based line (CSV: first physical line of the record; xlsx: row number)
     cells: list[Cell]
     original: str  # the record as read
+    formulas: tuple[FormulaCell, ...] = ()  # xlsx: its formula cells (cells hold cached values)
+
+
+@dataclass(frozen=True)
+class MergedRange:
+    """A merged range of an xlsx sheet reaching below the header. Only its first (top-left) cell
+    holds a value: the others are empty in the file."""
+
+    ref: str  # e.g. "E2:E4"
+    first: str  # its top-left cell, e.g. "E2"
+    min_col: int  # 0-based
+    min_row: int  # spreadsheet row numbers
+    max_col: int
+    max_row: int
+
+    def hides(self, column: int, line: int) -> bool:
+        """Whether the cell (0-based column, row number) is under it and not its first cell."""
+        return (
+            self.min_col <= column <= self.max_col
+            and self.min_row <= line <= self.max_row
+            and (column, line) != (self.min_col, self.min_row)
+        )
 
 
 @dataclass
@@ -54,6 +87,10 @@ class TableFile:
     header_line: int
     size: int
     delimiter: str = ","
+    sheet_part: str | None = None  # xlsx: the first sheet's part in the ZIP
+    has_formulas: bool = False  # xlsx: the sheet holds at least one formula
+    merged: tuple[MergedRange, ...] = ()  # xlsx: merged ranges below the header, the first few
+    merged_unlisted: int = 0  # xlsx: merged ranges below the header beyond those kept
 
     def rows(self, progress: Progress) -> Iterator[Row]:
         if self.kind == "xlsx":
@@ -257,10 +294,18 @@ def _open_xlsx(path: Path, size: int) -> TableFile:
         ) from None
     try:
         ws = wb.worksheets[0]
+        part = getattr(ws, "_worksheet_path", None)  # read-only sheets know their part
+        if not isinstance(part, str):
+            raise InputFileError(name, "cannot find the first sheet in the workbook")
         for index, values in enumerate(ws.iter_rows(values_only=True), start=1):
             if values and any(v not in (None, "") for v in values):
                 header = ["" if v is None else str(v).strip() for v in values]
-                return TableFile(path, "xlsx", None, sha.hexdigest(), header, index, size)
+                table = TableFile(path, "xlsx", None, sha.hexdigest(), header, index, size)
+                table.sheet_part = part
+                _scan_sheet(table)
+                return table
+    except InputFileError:
+        raise
     except Exception as exc:  # openpyxl raises many kinds on damaged parts
         raise InputFileError(
             name, f"not a readable .xlsx workbook ({type(exc).__name__})"
@@ -270,22 +315,148 @@ def _open_xlsx(path: Path, size: int) -> TableFile:
     raise InputFileError(name, "the first sheet is empty: no header row")
 
 
+# A start tag can only begin at a "<" outside text, attribute values, comments and CDATA (where it is
+# escaped), and Excel writes none of the latter in a sheet: a start tag f (a formula) or mergeCell
+# found in the bytes is one. Any namespace prefix is allowed.
+_SHEET_MARKS = re.compile(rb"<(?:[A-Za-z_][\w.\-]*:)?(f|mergeCell)(?=[\s/>])([^>]*)")
+_MERGE_REF = re.compile(rb"""\bref\s*=\s*["']([^"']*)["']""")
+_MERGED_KEPT = 10_000  # merged ranges kept to name them; the rest are counted
+
+
+def _scan_sheet(table: TableFile) -> None:
+    """Whether the first sheet holds formulas, and its merged ranges reaching below the header:
+    one streaming pass over its XML (decompressed a block at a time, never held whole)."""
+    from openpyxl.utils.cell import get_column_letter, range_boundaries
+
+    assert table.sheet_part is not None
+    merged: list[MergedRange] = []
+    unlisted = 0
+
+    def marks(block: bytes, end: int) -> None:
+        nonlocal unlisted
+        for match in _SHEET_MARKS.finditer(block, 0, end):
+            if match[1] == b"f":
+                table.has_formulas = True
+                continue
+            ref = _MERGE_REF.search(match[2])
+            if ref is None:
+                continue
+            text = ref[1].decode("ascii", "replace").replace("$", "").upper()
+            try:
+                min_col, min_row, max_col, max_row = range_boundaries(text)
+            except (ValueError, TypeError):
+                continue
+            if min_col is None or min_row is None or max_col is None or max_row is None:
+                continue  # whole rows or columns: not something Excel writes as a merge
+            if max_row <= table.header_line or (min_col, min_row) == (max_col, max_row):
+                continue  # above the data, or a single cell
+            if len(merged) >= _MERGED_KEPT:
+                unlisted += 1
+                continue
+            first = f"{get_column_letter(min_col)}{min_row}"
+            merged.append(MergedRange(text, first, min_col - 1, min_row, max_col - 1, max_row))
+
+    with zipfile.ZipFile(table.path) as archive, archive.open(table.sheet_part) as fh:
+        tail = b""
+        while chunk := fh.read(_CHUNK):
+            block = tail + chunk
+            # a tag that starts before the last "<" ends before it: the rest waits for the next block
+            end = block.rfind(b"<")
+            end = len(block) if end < 0 else end
+            marks(block, end)
+            tail = block[end:]
+        marks(tail, len(tail))
+    table.merged = tuple(merged)
+    table.merged_unlisted = unlisted
+
+
+_MAIN = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
+_SHEET_DATA, _ROW, _C, _F, _V = (_MAIN + t for t in ("sheetData", "row", "c", "f", "v"))
+
+
+def _formula_rows(table: TableFile) -> Generator[tuple[int, tuple[FormulaCell, ...]]]:
+    """(row number, its formula cells) for each row of the first sheet holding a formula, in order,
+    numbered as openpyxl numbers them. Streaming: each row is dropped once looked at."""
+    from openpyxl.utils.cell import coordinate_to_tuple
+
+    if not table.has_formulas or table.sheet_part is None:
+        return
+    with zipfile.ZipFile(table.path) as archive, archive.open(table.sheet_part) as fh:
+        sheet_data: ElementTree.Element | None = None
+        number = 0
+        for event, element in ElementTree.iterparse(fh, events=("start", "end")):
+            if event == "start":
+                if element.tag == _SHEET_DATA:
+                    sheet_data = element
+                continue
+            if element.tag == _SHEET_DATA:
+                return  # what follows the rows (merged ranges…) is no row's
+            if element.tag != _ROW:
+                continue
+            number = _row_number(element.get("r"), number)
+            if next(element.iter(_F), None) is not None:
+                found: list[FormulaCell] = []
+                for position, cell in enumerate(element):
+                    if cell.tag != _C or cell.find(_F) is None:
+                        continue
+                    value = cell.find(_V)
+                    # an empty <v/> is a cached value only for a string result ("")
+                    cached = value is not None and (bool(value.text) or cell.get("t") == "str")
+                    found.append((_cell_column(element, position, coordinate_to_tuple), cached))
+                yield number, tuple(found)
+            if sheet_data is not None:
+                sheet_data.clear()  # the rows read so far: memory stays flat
+
+
+def _row_number(r: str | None, previous: int) -> int:
+    try:
+        return int(float(r)) if r else previous + 1
+    except ValueError:
+        return previous + 1
+
+
+def _cell_column(
+    row: ElementTree.Element, position: int, to_tuple: Callable[[str], tuple[int, int]]
+) -> int:
+    """The 0-based column of the row's cell at ``position``: its reference, or, as openpyxl counts
+    a cell without one, one after the cell before it."""
+    for back in range(position, -1, -1):
+        ref = row[back].get("r")
+        if ref:
+            return to_tuple(ref)[1] - 1 + (position - back)
+    return position
+
+
 def _xlsx_rows(table: TableFile, progress: Progress) -> Iterator[Row]:
     import openpyxl
 
     wb = openpyxl.load_workbook(table.path, read_only=True, data_only=True)
+    formulas = _formula_rows(table)  # reads nothing unless the sheet holds a formula
     try:
         ws = wb.worksheets[0]
         total = ws.max_row if isinstance(ws.max_row, int) else None
-        with progress("读取 " + table.path.name, total, "行") as advance:
-            for index, values in enumerate(ws.iter_rows(values_only=True), start=1):
+        with closing(formulas), progress("读取 " + table.path.name, total, "行") as advance:
+            pending = next(formulas, None)
+            rows: Iterator[tuple[Any, ...]] = ws.iter_rows(values_only=True)
+            if total is not None:
+                # openpyxl stops at the sheet's last row all the same; asking it for one more
+                # would make it parse what follows the rows, all the merged ranges at once
+                rows = itertools.islice(rows, total)
+            for index, values in enumerate(rows, start=1):
                 advance(1)
+                while pending is not None and pending[0] < index:
+                    pending = next(formulas, None)
+                marks: tuple[FormulaCell, ...] = ()
+                if pending is not None and pending[0] == index:
+                    marks = pending[1]
                 if index <= table.header_line:
                     continue
                 cells: list[Cell] = [_xlsx_value(v) for v in values]
-                if all(c is None or (isinstance(c, str) and not c.strip()) for c in cells):
-                    continue
-                yield Row(index, cells, _render_original(cells))
+                if all(c is None or (isinstance(c, str) and not c.strip()) for c in cells) and all(
+                    cached for _, cached in marks
+                ):
+                    continue  # blank, and no formula whose value the file lacks
+                yield Row(index, cells, _render_original(cells), marks)
     finally:
         wb.close()
 

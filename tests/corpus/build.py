@@ -6,9 +6,11 @@ ID numbers are made up, with valid check characters.
 
 from __future__ import annotations
 
+import re
 import zipfile
 from datetime import datetime
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 from openpyxl import Workbook
 
@@ -90,12 +92,15 @@ def _sheet(rows: list[list[object]]) -> Workbook:
 
 def xlsx_files() -> dict[str, Workbook]:
     out: dict[str, Workbook] = {}
-    # formulas: openpyxl stores no cached value, as a workbook never recalculated by Excel
-    formula = _sheet([_row(1), _row(3), _row(5)])
+    # formulas: openpyxl stores no cached value, as a workbook never recalculated by Excel; the
+    # one in CACHED is given the value Excel would have saved with it
+    formula = _sheet([_row(1), _row(3), _row(5), _row(7), _row(9)])
     ws = formula.active
     assert ws is not None
-    ws["B3"] = '=CONCATENATE("王","芳")'  # name: a formula
-    ws["F4"] = "=1+1"  # 户口性质: a formula
+    ws["B3"] = '=CONCATENATE("王","芳")'  # 姓名 (a required column): no cached value
+    ws["F4"] = "=1+1"  # 户口性质 (a required column): no cached value
+    ws["D5"] = "=DATE(1980,1,1)"  # 出生日期 (an optional column): no cached value
+    ws["B6"] = '=CONCATENATE("王","芳")'  # 姓名: with its cached value
     out["formulas.xlsx"] = formula
     errors = _sheet([_row(1), _row(3), _row(5)])
     ws = errors.active
@@ -121,19 +126,38 @@ def xlsx_files() -> dict[str, Workbook]:
     return out
 
 
+# file -> cell -> (type, value): the cached value of a formula cell, as Excel saves it
+CACHED = {"formulas.xlsx": {"B6": ("str", "王芳")}}
+
+
 def build() -> None:
     for name, data in text_files().items():
         (HERE / name).write_bytes(data)
     for name, wb in xlsx_files().items():
         wb.properties.created = wb.properties.modified = datetime(2016, 9, 30)
         wb.save(HERE / name)
-        _normalise(HERE / name)
+        _normalise(HERE / name, CACHED.get(name, {}))
 
 
-def _normalise(path: Path) -> None:
-    """Fixed timestamps inside the ZIP, so that a rebuild gives the same bytes."""
+def _normalise(path: Path, cached: dict[str, tuple[str, str]]) -> None:
+    """Fixed timestamps inside the ZIP, so that a rebuild gives the same bytes; cached values
+    written into formula cells (openpyxl writes none)."""
     with zipfile.ZipFile(path) as src:
         items = [(i.filename, src.read(i)) for i in src.infolist()]
+    for at, (name, data) in enumerate(items):
+        if name != "xl/worksheets/sheet1.xml" or not cached:
+            continue
+        text = data.decode("utf-8")
+        for ref, (kind, value) in cached.items():
+            cell = re.search(
+                rf'<c r="{ref}"><f>(.*?)</f><v\s*/>|<c r="{ref}"><f>(.*?)</f><v></v>', text
+            )
+            assert cell is not None, ref
+            formula = cell[1] if cell[1] is not None else cell[2]
+            text = text.replace(
+                cell[0], f'<c r="{ref}" t="{kind}"><f>{formula}</f><v>{escape(value)}</v>'
+            )
+        items[at] = (name, text.encode("utf-8"))
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
         for name, data in items:
             dst.writestr(zipfile.ZipInfo(name, (2016, 9, 30, 0, 0, 0)), data)
