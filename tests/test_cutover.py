@@ -283,6 +283,50 @@ def test_fingerprint_does_not_depend_on_the_session_time_zone(
     other.dispose()
 
 
+def test_fingerprint_is_the_same_on_every_database(sample_csv: Path, tmp_path: Path) -> None:
+    """The same export imported into SQLite, PostgreSQL and MariaDB reads as the same register: a
+    rehearsal on one and a cutover held to its plan on another compare record by record."""
+    from contextlib import ExitStack, contextmanager
+
+    from hukou_convert.db import make_engine, parse_url
+
+    from .conftest import BACKENDS, _fresh_database
+
+    fingerprints = {}
+    with ExitStack() as stack:
+        for backend in BACKENDS:
+            (tmp_path / backend).mkdir()
+            url = stack.enter_context(contextmanager(_fresh_database)(backend, tmp_path / backend))
+            engine = make_engine(parse_url(url))
+            _sample(engine, sample_csv)
+            fingerprints[backend] = rehearse(engine, ZHENHAI, CUTOFF).fingerprint
+            engine.dispose()
+    assert len(set(fingerprints.values())) == 1, fingerprints
+
+
+def test_sqlite_fingerprint_in_one_printf_is_the_generic_text(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite builds each row's text with one printf: the same text as the generic chain of casts,
+    whatever the values (NULLs, a % in a name, numbers)."""
+    from hukou_convert import census
+    from hukou_convert.db import make_engine, parse_url
+    from hukou_convert.register import BUILTIN_REGISTER
+
+    engine = make_engine(parse_url(sqlite_url))
+    rows = [
+        person(ident("330211", "19800101", 11), "1", household="H%s1", name="百分%s号"),
+        {**person(ident("330211", "19800202", 13), "2", household="H2"), "出生日期": ""},
+    ]
+    import_register(engine, write_register(tmp_path / "r.csv", rows))
+    with engine.connect() as conn:
+        one_call = census.register_fingerprint(conn, BUILTIN_REGISTER)
+        monkeypatch.setattr(census, "_SQLITE_PRINTF_ARGS", 0)
+        generic = census.register_fingerprint(conn, BUILTIN_REGISTER)
+    assert one_call == generic
+    engine.dispose()
+
+
 def test_tables_of_an_earlier_version_are_named_not_used(engine: Engine, sample_csv: Path) -> None:
     from sqlalchemy import text
 
