@@ -13,8 +13,9 @@ Rules every cell follows, whatever the data holds:
 - Every table has a frozen, repeated-on-print header row and an autofilter; a table longer than a
   sheet continues on ``<title>2``, ``<title>3`` … (:data:`MAX_SHEET_ROWS`, header included).
 
-Memory stays flat: openpyxl writes each row of a write-only sheet to a temporary file as it is
-appended, and strings are written inline, with no shared-string table growing with the rows.
+Memory stays flat: each row is written to a temporary file as it is appended (the rows below a
+header as XML by sheetrows.py, spliced into openpyxl's sheet at save), and strings are written inline,
+with no shared-string table growing with the rows.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from openpyxl.worksheet.worksheet import Worksheet
 from openpyxl.writer.excel import ExcelWriter
 
 from .instants import to_cst
+from .sheetrows import SheetRows, discard_all, inline_string, moment, number, splice_all
 
 # Excel's limit per sheet, header row included. Tests monkeypatch it to exercise the rollover.
 MAX_SHEET_ROWS = 1_048_576
@@ -116,6 +118,26 @@ class _ColumnCells:
             self.plain.number_format = INT_FORMAT
         if column.number_format is not None:
             self.plain.number_format = column.number_format
+        # the workbook's style ids of these cells, for rows written as XML (sheetrows.py)
+        self.plain_style = self.plain.style_id if self.plain.has_style else None
+        self.quoted_style = self.quoted.style_id
+        self.date_style = self.date.style_id
+
+    def xml(self, ref: str, value: object) -> str:
+        """The cell ``convert`` gives, as sheet XML (the rows of a table are written as XML)."""
+        if value is None:
+            return ""
+        if isinstance(value, bool):
+            value = "是" if value else "否"
+        if isinstance(value, datetime | date):
+            return moment(ref, excel_datetime(value), self.date_style)
+        if isinstance(value, int | float) and self.kind != "code" and not isinstance(value, str):
+            style = self.plain_style if self.kind in ("int", "percent") else None
+            return number(ref, value, style)
+        text = clean_text(value)
+        if is_risky(text):
+            return inline_string(ref, text, self.quoted_style)
+        return inline_string(ref, text, self.plain_style if self.kind == "code" else None)
 
     def convert(self, value: object) -> object:
         if value is None:
@@ -244,12 +266,21 @@ class TableWriter:
         ws.append([styled(ws, c.header, HEADER_FONT, HEADER_FILL, wrap=True) for c in self.columns])
         self._sheet_rows = self._header_row
         self._cells = [_ColumnCells(ws, c) for c in self.columns]
+        # every row below the header is written as XML and spliced in at save (sheetrows.py)
+        self._rows = SheetRows(ws, self._header_row + 1, len(self.columns))
         self.sheets.append(ws)
 
     def append(self, values: Sequence[object]) -> None:
         if self._sheet_rows >= MAX_SHEET_ROWS:
             self._open_sheet()
-        self.ws.append([cells.convert(v) for cells, v in zip(self._cells, values, strict=True)])
+        rows = self._rows
+        n, letters = rows.next_row, rows.letters
+        rows.append_xml(
+            [
+                cells.xml(f"{letters[i]}{n}", v)
+                for i, (cells, v) in enumerate(zip(self._cells, values, strict=True))
+            ]
+        )
         self._sheet_rows += 1
         self.data_rows += 1
 
@@ -274,7 +305,7 @@ class TableWriter:
                 cell.value = converted
             cell.font = TOTAL_FONT
             row.append(cell)
-        self.ws.append(row)
+        self._rows.append(row)
         self._sheet_rows += 1
         self.data_rows += 1
 
@@ -288,7 +319,7 @@ class TableWriter:
 
     def append_below(self, values: Sequence[object]) -> int:
         """A row below the table (outside its filter range), on the current sheet; its number."""
-        self.ws.append([safe_value(self.ws, v) for v in values])
+        self._rows.append([safe_value(self.ws, v) for v in values])
         self._sheet_rows += 1
         return self._sheet_rows
 
@@ -341,6 +372,7 @@ def _save(wb: Workbook, fh: Any) -> None:
     collected later, it would try to finish the archive in a closed file and print a traceback."""
     if wb.write_only and not wb.worksheets:
         wb.create_sheet()
+    splice_all(wb.worksheets)
     archive = zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED, allowZip64=True)
     try:
         wb.properties.modified = datetime.now(tz=UTC).replace(tzinfo=None)
@@ -384,6 +416,7 @@ def save_atomically(wb: Workbook, target: Path) -> str:
 def discard(wb: Workbook) -> None:
     """After a failure: remove the temporary files openpyxl streams each sheet into (they hold the
     rows written so far, personal data included)."""
+    discard_all(wb.worksheets)
     for ws in wb.worksheets:
         writer = getattr(ws, "_writer", None)
         if writer is None:

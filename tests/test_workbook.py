@@ -519,3 +519,75 @@ def test_libreoffice_opens_the_workbook(sqlite_url: str, sample_csv: Path, tmp_p
     for sheet in SHEETS:
         assert sheet in text  # the footer names the sheet on every page
     assert "330211********" in text and "通过" in text
+
+
+def _rows_files() -> set[str]:
+    import tempfile
+
+    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("hukou-")}
+
+
+def test_table_rows_written_as_xml_read_back_exactly(tmp_path: Path) -> None:
+    """The rows below a header are written as sheet XML by the tool (sheetrows.py): read back by
+    openpyxl they are the cells openpyxl itself would have written, and no temporary file stays."""
+    from datetime import date
+
+    from hukou_convert.instants import CST
+
+    columns = [
+        xlsx.Column("文本", 12),
+        xlsx.Column("代码", 10, "code"),
+        xlsx.Column("人数", 8, "int"),
+        xlsx.Column("时间", 20, "datetime"),
+        xlsx.Column("比例", 8, "percent"),
+    ]
+    rows: list[list[object]] = [
+        ["  前后空格 ", "0012", 1234, datetime(2016, 10, 1, 0, 0, tzinfo=CST), 0.5],
+        ["a&b<c>d\re", "=1+1", -5, date(2016, 9, 30), None],
+        ["", None, 0, None, 1.0],
+        ["@x", "-1", 10**15, datetime(2016, 9, 30, 23, 59, 59, tzinfo=CST), 0.123456789012345],
+    ]
+    before = _rows_files()
+
+    def build(wb: Any) -> None:
+        table = xlsx.TableWriter(wb, "表", columns, xlsx.PageSetup("测试"))
+        for row in rows:
+            table.append(row)
+        table.append_total(["合计", None, 1229, None, None])
+        table.finish()
+        table.append_below(["注：以上为测试", None, None, None, None])
+
+    _, saved = xlsx.write_workbook(tmp_path / "t.xlsx", build)
+    assert _rows_files() == before
+    assert_no_formula(saved.path)
+    ws = openpyxl.load_workbook(saved.path)["表"]
+    assert ws.auto_filter.ref == "A1:E6" and ws.freeze_panes == "A2"
+    got = [[c.value for c in r] for r in ws.iter_rows(min_row=2, max_row=7)]
+    assert got[0] == ["  前后空格 ", "0012", 1234, datetime(2016, 10, 1, 0, 0), 0.5]
+    assert got[1] == ["a&b<c>d\re", "=1+1", -5, datetime(2016, 9, 30, 0, 0), None]
+    assert got[2] == [None, None, 0, None, 1]
+    assert got[3] == ["@x", "-1", 10**15, datetime(2016, 9, 30, 23, 59, 59), 0.123456789012345]
+    assert got[4] == ["合计", None, 1229, None, None]
+    assert got[5] == ["注：以上为测试", None, None, None, None]
+    first, risky = ws[2], ws[3]
+    assert [c.number_format for c in first] == [
+        "General",
+        "@",
+        "#,##0",
+        "yyyy-mm-dd hh:mm:ss",
+        "0.00%",
+    ]
+    assert first[1].data_type == "s" and not first[1].quotePrefix
+    assert risky[1].data_type == "s" and risky[1].quotePrefix and risky[1].number_format == "@"
+    assert ws["A5"].quotePrefix and ws["B5"].quotePrefix  # "@x" and "-1" typed as text
+    assert ws["C3"].data_type == "n" and ws["D3"].is_date
+    assert ws["A6"].font.b and ws["C6"].font.b  # the total row in bold
+
+    def failing(wb: Any) -> None:
+        table = xlsx.TableWriter(wb, "表", columns, xlsx.PageSetup("测试"))
+        table.append(rows[0])
+        raise RuntimeError("disk gone")
+
+    with pytest.raises(RuntimeError):
+        xlsx.write_workbook(tmp_path / "f.xlsx", failing)
+    assert _rows_files() == before and not (tmp_path / "f.xlsx").exists()
