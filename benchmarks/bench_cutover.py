@@ -2,7 +2,7 @@
 
 Run on demand (not a test):
 
-    python benchmarks/bench_cutover.py --persons 1000000 [--db sqlite|postgresql] [--work DIR]
+    python benchmarks/bench_cutover.py --persons 1000000 [--db sqlite|postgresql] [--work DIR] [--night]
 
 For the given size: a synthetic register CSV (zhenhai, ~85 % legacy types), then, each step in a
 fresh process so that its peak RSS is its own:
@@ -18,6 +18,10 @@ The cutover's phases come from its progress callback (census, fingerprint, conve
 the commit), so the closed window (start to the conversion's commit) is shown beside the floor;
 - verify: ``verify_run`` of the run just made.
 
+With ``--night`` the whole night instead: the rehearsal writes its workbook (as ``cutover --dry-run``
+does), and after verify the run's workbooks are written by township on ``--processes`` processes;
+the last line adds the steps up (the issue's target: 10M persons on SQLite in 15 minutes).
+
 Every step shows its time per person (the linearity target compares it at 1M and 10M).
 Prints one table; figures vary from machine to machine, ratios much less.
 """
@@ -28,6 +32,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -144,6 +149,36 @@ r = rehearse(make_engine(parse_url(url)), p, resolve_cutoff(p, None))
 print(json.dumps({"seconds": time.perf_counter() - t, "converted": r.converted}))
 """
 
+REHEARSE_WITH_WORKBOOK = r"""
+import json, sys, time
+from pathlib import Path
+from hukou_convert.db import make_engine, parse_url
+from hukou_convert.profiles import BUILTIN_PROFILES, resolve_cutoff
+from hukou_convert.runbook import cutover_and_report
+url, out = sys.argv[1], Path(sys.argv[2])
+p = BUILTIN_PROFILES["zhenhai"]
+t = time.perf_counter()
+r = cutover_and_report(make_engine(parse_url(url)), p, resolve_cutoff(p, None), rehearsal=True,
+    out_dir=out)
+print(json.dumps({"seconds": time.perf_counter() - t, "rows": r.workbook.detail_rows}))
+"""
+
+REPORT = r"""
+import json, sys, time
+from pathlib import Path
+from hukou_convert.cutover import load_run_result
+from hukou_convert.db import make_engine, parse_url
+from hukou_convert.workbook import write_run_workbook
+url, out, processes = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+engine = make_engine(parse_url(url))
+t = time.perf_counter()
+w = write_run_workbook(engine, load_run_result(engine, None), out, split_by="township",
+    processes=processes)
+workers = max((a.peak_rss_mb for a in w.areas), default=0.0)
+print(json.dumps({"seconds": time.perf_counter() - t, "rows": w.detail_rows,
+    "workers_mb": workers}))
+"""
+
 VERIFY = r"""
 import json, sys, time
 from hukou_convert.db import make_engine, parse_url
@@ -203,6 +238,13 @@ def main() -> None:
     parser.add_argument("--persons", type=int, default=1_000_000)
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--work", type=Path, default=Path("/tmp/hukou-bench"))
+    parser.add_argument(
+        "--night",
+        action="store_true",
+        help="the whole night: the rehearsal writes its workbook, and after verify the run's"
+        " workbooks are written by township on --processes processes",
+    )
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     register = args.work / f"register-{args.persons}.csv"
@@ -219,15 +261,25 @@ def main() -> None:
     try:
         imp = child(IMPORT, url, str(register))
         imp_floor = child(IMPORT_FLOOR, floor_url, str(register))
-        rehearsal = child(REHEARSE, url)
+        reports = args.work / "reports" / uuid.uuid4().hex[:8]
+        if args.night:
+            rehearsal = child(REHEARSE_WITH_WORKBOOK, url, str(reports / "rehearsal"))
+        else:
+            rehearsal = child(REHEARSE, url)
         cut = child(CUTOVER, url)
         ver = child(VERIFY, url)
+        report = (
+            child(REPORT, url, str(reports / "cutover"), str(args.processes))
+            if args.night
+            else None
+        )
         # the conversion floor works on a copy of the same register, imported the same way
         child(IMPORT, floor_url, str(register))
         cut_floor = child(CUTOVER_FLOOR, floor_url)
     finally:
         drop()
         floor_drop()
+        shutil.rmtree(args.work / "reports", ignore_errors=True)
 
     phases = cut["phases"]
     window = phases.get("_end_转换 cutover", cut["seconds"])
@@ -251,6 +303,24 @@ def main() -> None:
         ("cutover: whole command (with checks after the commit)", cut["seconds"], None, None),
         ("verify", ver["seconds"], None, ver["peak_mb"]),
     ]
+    if args.night:
+        rows[1] = (
+            "rehearsal with its workbook",
+            rehearsal["seconds"],
+            None,
+            rehearsal["peak_mb"],
+        )
+        assert report is not None
+        rows.append(
+            (
+                f"workbooks by township, {args.processes} processes",
+                report["seconds"],
+                None,
+                max(report["peak_mb"], report["workers_mb"]),
+            )
+        )
+        night = sum(r[1] for r in rows if not r[0].startswith("cutover: ")) + cut["seconds"]
+        rows.append(("the whole night (the steps above, one after another)", night, None, None))
     print(f"\n{args.db}, {n:,} persons, {cut['converted']:,} converted, verify ok: {ver['ok']}")
     print(f"{'step':<55} {'seconds':>9} {'floor':>9} {'ratio':>7} {'µs/person':>10} {'peak MB':>8}")
     for name, seconds, floor, peak in rows:
