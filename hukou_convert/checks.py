@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from typing import Any, Protocol
@@ -60,7 +61,7 @@ from stdnum.exceptions import ValidationError
 from . import schema
 from .census import in_scope, is_active
 from .codes import CATEGORY_LABELS, CATEGORY_OF_LABEL, Category
-from .db import translate_errors
+from .db import sqlite_path, translate_errors
 from .errors import RegisterStateError
 from .findings import Finding, key_order
 from .idnumbers import check_character, normalise, upgrade15
@@ -369,16 +370,32 @@ def _run(
         )
 
     scope = in_scope(R, profile.scope)
-    scanned = _per_record(conn, reg, scope, cutoff, progress, add)
-    _duplicate_ids(conn, reg, profile, scope, add)
-    if reg.has("household_id", "name", "birth_date", "sex"):
-        _duplicate_persons(conn, reg, profile, scope, add)
-    if reg.has("household_id", "relation"):
-        _households_without_head(conn, reg, profile, scope, add)
-    _missing_fields(conn, reg, profile, scope, add)
-    if reg.has_category_column:
-        _category_conflicts(conn, reg, profile, scope, add)
-    _no_division_code(conn, reg, add)
+
+    def set_based(on: Connection) -> None:
+        _duplicate_ids(on, reg, profile, scope, add)
+        if reg.has("household_id", "name", "birth_date", "sex"):
+            _duplicate_persons(on, reg, profile, scope, add)
+        if reg.has("household_id", "relation"):
+            _households_without_head(on, reg, profile, scope, add)
+        _missing_fields(on, reg, profile, scope, add)
+        if reg.has_category_column:
+            _category_conflicts(on, reg, profile, scope, add)
+        _no_division_code(on, reg, add)
+
+    if _second_connection_sees_the_same(conn):
+        # The set-based checks are the database's work (sorts, window functions): on a second
+        # connection in a thread they run beside the per-record pass, which is Python's.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            beside = pool.submit(_on_own_connection, conn.engine, set_based)
+            try:
+                scanned = _per_record(conn, reg, scope, cutoff, progress, add)
+            finally:
+                beside_error = beside.exception()
+            if beside_error is not None:
+                raise beside_error
+    else:
+        scanned = _per_record(conn, reg, scope, cutoff, progress, add)
+        set_based(conn)
     findings.sort(key=lambda f: (f.code, key_order(f.record_id), f.explanation))
     counts = Counter(f.code for f in findings)
     return CheckReport(
@@ -388,6 +405,20 @@ def _run(
         findings=findings,
         counts={code: counts[code] for code in CHECKS},
     )
+
+
+def _second_connection_sees_the_same(conn: Connection) -> bool:
+    """Whether another connection reads what ``conn`` reads: not for an in-memory SQLite database,
+    private to its connection. (The checks are only ever given connections that have not written.)"""
+    return not (conn.dialect.name == "sqlite" and sqlite_path(conn.engine) is None)
+
+
+def _on_own_connection(engine: Engine, work: Callable[[Connection], None]) -> None:
+    with engine.connect() as own:
+        try:
+            work(own)
+        finally:
+            own.rollback()
 
 
 class _Add(Protocol):
