@@ -32,12 +32,13 @@ No ID number is logged or printed here; explanations name record ids, never a nu
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import (
@@ -211,7 +212,20 @@ def _date_of(digits: str) -> date | None:
 
 
 def _impossible(day: date, cutoff: datetime) -> bool:
-    return day < _EARLIEST_BIRTH or datetime.combine(day, time(), CST) >= cutoff
+    return day < _EARLIEST_BIRTH or day >= _first_day_after(cutoff)
+
+
+@functools.lru_cache(maxsize=8)
+def _in_cst(cutoff: datetime) -> datetime:
+    return to_cst(cutoff)
+
+
+@functools.lru_cache(maxsize=8)
+def _first_day_after(cutoff: datetime) -> date:
+    """The first day whose start (China Standard Time) is at or after the cutoff: a birth on it
+    or later is impossible. Once per cutoff, not once per record."""
+    day = _in_cst(cutoff).date()
+    return day if datetime.combine(day, time(), CST) >= cutoff else day + timedelta(days=1)
 
 
 def record_issues(rec: RecordFields, cutoff: datetime, addresses: AddressCodes) -> list[Issue]:
@@ -281,8 +295,7 @@ def record_issues(rec: RecordFields, cutoff: datetime, addresses: AddressCodes) 
                     impossible.append("号码中的出生日期")
             elif rec.birth_date is None and _impossible(id_birth, cutoff):
                 impossible.append("号码中的出生日期")
-            cutoff_year = to_cst(cutoff).year
-            last_year = max(id_birth.year, cutoff_year)
+            last_year = max(id_birth.year, _in_cst(cutoff).year)
             if not addresses.known_between(number[:6], id_birth.year, last_year):
                 issues.append(
                     (
@@ -475,14 +488,8 @@ def _per_record(
         )
         for partition in result.partitions():
             for row in partition:
-                rec = RecordFields(
-                    row.record_id,
-                    row.id_number,
-                    row.name,
-                    _sex(row.sex),
-                    _birth(row.birth_date),
-                    row.division_code,
-                )
+                # by position: record_id, id_number, name, status, sex, birth_date, division
+                rec = RecordFields(row[0], row[1], row[2], _sex(row[4]), _birth(row[5]), row[6])
                 for code, explanation, upgraded in record_issues(rec, cutoff, addresses):
                     add(code, row, explanation, upgraded)
             scanned += len(partition)

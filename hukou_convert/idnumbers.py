@@ -24,6 +24,8 @@ def check_character(first17: str) -> str:
 
 def normalise(raw: str) -> str:
     """Strip blanks; lower-case x is the same as X."""
+    if raw.isalnum():  # no blank to strip (the common case, once per record in the checks)
+        return raw.upper()
     return "".join(raw.split()).upper()
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -658,3 +658,26 @@ def test_each_case_has_its_row_in_the_workbook(engine: Engine, tmp_path: Path) -
     # the real run reports every exception the rehearsal did, row for row
     written = write_run_workbook(engine, result, tmp_path / "c")
     assert sheet_table(written.path, "异常清单") == rows
+
+
+@pytest.mark.parametrize(
+    ("cutoff", "last_possible"),
+    [
+        (datetime(2016, 10, 1, 0, 0, tzinfo=CST), date(2016, 9, 30)),  # 2016-09-30 24:00
+        (datetime(2016, 9, 30, 16, 0, tzinfo=UTC), date(2016, 9, 30)),  # the same
+        (datetime(2016, 10, 1, 12, 0, tzinfo=CST), date(2016, 10, 1)),  # a birth that morning
+    ],
+)
+def test_a_birth_is_impossible_from_the_first_day_starting_at_the_cutoff(
+    cutoff: datetime, last_possible: date
+) -> None:
+    from datetime import timedelta
+
+    addresses = AddressCodes()
+
+    def codes(birth: date) -> list[str]:
+        return [c for c, _, _ in record_issues(_fields(None, birth_date=birth), cutoff, addresses)]
+
+    assert codes(last_possible) == []
+    assert codes(last_possible + timedelta(days=1)) == ["BIRTH_DATE_IMPOSSIBLE"]
+    assert codes(date(1900, 1, 1)) == [] and codes(date(1899, 12, 31)) == ["BIRTH_DATE_IMPOSSIBLE"]
