@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -79,3 +81,53 @@ class BulkInserter:
             ) from err
         finally:
             cursor.close()
+
+
+class InsertPipeline:
+    """The inserts of ``writer`` on a thread of their own, so that the next chunk is parsed while
+    the server takes the last: one chunk in flight, one waiting. Only the thread uses the
+    connection until :meth:`close`; an insert error comes out of the next :meth:`put` or of
+    :meth:`close`, and after an error the rest is not inserted.
+
+    Threaded for COPY on PostgreSQL only (1M rows: 13.8 s -> 11.2 s). SQLite binds and writes each
+    row in the importing process, so a thread only contends for the GIL (12.4 s -> 13.4 s), and
+    PyMySQL builds its INSERTs in Python (no change): there the inserts stay in line."""
+
+    def __init__(self, writer: BulkInserter) -> None:
+        self.writer = writer
+        self._queue: queue.Queue[list[tuple[Any, ...]] | None] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if writer.mode == "copy":
+            self._thread = threading.Thread(target=self._run, name="hukou-insert", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while (rows := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self.writer.insert(rows)
+                except BaseException as err:  # handed to the caller's thread
+                    self._error = err
+
+    def put(self, rows: list[tuple[Any, ...]]) -> None:
+        self._raise()
+        if self._thread is None:
+            self.writer.insert(rows)
+        else:
+            self._queue.put(rows)
+
+    def close(self) -> None:
+        """Wait for the last insert; raise its error, if any."""
+        self.stop()
+        self._raise()
+
+    def stop(self) -> None:
+        """Wait for the thread to end (after a failure elsewhere: its own error is not raised)."""
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error

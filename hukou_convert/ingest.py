@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Table, delete, func, insert, select
 
 from . import schema
-from .bulk import BulkInserter, Convert
+from .bulk import BulkInserter, Convert, InsertPipeline
 from .errors import InputFileError, RegisterStateError
 from .fields import (
     APPLICATION_FIELDS,
@@ -569,31 +569,15 @@ def _load(
             plan = RowPlan(table, fields, target, writer.converters)
             key_at = columns.index("application_id") if kind == "applications" else -1
             notes = _ReadNotes(table, plan)
-            loaded = 0
-            chunk: list[tuple[Any, ...]] = []
-            for row in table.rows(progress):
-                outcome = plan.parse(row.cells, row.line, row.formulas)
-                if outcome is None:
-                    continue
-                if isinstance(outcome, Reject):
-                    rejects.add(row, outcome)
-                    continue
-                if key_at >= 0:
-                    key = outcome[key_at]
-                    if key in seen_keys:
-                        rejects.add(row, Reject("业务编号", "application id already loaded"))
-                        continue
-                    seen_keys.add(key)
-                if row.formulas:
-                    notes.formulas(row.line, row.formulas)
-                chunk.append((*outcome, import_id, row.line))
-                if len(chunk) >= _CHUNK_ROWS:
-                    writer.insert(chunk)
-                    loaded += len(chunk)
-                    chunk = []
-            if chunk:
-                writer.insert(chunk)
-                loaded += len(chunk)
+            inserts = InsertPipeline(writer)
+            try:
+                loaded = _parse_into(
+                    table, plan, import_id, inserts, rejects, notes, key_at, seen_keys, progress
+                )
+            except BaseException:
+                inserts.stop()  # the connection is the transaction's again before it rolls back
+                raise
+            inserts.close()  # the last chunk is in before the ledger row (or its error out)
             if loaded == 0:
                 raise _NothingLoaded()
             conn.execute(
@@ -624,6 +608,47 @@ def _load(
         rejects_by_reason=dict(rejects.by_reason),
         notes=notes.finish(),
     )
+
+
+def _parse_into(
+    table: TableFile,
+    plan: RowPlan,
+    import_id: int,
+    inserts: InsertPipeline,
+    rejects: RejectWriter,
+    notes: _ReadNotes,
+    key_at: int,
+    seen_keys: set[str],
+    progress: Progress,
+) -> int:
+    """Parse every row: rejects to the reject file, the rest to ``inserts`` a chunk at a time (the
+    inserts run beside the parsing). The number of rows handed over."""
+    loaded = 0
+    chunk: list[tuple[Any, ...]] = []
+    for row in table.rows(progress):
+        outcome = plan.parse(row.cells, row.line, row.formulas)
+        if outcome is None:
+            continue
+        if isinstance(outcome, Reject):
+            rejects.add(row, outcome)
+            continue
+        if key_at >= 0:
+            key = outcome[key_at]
+            if key in seen_keys:
+                rejects.add(row, Reject("业务编号", "application id already loaded"))
+                continue
+            seen_keys.add(key)
+        if row.formulas:
+            notes.formulas(row.line, row.formulas)
+        chunk.append((*outcome, import_id, row.line))
+        if len(chunk) >= _CHUNK_ROWS:
+            inserts.put(chunk)
+            loaded += len(chunk)
+            chunk = []
+    if chunk:
+        inserts.put(chunk)
+        loaded += len(chunk)
+    return loaded
 
 
 class _NothingLoaded(Exception):

@@ -254,3 +254,29 @@ def test_import_waits_for_an_unfinished_run(
     with pytest.raises(RegisterStateError, match="R-unfinished is unfinished"):
         import_register(engine, extra, mode=ImportMode.APPEND)
     assert table_dump(engine) == before
+
+
+def test_insert_pipeline_hands_the_insert_error_over_and_stops() -> None:
+    """The thread that inserts beside the parsing (COPY on PostgreSQL): its error comes out of the
+    caller's next put or of close, and nothing after it is inserted."""
+    from typing import Any
+
+    from hukou_convert.bulk import InsertPipeline
+
+    inserted: list[int] = []
+
+    class Copying:
+        mode = "copy"
+
+        def insert(self, rows: list[tuple[Any, ...]]) -> None:
+            if rows[0][0] == 2:
+                raise RuntimeError("server gone")
+            inserted.append(rows[0][0])
+
+    pipeline = InsertPipeline(Copying())  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="server gone"):
+        for n in range(1, 6):
+            pipeline.put([(n,)])
+        pipeline.close()
+    pipeline.stop()
+    assert inserted == [1]  # the chunks after the failed one were not inserted
