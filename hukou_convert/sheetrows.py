@@ -11,7 +11,9 @@ inline strings (never a formula), numbers, and dates as serial numbers in a date
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import math
 import os
 import shutil
 import tempfile
@@ -28,8 +30,19 @@ from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 _END_OF_ROWS = b"</sheetData>"
 _FLUSH_ROWS = 2_000
 
-# the rows waiting to be spliced into each write-only sheet when its workbook is saved
+# the rows waiting to be spliced into each write-only sheet when its workbook is saved (the rows
+# do not refer to their sheet, so an abandoned workbook's entry goes with it)
 _PENDING: weakref.WeakKeyDictionary[WriteOnlyWorksheet, SheetRows] = weakref.WeakKeyDictionary()
+# every rows file not yet spliced or discarded: removed at exit whatever happened (they hold
+# personal data), as openpyxl removes its own
+_OPEN_FILES: set[str] = set()
+
+
+@atexit.register
+def _remove_leftovers() -> None:
+    for path in list(_OPEN_FILES):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def text_xml(text: str) -> str:
@@ -54,6 +67,8 @@ def inline_string(ref: str, text: str, style: int | None) -> str:
 
 def number(ref: str, value: int | float, style: int | None) -> str:
     s = f' s="{style}"' if style else ""
+    if not math.isfinite(value):  # as openpyxl: no value (a cell cannot hold NaN or infinity)
+        return f'<c r="{ref}"{s} t="n"/>'
     return f'<c r="{ref}"{s} t="n"><v>{value:.16g}</v></c>'
 
 
@@ -89,10 +104,10 @@ class SheetRows:
     """The rows below a table's header on one write-only sheet, numbered from ``first_row``."""
 
     def __init__(self, ws: WriteOnlyWorksheet, first_row: int, width: int) -> None:
-        self.ws = ws
         self.next_row = first_row
         self.letters = [get_column_letter(i) for i in range(1, width + 1)]
         fd, self.path = tempfile.mkstemp(prefix="hukou-rows-", suffix=".xml")
+        _OPEN_FILES.add(self.path)
         self._file: IO[str] | None = os.fdopen(fd, "w", encoding="utf-8", newline="")
         self._buffer: list[str] = []
         _PENDING[ws] = self
@@ -114,19 +129,19 @@ class SheetRows:
         self._file.write("".join(self._buffer))
         self._buffer.clear()
 
-    def splice(self) -> None:
+    def splice(self, ws: WriteOnlyWorksheet) -> None:
         """Close the sheet and put the rows into the XML openpyxl wrote for it (before saving)."""
         self._flush()
         assert self._file is not None
         self._file.close()
         self._file = None
-        self.ws.close()  # openpyxl writes the sheet: the header rows, then what follows the rows
-        target: str = self.ws._writer.out  # type: ignore[attr-defined]
+        ws.close()  # openpyxl writes the sheet: the header rows, then what follows the rows
+        target: str = ws._writer.out  # type: ignore[attr-defined]
         with open(target, "rb") as fh:
             written = fh.read()
         at = written.rfind(_END_OF_ROWS)
         if at < 0:
-            raise AssertionError(f"{self.ws.title}: no </sheetData> in the sheet openpyxl wrote")
+            raise AssertionError(f"{ws.title}: no </sheetData> in the sheet openpyxl wrote")
         fd, joined = tempfile.mkstemp(prefix="hukou-sheet-", suffix=".xml")
         try:
             with os.fdopen(fd, "wb") as out, open(self.path, "rb") as rows:
@@ -149,14 +164,14 @@ class SheetRows:
             self._file = None
         with contextlib.suppress(OSError):
             os.unlink(self.path)
+        _OPEN_FILES.discard(self.path)
 
 
 def splice_all(sheets: Sequence[object]) -> None:
     """Before a workbook is saved: every sheet's rows into its XML."""
     for ws in sheets:
-        rows = _PENDING.pop(ws, None) if isinstance(ws, WriteOnlyWorksheet) else None
-        if rows is not None:
-            rows.splice()
+        if isinstance(ws, WriteOnlyWorksheet) and (rows := _PENDING.pop(ws, None)) is not None:
+            rows.splice(ws)
 
 
 def discard_all(sheets: Sequence[object]) -> None:

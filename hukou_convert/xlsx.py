@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -69,10 +70,15 @@ class Column:
     number_format: str | None = None  # overrides the kind's format (e.g. "0" for record keys)
 
 
+# What XML 1.0 cannot hold: openpyxl's control characters, and U+FFFE, U+FFFF and lone surrogates
+# (a name from a legacy export may hold them; written raw they would make the file unreadable).
+_NOT_XML = re.compile(ILLEGAL_CHARACTERS_RE.pattern + "|[\ud800-\udfff\ufffe\uffff]")
+
+
 def clean_text(value: object) -> str:
     """Any value as text a cell can hold: no XML-illegal characters, at most 32,767 characters."""
     text = value if isinstance(value, str) else str(value)
-    text = ILLEGAL_CHARACTERS_RE.sub("", text)
+    text = _NOT_XML.sub("", text)
     return text[:MAX_CELL_CHARS]
 
 
@@ -129,11 +135,12 @@ class _ColumnCells:
             return ""
         if isinstance(value, bool):
             value = "是" if value else "否"
-        if isinstance(value, datetime | date):
-            return moment(ref, excel_datetime(value), self.date_style)
-        if isinstance(value, int | float) and self.kind != "code" and not isinstance(value, str):
-            style = self.plain_style if self.kind in ("int", "percent") else None
-            return number(ref, value, style)
+        if not isinstance(value, str) and self.kind != "code":  # as convert: a code is text
+            if isinstance(value, datetime | date):
+                return moment(ref, excel_datetime(value), self.date_style)
+            if isinstance(value, int | float):
+                style = self.plain_style if self.kind in ("int", "percent") else None
+                return number(ref, value, style)
         text = clean_text(value)
         if is_risky(text):
             return inline_string(ref, text, self.quoted_style)

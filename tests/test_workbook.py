@@ -546,6 +546,8 @@ def test_table_rows_written_as_xml_read_back_exactly(tmp_path: Path) -> None:
         ["a&b<c>d\re", "=1+1", -5, date(2016, 9, 30), None],
         ["", None, 0, None, 1.0],
         ["@x", "-1", 10**15, datetime(2016, 9, 30, 23, 59, 59, tzinfo=CST), 0.123456789012345],
+        # what XML cannot hold is dropped; a date in a code column is text; NaN is no value
+        ["王\uffff五\ud800", date(2016, 9, 30), 7, None, float("nan")],
     ]
     before = _rows_files()
 
@@ -553,7 +555,7 @@ def test_table_rows_written_as_xml_read_back_exactly(tmp_path: Path) -> None:
         table = xlsx.TableWriter(wb, "表", columns, xlsx.PageSetup("测试"))
         for row in rows:
             table.append(row)
-        table.append_total(["合计", None, 1229, None, None])
+        table.append_total(["合计", None, 1236, None, None])
         table.finish()
         table.append_below(["注：以上为测试", None, None, None, None])
 
@@ -561,14 +563,16 @@ def test_table_rows_written_as_xml_read_back_exactly(tmp_path: Path) -> None:
     assert _rows_files() == before
     assert_no_formula(saved.path)
     ws = openpyxl.load_workbook(saved.path)["表"]
-    assert ws.auto_filter.ref == "A1:E6" and ws.freeze_panes == "A2"
-    got = [[c.value for c in r] for r in ws.iter_rows(min_row=2, max_row=7)]
+    assert ws.auto_filter.ref == "A1:E7" and ws.freeze_panes == "A2"
+    got = [[c.value for c in r] for r in ws.iter_rows(min_row=2, max_row=8)]
     assert got[0] == ["  前后空格 ", "0012", 1234, datetime(2016, 10, 1, 0, 0), 0.5]
     assert got[1] == ["a&b<c>d\re", "=1+1", -5, datetime(2016, 9, 30, 0, 0), None]
     assert got[2] == [None, None, 0, None, 1]
     assert got[3] == ["@x", "-1", 10**15, datetime(2016, 9, 30, 23, 59, 59), 0.123456789012345]
-    assert got[4] == ["合计", None, 1229, None, None]
-    assert got[5] == ["注：以上为测试", None, None, None, None]
+    assert got[4] == ["王五", "2016-09-30", 7, None, None]
+    assert ws["B6"].data_type == "s" and ws["B6"].number_format == "@"
+    assert got[5] == ["合计", None, 1236, None, None]
+    assert got[6] == ["注：以上为测试", None, None, None, None]
     first, risky = ws[2], ws[3]
     assert [c.number_format for c in first] == [
         "General",
@@ -581,7 +585,7 @@ def test_table_rows_written_as_xml_read_back_exactly(tmp_path: Path) -> None:
     assert risky[1].data_type == "s" and risky[1].quotePrefix and risky[1].number_format == "@"
     assert ws["A5"].quotePrefix and ws["B5"].quotePrefix  # "@x" and "-1" typed as text
     assert ws["C3"].data_type == "n" and ws["D3"].is_date
-    assert ws["A6"].font.b and ws["C6"].font.b  # the total row in bold
+    assert ws["A7"].font.b and ws["C7"].font.b  # the total row in bold
 
     def failing(wb: Any) -> None:
         table = xlsx.TableWriter(wb, "表", columns, xlsx.PageSetup("测试"))
