@@ -23,6 +23,7 @@ from sqlalchemy import (
     false,
     func,
     literal,
+    literal_column,
     or_,
     select,
 )
@@ -179,10 +180,12 @@ RowDigestSink = Callable[[str, str], None]
 def _as_text(conn: Connection, column: ColumnElement[Any]) -> ColumnElement[Any]:
     """A column's value as text, the same on every database: an instant as China Standard Time
     wall-clock with microseconds, as SQLite and MySQL/MariaDB store it (PostgreSQL would render it
-    in the session's zone, with its offset)."""
+    in the session's zone, with its offset). A fixed +08:00, as the tool stores instants, not the
+    Asia/Shanghai zone, which kept summer time in 1986-1991."""
     if conn.dialect.name == "postgresql" and isinstance(column.type, schema.Instant):
         return func.to_char(
-            func.timezone("Asia/Shanghai", column), literal("YYYY-MM-DD HH24:MI:SS.US")
+            func.timezone(literal_column("INTERVAL '+08:00'"), column),
+            literal("YYYY-MM-DD HH24:MI:SS.US"),
         )
     return cast(column, String)
 

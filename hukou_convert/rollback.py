@@ -114,6 +114,8 @@ def _locked_rollback(
 ) -> RollbackResult:
     run = find_run(engine, run_id)
     reg = run_register(engine, run)
+    # a first cutover killed before it built the history's indexes, rolled back instead of resumed
+    schema.build_history_indexes(engine)
     R, hk = reg.table, reg.ours(H)
     backend = engine.dialect.name
     if run.status == "reverted":

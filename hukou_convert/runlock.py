@@ -53,7 +53,8 @@ def live_run_lock(engine: Engine, describe_holder: HolderDescription) -> Iterato
             if got:
                 conn.execute(
                     text("SELECT set_config('application_name', :note, false)"),
-                    {"note": _own_note()[:63]},
+                    # at most 63 bytes, not characters (a host name need not be ASCII)
+                    {"note": _own_note().encode()[:63].decode("utf-8", "ignore")},
                 )
         else:
             got = conn.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": name}).scalar()

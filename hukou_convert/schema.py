@@ -23,8 +23,10 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    exc,
     inspect,
     select,
+    text,
 )
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -296,25 +298,47 @@ HISTORY_INDEXES = tuple(sorted(history.indexes, key=lambda ix: str(ix.name)))
 
 
 def defer_history_indexes(engine: Engine) -> bool:
-    """Drop the history's indexes if it holds no row yet (its own DDL, no data work); True if the
-    history is empty, so that :func:`build_history_indexes` builds them after the conversion."""
+    """Drop the history's indexes if it holds no row yet (its own DDL, no data work), so that
+    :func:`build_history_indexes` builds them after the conversion; True if they were dropped.
+    Only an optimisation: an account without the right to drop them, or a session holding the
+    table (a look-up left open), keeps them, after waiting a few seconds at most."""
     with engine.connect() as conn:
         if conn.execute(select(history.c.history_id).limit(1)).first() is not None:
             return False
+    present = {ix["name"] for ix in inspect(engine).get_indexes(history.name)}
     for index in HISTORY_INDEXES:
-        index.drop(engine, checkfirst=True)
+        if index.name not in present:
+            continue
+        try:
+            with engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SET LOCAL lock_timeout = '5s'"))
+                elif conn.dialect.name in ("mysql", "mariadb"):
+                    conn.execute(text("SET SESSION lock_wait_timeout = 5"))
+                index.drop(conn)
+                if conn.dialect.name in ("mysql", "mariadb"):
+                    conn.execute(text("SET SESSION lock_wait_timeout = DEFAULT"))
+        except exc.DBAPIError:
+            return False  # those dropped so far are built again after the conversion
     return True
 
 
 def build_history_indexes(engine: Engine) -> list[str]:
     """Create the history indexes that are missing (after a deferred conversion, or a run killed
     before it built them); the names of those created."""
-    present = {ix["name"] for ix in inspect(engine).get_indexes(history.name)}
     built = []
     for index in HISTORY_INDEXES:
-        if index.name not in present:
-            index.create(engine, checkfirst=True)
-            built.append(str(index.name))
+        if index.name in {ix["name"] for ix in inspect(engine).get_indexes(history.name)}:
+            continue
+        try:
+            index.create(engine)
+        except exc.DBAPIError:
+            # a killed process's CREATE INDEX that the server finished meanwhile (MariaDB goes
+            # on with the statement of a client that died): there now, nothing to do
+            if index.name in {ix["name"] for ix in inspect(engine).get_indexes(history.name)}:
+                continue
+            raise
+        built.append(str(index.name))
     return built
 
 

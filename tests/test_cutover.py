@@ -15,7 +15,7 @@ from hukou_convert.codes import Category, Nature
 from hukou_convert.cutover import rehearse, run_cutover
 from hukou_convert.errors import Aborted, RunMismatchError, UnmappedCodesError
 from hukou_convert.history import lookup
-from hukou_convert.ingest import import_register
+from hukou_convert.ingest import ImportMode, import_register
 from hukou_convert.profiles import BUILTIN_PROFILES, load_profile, resolve_cutoff
 from hukou_convert.verify import verify_run
 
@@ -292,6 +292,14 @@ def test_fingerprint_is_the_same_on_every_database(sample_csv: Path, tmp_path: P
 
     from .conftest import BACKENDS, _fresh_database
 
+    # instants in Asia/Shanghai's summer time of 1986-1991 and before 1901: the tool's +08:00
+    extra = write_register(
+        tmp_path / "extra.csv",
+        [
+            person(ident("330211", "19700101", 11), "1", household="X1", updated=moment)
+            for moment in ("1988-07-01 12:00:00", "1900-06-01 08:00:00")
+        ],
+    )
     fingerprints = {}
     with ExitStack() as stack:
         for backend in BACKENDS:
@@ -299,6 +307,7 @@ def test_fingerprint_is_the_same_on_every_database(sample_csv: Path, tmp_path: P
             url = stack.enter_context(contextmanager(_fresh_database)(backend, tmp_path / backend))
             engine = make_engine(parse_url(url))
             _sample(engine, sample_csv)
+            import_register(engine, extra, mode=ImportMode.APPEND)
             fingerprints[backend] = rehearse(engine, ZHENHAI, CUTOFF).fingerprint
             engine.dispose()
     assert len(set(fingerprints.values())) == 1, fingerprints
@@ -400,3 +409,55 @@ def test_history_indexes_are_built_after_the_batches_of_a_first_cutover(
     assert again.outcome == "completed" and again.run_id != resumed.run_id
     assert seen["转换 cutover"] == expected  # the history held rows: its indexes stayed
     assert _history_indexes(engine) == expected
+
+
+def test_a_first_cutover_rolled_back_unfinished_leaves_the_history_indexed(
+    engine: Engine, sample_csv: Path
+) -> None:
+    from contextlib import contextmanager
+
+    from hukou_convert.rollback import rollback_run
+
+    _sample(engine, sample_csv)
+
+    @contextmanager
+    def interrupting(phase: str, _total: int | None, _unit: str) -> Any:
+        calls = 0
+
+        def advance(_n: int) -> None:
+            nonlocal calls
+            calls += 1
+            if phase == "转换 cutover" and calls > 2:
+                raise _Interrupted
+
+        yield advance
+
+    with pytest.raises(_Interrupted):
+        run_cutover(engine, ZHENHAI, CUTOFF, batch_size=40, progress=interrupting)
+    assert _history_indexes(engine) == set()
+    with engine.connect() as conn:
+        run_id = conn.execute(select(schema.runs.c.run_id)).scalar_one()
+    rollback_run(engine, str(run_id))
+    assert _history_indexes(engine) == {str(ix.name) for ix in schema.HISTORY_INDEXES}
+
+
+def test_a_session_holding_the_history_keeps_its_indexes_and_the_cutover_goes_on(
+    db_url: str, sample_csv: Path
+) -> None:
+    """A look-up left open in a transaction on the history: dropping its indexes would wait for
+    it. The cutover waits a few seconds at most, keeps them, and converts. (SQLite: an open reader
+    blocks every writer's commit, cutover or not, so only the servers.)"""
+    from hukou_convert.db import make_engine, parse_url
+
+    engine = make_engine(parse_url(db_url))
+    if engine.dialect.name == "sqlite":
+        pytest.skip("on SQLite an open reader blocks every commit, not only this DDL")
+    _sample(engine, sample_csv)
+    schema.ensure_schema(engine)
+    with engine.connect() as reader:
+        reader.execute(select(schema.history.c.history_id).limit(1)).all()  # holds the table
+        result = run_cutover(engine, ZHENHAI, CUTOFF)
+        reader.rollback()
+    assert result.outcome == "completed" and verify_run(engine, result.run_id).ok
+    assert _history_indexes(engine) == {str(ix.name) for ix in schema.HISTORY_INDEXES}
+    engine.dispose()

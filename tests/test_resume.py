@@ -200,7 +200,7 @@ def test_a_holder_with_no_run_recorded_is_named_by_the_lock(db_url: str) -> None
     message = str(refused.value)
     assert "no run recorded" in message
     if engine.dialect.name == "mysql":
-        assert "server connection" in message and "127.0.0.1" in message, message
+        assert "server connection" in message, message
     else:
         assert f"hukou-convert pid {holder.pid} on " in message, message
     # released when the holder ended: the lock is free again
