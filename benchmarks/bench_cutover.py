@@ -53,9 +53,13 @@ PG_ADMIN = os.environ.get(
 
 
 def child(code: str, *args: str) -> dict[str, Any]:
-    """Run a Python snippet in a fresh process; it prints a JSON dict; add its own peak RSS (the
-    children's ru_maxrss in this process would be the largest of all children so far)."""
-    peak = "\nimport json as _j, resource as _r\nprint(_j.dumps(_r.getrusage(_r.RUSAGE_SELF).ru_maxrss))\n"
+    """Run a Python snippet in a fresh process; it prints a JSON dict; add its own peak RSS: its
+    VmHWM, which exec resets (its ru_maxrss would keep this process's size at the fork, and the
+    children's ru_maxrss here would be the largest of all children so far)."""
+    peak = (
+        "\nimport re as _re\nprint(_re.search(r'VmHWM:\\s*(\\d+)',"
+        " open('/proc/self/status').read()).group(1))\n"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code + peak, *args], check=True, capture_output=True, text=True
     ).stdout
