@@ -27,7 +27,7 @@ from .instants import format_instant
 from .legacy_import import import_from_db
 from .mapping import check_mapping
 from .profiles import BUILTIN_PROFILES, load_profile, resolve_cutoff
-from .sample import SampleOptions, write_sample
+from .sample import MAX_SAMPLE_PERSONS, SampleOptions, write_sample
 
 
 @cli.command("import")
@@ -176,7 +176,12 @@ def profiles_command(show: str | None) -> None:
 
 @cli.command("sample")
 @click.option("--profile", "-p", "profile_name", required=True, help="Profile whose scope to fill.")
-@click.option("--persons", type=click.IntRange(min=1), required=True, help="How many persons.")
+@click.option(
+    "--persons",
+    type=click.IntRange(min=1, max=MAX_SAMPLE_PERSONS),
+    required=True,
+    help="How many persons.",
+)
 @click.option(
     "--out",
     "out",

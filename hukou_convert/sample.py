@@ -111,12 +111,18 @@ def person_row(
     }
 
 
-def make_id(rng: random.Random, address: str, birth: date, male: bool) -> str:
-    seq = rng.randrange(0, 500) * 2 + (1 if male else 0)
-    if seq == 0:
-        seq = 2
-    first17 = f"{address}{birth:%Y%m%d}{seq:03d}"
-    return first17 + check_character(first17)
+# Unique ID numbers by construction, with no set of those made (memory stays flat): the n-th person
+# of each block of _BIRTH_DAYS persons gets a day of its own, and each block its own pair of
+# sequence codes (odd for a man, even for a woman, as GB 11643 has it; never 000).
+_BIRTH_DAYS = 365 * 85  # born 1930-1-1 to 2014
+_DAY_STRIDE = 7919  # prime, and 31,025 = 5^2 x 17 x 73: n -> n x stride mod 31,025 is one-to-one
+MAX_SAMPLE_PERSONS = 499 * _BIRTH_DAYS  # sequence codes up to 999
+
+
+def _birth_and_sequence(index: int, male: bool) -> tuple[date, int]:
+    block, slot = divmod(index, _BIRTH_DAYS)
+    day = (slot * _DAY_STRIDE + block) % _BIRTH_DAYS
+    return date(1930, 1, 1) + timedelta(days=day), block * 2 + (1 if male else 2)
 
 
 def synthetic_name(rng: random.Random) -> str:
@@ -131,9 +137,10 @@ def generate_persons(options: SampleOptions) -> Iterator[dict[str, Any]]:
         raise ValueError(f"no division in the shipped table under {options.scope}")
     towns = by_code()
     codes, weights = zip(*TYPE_MIX, strict=True)
+    if options.persons > MAX_SAMPLE_PERSONS:
+        raise ValueError(f"a sample register holds at most {MAX_SAMPLE_PERSONS:,} persons")
     made = 0
     household_no = 0
-    used_ids: set[str] = set()
     while made < options.persons:
         household_no += 1
         village = rng.choice(villages)
@@ -148,14 +155,11 @@ def generate_persons(options: SampleOptions) -> Iterator[dict[str, Any]]:
         category = "集体户" if collective else "家庭户"
         household_id = f"{village.code[:9]}{household_no:07d}"
         for member in range(min(size, options.persons - made)):
-            made += 1
             male = rng.random() < 0.5
-            birth = date(1930, 1, 1) + timedelta(days=rng.randrange(0, 365 * 85))
-            while True:
-                number = make_id(rng, village.code[:6], birth, male)
-                if number not in used_ids:
-                    used_ids.add(number)
-                    break
+            birth, seq = _birth_and_sequence(made, male)
+            made += 1
+            first17 = f"{village.code[:6]}{birth:%Y%m%d}{seq:03d}"
+            number = first17 + check_character(first17)
             inactive = rng.random() < options.inactive_share
             yield {
                 "公民身份号码": number,
