@@ -265,11 +265,17 @@ def convert_window(
     updated = conn.execute(update(R).where(window, scope_pred).ordered_values(*new_values)).rowcount
     # Counted, not taken from the INSERT's rowcount (psycopg reports -1 for INSERT … SELECT
     # through SQLAlchemy): an independent check of the batch.
-    inserted = conn.execute(
-        select(func.count())
-        .select_from(H)
+    # Along the primary key, at most one row past the expected count: with no statistics on a
+    # history table growing batch by batch, PostgreSQL otherwise scanned the whole table for each
+    # batch (quadratic: a third of the batches' time at 5M persons).
+    this_batch = (
+        select(H.c.history_id)
         .where(H.c.history_id > history_before, H.c.run_id == run_id)
-    ).scalar_one()
+        .order_by(H.c.history_id)
+        .limit(int(updated) + 1)
+        .subquery()
+    )
+    inserted = conn.execute(select(func.count()).select_from(this_batch)).scalar_one()
     if inserted != updated:
         raise RegisterStateError(
             f"batch {batch_no}: {inserted} history rows but {updated} records updated (the"
