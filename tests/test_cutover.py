@@ -365,47 +365,50 @@ def _history_indexes(engine: Engine) -> set[str]:
     return {str(ix["name"]) for ix in inspect(engine).get_indexes(schema.history.name)}
 
 
+def _watching(engine: Engine, seen: dict[str, set[str]], interrupt_after: int | None = None) -> Any:
+    """A progress callback noting the history's indexes at each step of each phase, and
+    interrupting the conversion after ``interrupt_after`` steps (as a kill would)."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def progress(phase: str, _total: int | None, _unit: str) -> Any:
+        steps = 0
+
+        def advance(_n: int) -> None:
+            nonlocal steps
+            steps += 1
+            seen[phase] = _history_indexes(engine)
+            if interrupt_after is not None and phase == "转换 cutover" and steps > interrupt_after:
+                raise _Interrupted
+
+        yield advance
+
+    return progress
+
+
 def test_history_indexes_are_built_after_the_batches_of_a_first_cutover(
     engine: Engine, sample_csv: Path
 ) -> None:
     """Into an empty history the batches run without its indexes, which are built once after the
     last batch, also by a resume; a later cutover (history not empty) keeps them throughout."""
-    from contextlib import contextmanager
-
     from hukou_convert.rollback import rollback_run
 
     _sample(engine, sample_csv)
     expected = {str(ix.name) for ix in schema.HISTORY_INDEXES}
     assert _history_indexes(engine) == expected
     seen: dict[str, set[str]] = {}
-
-    def watching(interrupt_after: int | None = None) -> Any:
-        @contextmanager
-        def progress(phase: str, _total: int | None, _unit: str) -> Any:
-            batches = 0
-
-            def advance(_n: int) -> None:
-                nonlocal batches
-                batches += 1
-                seen[phase] = _history_indexes(engine)
-                if interrupt_after is not None and batches > interrupt_after:
-                    raise _Interrupted
-
-            yield advance
-
-        return progress
-
+    interrupted = _watching(engine, seen, interrupt_after=2)
     with pytest.raises(_Interrupted):
-        run_cutover(engine, ZHENHAI, CUTOFF, batch_size=40, progress=watching(interrupt_after=2))
+        run_cutover(engine, ZHENHAI, CUTOFF, batch_size=40, progress=interrupted)
     assert seen["转换 cutover"] == set() and _history_indexes(engine) == set()
-    resumed = run_cutover(engine, ZHENHAI, CUTOFF, batch_size=40, progress=watching())
+    resumed = run_cutover(engine, ZHENHAI, CUTOFF, batch_size=40, progress=_watching(engine, seen))
     assert resumed.outcome == "resumed"
     assert _history_indexes(engine) == expected
     assert verify_run(engine, resumed.run_id).ok
 
     rollback_run(engine, str(resumed.run_id))
     seen.clear()
-    again = run_cutover(engine, ZHENHAI, CUTOFF, batch_size=40, progress=watching())
+    again = run_cutover(engine, ZHENHAI, CUTOFF, batch_size=40, progress=_watching(engine, seen))
     assert again.outcome == "completed" and again.run_id != resumed.run_id
     assert seen["转换 cutover"] == expected  # the history held rows: its indexes stayed
     assert _history_indexes(engine) == expected
@@ -414,26 +417,12 @@ def test_history_indexes_are_built_after_the_batches_of_a_first_cutover(
 def test_a_first_cutover_rolled_back_unfinished_leaves_the_history_indexed(
     engine: Engine, sample_csv: Path
 ) -> None:
-    from contextlib import contextmanager
-
     from hukou_convert.rollback import rollback_run
 
     _sample(engine, sample_csv)
-
-    @contextmanager
-    def interrupting(phase: str, _total: int | None, _unit: str) -> Any:
-        calls = 0
-
-        def advance(_n: int) -> None:
-            nonlocal calls
-            calls += 1
-            if phase == "转换 cutover" and calls > 2:
-                raise _Interrupted
-
-        yield advance
-
+    interrupted = _watching(engine, {}, interrupt_after=2)
     with pytest.raises(_Interrupted):
-        run_cutover(engine, ZHENHAI, CUTOFF, batch_size=40, progress=interrupting)
+        run_cutover(engine, ZHENHAI, CUTOFF, batch_size=40, progress=interrupted)
     assert _history_indexes(engine) == set()
     with engine.connect() as conn:
         run_id = conn.execute(select(schema.runs.c.run_id)).scalar_one()
