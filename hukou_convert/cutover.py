@@ -45,7 +45,7 @@ from .conversion import (
     convert_window,
     last_batch,
 )
-from .db import display_url, translate_errors
+from .db import display_url, refresh_statistics, translate_errors
 from .errors import (
     Aborted,
     PlanMismatchError,
@@ -448,6 +448,7 @@ def _locked_cutover(
     # the register is back in service: the history's indexes are built before the run is complete
     with progress("索引 history indexes", None, "个") as advance:
         advance(len(schema.build_history_indexes(engine)))
+        refresh_statistics(engine, schema.history, register.table)
     with engine.begin() as conn:
         converted = conn.execute(
             select(func.coalesce(func.sum(schema.run_batches.c.converted), 0)).where(

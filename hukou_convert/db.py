@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, exc, make_url
+from sqlalchemy import Engine, Table, create_engine, event, exc, make_url, text
 from sqlalchemy.engine import URL
 
 from .errors import DatabaseError, UsageError
@@ -104,6 +104,19 @@ def make_engine(url: URL) -> Engine:
             cursor.close()
 
     return engine
+
+
+def refresh_statistics(engine: Engine, *tables: Table) -> None:
+    """After a bulk change (an import, a conversion): PostgreSQL's planner statistics, which its
+    autovacuum would refresh only later. Without them the steps that follow plan blind: verify of
+    a 1M-person run took 6.6 s instead of 1.0 s. (A table the account does not own is skipped
+    with a server warning. MySQL/MariaDB recalculate their own; SQLite plans well without.)"""
+    if engine.dialect.name != "postgresql":
+        return
+    preparer = engine.dialect.identifier_preparer
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        for table in tables:
+            conn.execute(text(f"ANALYZE {preparer.format_table(table)}"))
 
 
 def sqlite_path(engine: Engine) -> str | None:

@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Engine, Table, delete, func, insert, select
 
 from . import schema
 from .bulk import BulkInserter, Convert, InsertPipeline
+from .db import refresh_statistics
 from .errors import InputFileError, RegisterStateError
 from .fields import (
     APPLICATION_FIELDS,
@@ -596,6 +597,7 @@ def _load(
     except BaseException:
         rejects.discard()
         raise
+    refresh_statistics(engine, target)  # the rehearsal that follows plans with them
     return ImportResult(
         kind=kind,
         file=str(path),

@@ -450,3 +450,36 @@ def test_a_session_holding_the_history_keeps_its_indexes_and_the_cutover_goes_on
     assert result.outcome == "completed" and verify_run(engine, result.run_id).ok
     assert _history_indexes(engine) == {str(ix.name) for ix in schema.HISTORY_INDEXES}
     engine.dispose()
+
+
+def test_postgresql_statistics_are_refreshed_after_import_and_cutover(
+    db_url: str, sample_csv: Path
+) -> None:
+    """Planner statistics right after the bulk changes (autovacuum would come later): the steps
+    that follow plan with them."""
+    from sqlalchemy import text
+
+    from hukou_convert.db import make_engine, parse_url
+
+    engine = make_engine(parse_url(db_url))
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's ANALYZE; the others keep their own statistics")
+
+    def analyzed(table: str) -> bool:
+        with engine.connect() as conn:
+            return bool(
+                conn.execute(
+                    text(
+                        "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables"
+                        " WHERE relname = :t"
+                    ),
+                    {"t": table},
+                ).scalar()
+            )
+
+    _sample(engine, sample_csv)
+    assert analyzed("hukou_register")
+    assert not analyzed("hukou_type_history")
+    run_cutover(engine, ZHENHAI, CUTOFF)
+    assert analyzed("hukou_type_history")
+    engine.dispose()
