@@ -124,7 +124,7 @@ def test_password_from_the_environment_or_a_file_is_used_and_never_shown(
             del os.environ["HUKOU_DB_PASSWORD"]
         assert SECRET not in display_url(parse_url(url, SECRET))
 
-        code, out, err = run(
+        code, _, err = run(
             "import", str(sample_csv), "-q", "--db", url, env={"HUKOU_DB_PASSWORD": SECRET}
         )
         assert code == 0, err
@@ -132,38 +132,19 @@ def test_password_from_the_environment_or_a_file_is_used_and_never_shown(
         secret_file.write_text(SECRET + "\n", encoding="utf-8")
         secret_file.chmod(0o600)
         out_dir = tmp_path / "reports"
-        code, out, err = run(
-            "cutover",
-            "-p",
-            "zhenhai",
-            "--dry-run",
-            "-q",
-            "--out",
-            str(out_dir),
-            "--db",
-            url,
-            "--db-password-file",
-            str(secret_file),
-        )
-        assert code == 0, err
-        assert "postgres:***@" in out  # the database line shows that a password was given
-        assert SECRET not in out + err
-        code, out, err = run(
-            "cutover",
-            "-p",
-            "zhenhai",
-            "--dry-run",
-            "-q",
-            "--out",
-            str(tmp_path / "prompted"),
-            "--db",
-            url,
-            "--db-password-prompt",
-            input=SECRET + "\n",
-        )
-        assert code == 0, err
+
+        def rehearse_with(out: Path, *password: str, input: str | None = None) -> str:
+            """A rehearsal given the password one way; its stderr."""
+            dry_run = ("cutover", "-p", "zhenhai", "--dry-run", "-q", "--out", str(out))
+            code, stdout, stderr = run(*dry_run, "--db", url, *password, input=input)
+            assert code == 0, stderr
+            assert "postgres:***@" in stdout  # the database line shows a password was given
+            assert SECRET not in stdout + stderr
+            return stderr
+
+        rehearse_with(out_dir, "--db-password-file", str(secret_file))
+        err = rehearse_with(tmp_path / "prompted", "--db-password-prompt", input=SECRET + "\n")
         assert "Database password" in err  # asked on the terminal, the answer not echoed
-        assert "postgres:***@" in out and SECRET not in out + err
         for written in out_dir.iterdir():
             if written.suffix == ".json":
                 assert SECRET not in written.read_text(encoding="utf-8")
