@@ -9,7 +9,6 @@ exactly as an uninterrupted run would.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import socket
@@ -72,7 +71,6 @@ from .inflight import (
     moved_census,
 )
 from .instants import format_instant, now
-from .mapping import mapping_identity
 from .plan import (
     Difference,
     Plan,
@@ -94,8 +92,10 @@ from .runlock import live_run_lock
 from .runs import (
     describe_live_run,
     find_run,
+    kept_mapping,
     load_census,
     run_codes,
+    run_mapping_identity,
     run_profile,
     run_register,
     run_table,
@@ -341,11 +341,13 @@ def _locked_cutover(
         if comparison is not None:
             comparison.compared_before = False  # the register is already partly converted
     elif completed is not None:
-        if _kept_identity(completed) != register.identity:
+        if run_mapping_identity(completed) != register.identity:
             # read through other columns or codes, the run's records would be misread
+            kept = kept_mapping(completed)
+            source = kept["source"] if kept is not None else "none: the built-in register"
             raise RunMismatchError(
                 f"run {completed.run_id} converted this register through another mapping"
-                f" ({json.loads(completed.register_mapping)['source']}); use that mapping"
+                f" ({source}); use that mapping"
             )
         if (
             completed.profile_fingerprint == profile.fingerprint()
@@ -476,22 +478,16 @@ def _describe(d: Difference) -> str:
     return f"{d.kind} {d.key}: rehearsal {d.expected}, now {d.actual}"
 
 
-def _kept_identity(run: Row[Any]) -> str | None:
-    if run.register_mapping is None:
-        return None
-    return mapping_identity(json.loads(run.register_mapping)["mapping"])
-
-
 def _check_same_run(
     run: Row[Any], profile: Profile, cutoff: ResolvedCutoff, register: RegisterMap
 ) -> None:
     differences = []
     # the same mapping content, from whatever file: a resume reads the same columns
-    if _kept_identity(run) != register.identity:
-        kept = "the built-in register"
-        if run.register_mapping is not None:
-            kept = f"the register of mapping {json.loads(run.register_mapping)['source']}"
-        differences.append(kept)
+    if run_mapping_identity(run) != register.identity:
+        kept = kept_mapping(run)
+        differences.append(
+            "the built-in register" if kept is None else f"the register of mapping {kept['source']}"
+        )
     if run.profile != profile.name or run.profile_fingerprint != profile.fingerprint():
         differences.append(f"profile {run.profile} (fingerprint {run.profile_fingerprint})")
     if run.cutoff != cutoff.instant:

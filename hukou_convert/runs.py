@@ -14,7 +14,7 @@ from .codes import CodeTable, code_table_from_json
 from .db import translate_errors
 from .errors import RegisterStateError
 from .instants import format_instant
-from .mapping import register_from_json
+from .mapping import mapping_identity, register_from_json
 from .profiles import BUILTIN_PROFILES, Profile
 from .register import BUILTIN_REGISTER, RegisterMap
 
@@ -122,11 +122,26 @@ def run_register(engine: Engine, run: Row[Any]) -> RegisterMap:
     return register_from_json(engine, str(run.register_mapping))
 
 
-def run_table(run: Row[Any]) -> str | None:
-    """The register table a run converted, as its mapping names it (None: the built-in one)."""
+def kept_mapping(run: Row[Any]) -> dict[str, Any] | None:
+    """What a run kept of the mapping it converted through: its source, content and table (None:
+    the built-in register)."""
     if run.register_mapping is None:
         return None
-    return str(json.loads(run.register_mapping)["table"])
+    kept: dict[str, Any] = json.loads(run.register_mapping)
+    return kept
+
+
+def run_table(run: Row[Any]) -> str | None:
+    """The register table a run converted, as its mapping names it (None: the built-in one)."""
+    kept = kept_mapping(run)
+    return None if kept is None else str(kept["table"])
+
+
+def run_mapping_identity(run: Row[Any]) -> str | None:
+    """The content identity of the mapping a run converted through (None: the built-in register),
+    to compare with :attr:`RegisterMap.identity`."""
+    kept = kept_mapping(run)
+    return None if kept is None else mapping_identity(kept["mapping"])
 
 
 def completed_run(engine: Engine, run_id: str | None) -> Row[Any]:
