@@ -84,3 +84,25 @@ def sheet_table(path: Path, sheet: str) -> list[dict[str, Any]]:
         dict(zip(header, row, strict=True))
         for row in ws.iter_rows(min_row=2, max_row=last, values_only=True)
     ]
+
+
+def record_unfinished_run(
+    engine: Engine,
+    run_id: str,
+    *,
+    register: Any = None,
+    profile: Any = None,
+    cutoff: Any = None,
+) -> None:
+    """A run recorded as a cutover records it before its first batch, and never continued: what a
+    kill right after the run's first transaction leaves (zhenhai on the built-in register unless
+    told otherwise)."""
+    from hukou_convert.cutover import _record_run
+    from hukou_convert.instants import now
+    from hukou_convert.profiles import BUILTIN_PROFILES, resolve_cutoff
+    from hukou_convert.register import BUILTIN_REGISTER
+
+    profile = profile if profile is not None else BUILTIN_PROFILES["zhenhai"]
+    cutoff = cutoff if cutoff is not None else resolve_cutoff(profile, None)
+    register = register if register is not None else BUILTIN_REGISTER
+    _record_run(engine, register, run_id, profile, cutoff, [], {}, "", 10, now())

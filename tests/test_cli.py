@@ -135,24 +135,9 @@ def test_resume_with_other_parameters_exit_8(sqlite_url: str, sample_csv: Path) 
     engine = make_engine(parse_url(sqlite_url))
     run("import", str(sample_csv), "--db", sqlite_url)
     # an unfinished run of zhenhai, as a killed process leaves it
-    from hukou_convert.cutover import _record_run
-    from hukou_convert.instants import now
-    from hukou_convert.profiles import BUILTIN_PROFILES, resolve_cutoff
-    from hukou_convert.register import BUILTIN_REGISTER
+    from .helpers import record_unfinished_run
 
-    zhenhai = BUILTIN_PROFILES["zhenhai"]
-    _record_run(
-        engine,
-        BUILTIN_REGISTER,
-        "R-unfinished",
-        zhenhai,
-        resolve_cutoff(zhenhai, None),
-        [],
-        {},
-        "",
-        10,
-        now(),
-    )
+    record_unfinished_run(engine, "R-unfinished")
     code, _, err = run(
         "cutover",
         "-p",

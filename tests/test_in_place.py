@@ -364,14 +364,14 @@ def test_killed_cutover_in_place_resumes_to_the_uninterrupted_result(
 def test_an_unfinished_run_in_place_is_not_continued_on_another_register(
     engine: Engine, tmp_path: Path
 ) -> None:
-    from hukou_convert.cutover import _record_run
     from hukou_convert.errors import RunMismatchError
-    from hukou_convert.instants import now
+
+    from .helpers import record_unfinished_run
 
     reg, profile, cutoff = _setup(engine, tmp_path, rows=0)
     schema.ensure_schema(engine)
     profile = reg.effective_profile(profile)
-    _record_run(engine, reg, "R-in-place", profile, cutoff, [], {}, "", 10, now())
+    record_unfinished_run(engine, "R-in-place", register=reg, profile=profile, cutoff=cutoff)
     with pytest.raises(RunMismatchError, match="R-in-place is unfinished with the register of"):
         run_cutover(engine, profile, cutoff)  # the built-in register
     assert run_cutover(engine, profile, cutoff, register=reg).outcome == "resumed"

@@ -230,25 +230,10 @@ def test_import_waits_for_an_unfinished_run(
 ) -> None:
     """Records appended while a run is unfinished would meet its resume without being in its
     census: the import refuses."""
-    from hukou_convert.cutover import _record_run
-    from hukou_convert.instants import now
-    from hukou_convert.profiles import BUILTIN_PROFILES, resolve_cutoff
-    from hukou_convert.register import BUILTIN_REGISTER
+    from .helpers import record_unfinished_run
 
     import_register(engine, sample_csv)
-    zhenhai = BUILTIN_PROFILES["zhenhai"]
-    _record_run(
-        engine,
-        BUILTIN_REGISTER,
-        "R-unfinished",
-        zhenhai,
-        resolve_cutoff(zhenhai, None),
-        [],
-        {},
-        "",
-        10,
-        now(),
-    )
+    record_unfinished_run(engine, "R-unfinished")
     before = table_dump(engine)
     extra = write_register(tmp_path / "late.csv", [person(ident("330211", "19800101", 1), "2")])
     with pytest.raises(RegisterStateError, match="R-unfinished is unfinished"):
