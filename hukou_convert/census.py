@@ -7,37 +7,26 @@ real run exactly. Classification (action, nature, category) happens in Python ov
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
-    String,
     Table,
     case,
-    cast,
     false,
     func,
     literal,
-    literal_column,
     or_,
     select,
 )
 
-from . import schema
 from .codes import CATEGORY_OF_LABEL, Action, Category, CodeTable, Nature
 from .errors import UnmappedValue
 from .profiles import Profile
-from .progress import Progress, no_progress
 from .register import RegisterMap
-
-# Columns that describe the person and the record; load bookkeeping is not part of the register.
-_FINGERPRINT_EXCLUDED = {"import_id", "source_line"}
-_SQLITE_PRINTF_ARGS = 100  # SQLite functions take at most 127 arguments by default
 
 
 def in_scope(table: Table, scope: Iterable[str]) -> ColumnElement[bool]:
@@ -172,65 +161,3 @@ def take_census(conn: Connection, register: RegisterMap, profile: Profile) -> Ce
     )
     # a register whose written code depends on 户别 must know each converted record's
     return Census(lines, profile.codes, needs_category=bool(register.resident_by_category))
-
-
-RowDigestSink = Callable[[str, str], None]
-
-
-def _as_text(conn: Connection, column: ColumnElement[Any]) -> ColumnElement[Any]:
-    """A column's value as text, the same on every database: an instant as China Standard Time
-    wall-clock with microseconds, as SQLite and MySQL/MariaDB store it (PostgreSQL would render it
-    in the session's zone, with its offset). A fixed +08:00, as the tool stores instants, not the
-    Asia/Shanghai zone, which kept summer time in 1986-1991."""
-    if conn.dialect.name == "postgresql" and isinstance(column.type, schema.Instant):
-        return func.to_char(
-            func.timezone(literal_column("INTERVAL '+08:00'"), column),
-            literal("YYYY-MM-DD HH24:MI:SS.US"),
-        )
-    return cast(column, String)
-
-
-def register_fingerprint(
-    conn: Connection,
-    register: RegisterMap,
-    progress: Progress = no_progress,
-    on_row: RowDigestSink | None = None,
-) -> str:
-    """SHA-256 over every register row in key order, the same on every database: two registers with
-    the same fingerprint hold the same records (values as the database renders them as text). ``on_row(key, digest)`` receives a short digest of
-    each row, in key order, for record-by-record comparison with a rehearsal's plan."""
-    # Each row as one text built by the database (NULL as empty, fields joined by U+001F): Python
-    # only hashes, it does not touch values one by one (a tenth of the cost at 10 million rows).
-    table = register.table
-    excluded = _FINGERPRINT_EXCLUDED if register.builtin else set()
-    columns = [c for c in table.columns if c.name not in excluded]
-    row_text: ColumnElement[str]
-    if conn.dialect.name == "sqlite" and len(columns) <= _SQLITE_PRINTF_ARGS:
-        # The same text in one call: printf's %s is the value's text as CAST gives it, NULL empty
-        # (40 % faster than a chain of || over coalesced casts).
-        row_text = func.printf("\x1f".join(["%s"] * len(columns)), *columns)
-    else:
-        fields = [func.coalesce(_as_text(conn, c), literal("")) for c in columns]
-        row_text = fields[0]
-        for f in fields[1:]:
-            row_text = row_text + literal("\x1f") + f
-    total = conn.execute(select(func.count()).select_from(table)).scalar_one()
-    digest = hashlib.sha256()
-    query = (
-        select(register.key_column, row_text)
-        .order_by(register.key_column)
-        .execution_options(stream_results=True, yield_per=50_000)
-    )
-    with progress("指纹 fingerprint", int(total), "行") as advance:
-        for partition in conn.execute(query).partitions():
-            if on_row is None:  # the same bytes, hashed a partition at a time
-                digest.update(("\n".join([row[1] for row in partition]) + "\n").encode("utf-8"))
-                advance(len(partition))
-                continue
-            for record_key, text in partition:
-                data = text.encode("utf-8")
-                digest.update(data)
-                digest.update(b"\n")
-                on_row(str(record_key), hashlib.blake2b(data, digest_size=8).hexdigest())
-            advance(len(partition))
-    return digest.hexdigest()

@@ -4,12 +4,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
-    Engine,
     Row,
     and_,
     bindparam,
@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 
 from . import schema
-from .census import Census, in_scope, is_active
+from .census import in_scope, is_active
 from .codes import (
     CATEGORY_LABELS,
     CATEGORY_OF_LABEL,
@@ -83,81 +83,88 @@ def conversion_expressions(
     return raws, nature, category, new_label
 
 
+Seal = Callable[[], None]
+
+
 def convert_batches(
-    engine: Engine,
+    conn: Connection,
     run_id: str,
     codes: CodeTable,
     profile: Profile,
     cutoff: ResolvedCutoff,
     batch_size: int,
-    census: Census,
+    total: int,
     progress: Progress,
     register: RegisterMap,
+    seal: Seal | None = None,
+    sealable: Callable[[], bool] = lambda: True,
 ) -> int:
+    """Convert the run's batches on ``conn``, each batch with its ledger row. Without ``seal``
+    each batch is its own transaction. With it, the batches stay in the transaction ``conn`` has
+    open (the run's first) until ``sealable()`` says the run may commit; ``seal()`` then completes
+    that transaction's records (or raises: the caller rolls it all back), and it commits."""
     R = register.table
     exprs = conversion_expressions(codes, register)
     key = register.key_column
     B = schema.run_batches
-    with engine.connect() as conn:
-        holds, applies = _run_holds_and_applies(conn, run_id)
-        scope_pred = conversion_predicate(register, run_id, exprs[0], profile, holds)
-        last = last_batch(conn, run_id)
-        lo: RecordKey | None = register.key_of(last.last_key) if last is not None else None
-        batch_no = int(last.batch_no) if last is not None else 0
-        done_rows = (
-            conn.execute(select(func.count()).select_from(R).where(key <= lo)).scalar_one()
-            if lo is not None
-            else 0
-        )
+    holds, applies = _run_holds_and_applies(conn, run_id)
+    scope_pred = conversion_predicate(register, run_id, exprs[0], profile, holds)
+    last = last_batch(conn, run_id)
+    lo: RecordKey | None = register.key_of(last.last_key) if last is not None else None
+    batch_no = int(last.batch_no) if last is not None else 0
+    done_rows = (
+        conn.execute(select(func.count()).select_from(R).where(key <= lo)).scalar_one()
+        if lo is not None
+        else 0
+    )
+    if seal is None:
+        conn.commit()
     batches = 0
-    with progress("转换 cutover", census.total, "人") as advance:
+    with progress("转换 cutover", total, "人") as advance:
         advance(done_rows)
         while True:
-            with engine.begin() as conn:
-                after = key > lo if lo is not None else literal(True)
-                hi = conn.execute(
-                    select(key).where(after).order_by(key).offset(batch_size - 1).limit(1)
-                ).scalar()
-                full = hi is not None
+            after = key > lo if lo is not None else literal(True)
+            hi = conn.execute(
+                select(key).where(after).order_by(key).offset(batch_size - 1).limit(1)
+            ).scalar()
+            full = hi is not None
+            if hi is None:
+                hi = conn.execute(select(func.max(key)).where(after)).scalar()
                 if hi is None:
-                    hi = conn.execute(select(func.max(key)).where(after)).scalar()
-                    if hi is None:
-                        break  # nothing after the last checkpoint: the run is complete
-                window = and_(after, key <= hi)
-                updated = convert_window(
-                    conn,
-                    register,
-                    run_id,
-                    exprs,
-                    scope_pred,
-                    cutoff,
-                    window,
-                    batch_no + 1,
-                    applies,
+                    break  # nothing after the last checkpoint: the run is complete
+            window = and_(after, key <= hi)
+            updated = convert_window(
+                conn, register, run_id, exprs, scope_pred, cutoff, window, batch_no + 1, applies
+            )
+            batch_no += 1
+            conn.execute(
+                insert(B).values(
+                    run_id=run_id,
+                    batch_no=batch_no,
+                    first_key=None if lo is None else str(lo),
+                    last_key=str(hi),
+                    converted=updated,
+                    committed_at=now(),
                 )
-                batch_no += 1
-                conn.execute(
-                    insert(B).values(
-                        run_id=run_id,
-                        batch_no=batch_no,
-                        first_key=None if lo is None else str(lo),
-                        last_key=str(hi),
-                        converted=updated,
-                        committed_at=now(),
-                    )
-                )
-                # a full window holds exactly batch_size keys (hi is the batch_size-th key after
-                # lo); only the last one is counted
-                window_rows = (
-                    batch_size
-                    if full
-                    else conn.execute(
-                        select(func.count()).select_from(R).where(window)
-                    ).scalar_one()
-                )
+            )
+            # a full window holds exactly batch_size keys (hi is the batch_size-th key after
+            # lo); only the last one is counted
+            window_rows = (
+                batch_size
+                if full
+                else conn.execute(select(func.count()).select_from(R).where(window)).scalar_one()
+            )
+            if seal is not None and sealable():
+                seal()
+                seal = None
+            if seal is None:
+                conn.commit()
             advance(int(window_rows))
             lo = register.key_of(hi)
             batches += 1
+    if seal is not None:  # every batch done before the run could commit
+        seal()
+    conn.commit()
     return batches
 
 
@@ -215,9 +222,6 @@ def convert_window(
     ``applies=False`` when the run applied no application: no per-record look-up of one."""
     _raws, nature, category, new_label = exprs
     R = register.table
-    # Only the run holding the live-run lock writes history rows, with increasing ids: those of
-    # this batch are the ones above the highest id before it (whatever the key's type or collation).
-    history_before = conn.execute(select(func.coalesce(func.max(H.c.history_id), 0))).scalar_one()
     effective = bindparam("effective_at", cutoff.instant, type_=schema.Instant())
     converted_at = bindparam("converted_at", now(), type_=schema.Instant())
     source = select(
@@ -235,8 +239,9 @@ def convert_window(
         # 户别 exactly as it was in the register's own values (rollback restores it)
         R.c.household_category if register.has_category_column else null(),
     ).where(window, scope_pred)
-    conn.execute(
-        insert(H).from_select(
+    inserted = conn.execute(
+        insert(H)
+        .from_select(
             [
                 "id_number",
                 "original_code",
@@ -253,7 +258,8 @@ def convert_window(
             ],
             source,
         )
-    )
+        .execution_options(preserve_rowcount=True)
+    ).rowcount
     # MySQL evaluates single-table SET clauses left to right: 户别 first, while hukou_type still
     # holds the original code (the resident code of a combined-code register reads it too).
     new_values: list[tuple[Any, Any]] = [
@@ -263,19 +269,8 @@ def convert_window(
     if register.writes_category:
         new_values.insert(0, (R.c.household_category, new_label))
     updated = conn.execute(update(R).where(window, scope_pred).ordered_values(*new_values)).rowcount
-    # Counted, not taken from the INSERT's rowcount (psycopg reports -1 for INSERT … SELECT
-    # through SQLAlchemy): an independent check of the batch.
-    # Along the primary key, at most one row past the expected count: with no statistics on a
-    # history table growing batch by batch, PostgreSQL otherwise scanned the whole table for each
-    # batch (quadratic: a third of the batches' time at 5M persons).
-    this_batch = (
-        select(H.c.history_id)
-        .where(H.c.history_id > history_before, H.c.run_id == run_id)
-        .order_by(H.c.history_id)
-        .limit(int(updated) + 1)
-        .subquery()
-    )
-    inserted = conn.execute(select(func.count()).select_from(this_batch)).scalar_one()
+    # The two statements' own counts, compared: the history rows written and the records updated
+    # (SQLAlchemy keeps an INSERT … SELECT's count when asked to: preserve_rowcount).
     if inserted != updated:
         raise RegisterStateError(
             f"batch {batch_no}: {inserted} history rows but {updated} records updated (the"

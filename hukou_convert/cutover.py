@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 
 from . import __version__, schema
-from .census import Census, register_fingerprint, take_census
+from .census import Census, take_census
 from .checks import run_checks
 from .codes import (
     Category,
@@ -54,6 +54,7 @@ from .errors import (
     UnmappedCodesError,
 )
 from .findings import Finding
+from .fingerprint import Block, register_fingerprint
 from .holds import (
     convertible,
     current_holds,
@@ -76,7 +77,6 @@ from .plan import (
     Plan,
     PlanComparison,
     PlanRecorder,
-    RecordComparer,
     compare_applications,
     compare_census,
     compare_outcome,
@@ -84,6 +84,7 @@ from .plan import (
     load_plan,
     plan_document,
 )
+from .prewrite import ReadingBeside, RegisterReading, read_register
 from .profiles import Profile, ResolvedCutoff
 from .progress import Progress, no_progress
 from .register import BUILTIN_REGISTER, RecordKey, RegisterMap
@@ -171,7 +172,11 @@ def rehearse(
         with translate_errors(), engine.connect() as conn:
             decisions = decide(conn, register, profile, profile.codes, cutoff.instant)
             census = moved_census(take_census(conn, register, profile), decisions)
-            fingerprint = register_fingerprint(conn, register, progress=progress, on_row=recorder)
+            blocks: list[Block] = []
+            with progress("指纹 fingerprint", census.total, "行") as advance:
+                fingerprint = register_fingerprint(
+                    conn, register, advance, on_row=recorder, blocks=blocks
+                )
             findings = gather_findings(conn, register, profile, cutoff, decisions, progress)
             held, held_by = held_breakdown(
                 conn,
@@ -196,6 +201,7 @@ def rehearse(
                 cutoff=format_instant(cutoff.instant),
                 database=display_url(engine.url),
                 fingerprint=fingerprint,
+                blocks=blocks,
                 census=census,
                 converted_by=_by_key(converted_by),
                 applications=_outcomes(decisions),
@@ -379,74 +385,37 @@ def _locked_cutover(
             f" {completed.profile_fingerprint}); a second cutover with other parameters is refused"
         )
     else:
-        with engine.connect() as conn:
-            decisions = decide(conn, register, profile, profile.codes, cutoff.instant)
-            predicted = moved_census(take_census(conn, register, profile), decisions)
-        unmapped = predicted.unmapped()
-        if unmapped:
-            raise UnmappedCodesError(unmapped, rehearsal=False)
-        held: dict[RecordKey, list[str]] = {}
-        if max_exceptions is not None or profile.hold_back:
-            with engine.connect() as conn:
-                found = gather_findings(conn, register, profile, cutoff, decisions, progress)
-                held, _ = held_breakdown(
-                    conn,
-                    register,
-                    profile,
-                    profile.codes,
-                    held_records(found, profile.hold_back),
-                    _moves(decisions),
-                )
-        if max_exceptions is not None:
-            errors = Counter(f.code for f in found if f.severity == "error")
-            if sum(errors.values()) > max_exceptions:
-                raise TooManyExceptionsError(sum(errors.values()), max_exceptions, dict(errors))
-        if confirm is not None and not confirm(
-            CutoverPlan(profile, cutoff, predicted, None, held=len(held))
-        ):
-            raise Aborted("not confirmed: nothing was written")
-        comparer = RecordComparer(plan) if plan is not None else None
-        with engine.connect() as conn:
-            fingerprint = register_fingerprint(conn, register, progress=progress, on_row=comparer)
-        if plan is not None and comparer is not None and comparison is not None:
-            comparer.finish()
-            comparison.before = (
-                compare_parameters(
-                    plan, profile.name, profile.fingerprint(), format_instant(cutoff.instant)
-                )
-                + compare_census(plan, predicted)
-                + compare_applications(plan, _outcomes(decisions))
-                + comparer.shown
-            )
-            comparison.record_differences = comparer.count
-            if comparison.before:
-                if not accept_changes:
-                    total = len(comparison.before) - len(comparer.shown) + comparer.count
-                    raise PlanMismatchError(
-                        str(plan.path), [_describe(d) for d in comparison.before], total
-                    )
-                comparison.accepted = True
         run_id = _new_run_id()
         started = now()
-        census = _record_run(
+        outcome = "completed"
+        batches = _start_run(
             engine,
             register,
             run_id,
             profile,
             cutoff,
-            decisions,
-            held,
-            fingerprint,
             batch_size,
             started,
+            confirm,
+            progress,
+            plan,
+            comparison,
+            accept_changes,
+            max_exceptions,
         )
-        outcome = "completed"
-        schema.defer_history_indexes(engine)
-
-    codes = run_codes(engine, run_id)
-    batches = convert_batches(
-        engine, run_id, codes, profile, cutoff, batch_size, census, progress, register
-    )
+    if outcome == "resumed":
+        with engine.connect() as conn:
+            batches = convert_batches(
+                conn,
+                run_id,
+                run_codes(conn, run_id),
+                profile,
+                cutoff,
+                batch_size,
+                census.total,
+                progress,
+                register,
+            )
     # the register is back in service: the history's indexes are built before the run is complete
     with progress("索引 history indexes", None, "个") as advance:
         advance(len(schema.build_history_indexes(engine)))
@@ -470,6 +439,154 @@ def _locked_cutover(
     result.started_at = started
     result.plan_comparison = comparison
     return result
+
+
+def _start_run(
+    engine: Engine,
+    register: RegisterMap,
+    run_id: str,
+    profile: Profile,
+    cutoff: ResolvedCutoff,
+    batch_size: int,
+    started: datetime,
+    confirm: Confirm | None,
+    progress: Progress,
+    plan: Plan | None,
+    comparison: PlanComparison | None,
+    accept_changes: bool,
+    max_exceptions: int | None,
+) -> int:
+    """A new run: everything it decides before converting, then the conversion beside the reading
+    of the register as it was (census, fingerprint, the plan's records); the first commit waits
+    for that reading's verdict. Returns the number of batches."""
+    with engine.connect() as conn:
+        decisions = decide(conn, register, profile, profile.codes, cutoff.instant)
+        # what the operator confirms: counted now (the run counts again, beside its conversion)
+        predicted = (
+            moved_census(take_census(conn, register, profile), decisions)
+            if confirm is not None
+            else None
+        )
+    if predicted is not None and predicted.unmapped():
+        raise UnmappedCodesError(predicted.unmapped(), rehearsal=False)
+    held: dict[RecordKey, list[str]] = {}
+    if max_exceptions is not None or profile.hold_back:
+        with engine.connect() as conn:
+            found = gather_findings(conn, register, profile, cutoff, decisions, progress)
+            held, _ = held_breakdown(
+                conn,
+                register,
+                profile,
+                profile.codes,
+                held_records(found, profile.hold_back),
+                _moves(decisions),
+            )
+        if max_exceptions is not None:
+            errors = Counter(f.code for f in found if f.severity == "error")
+            if sum(errors.values()) > max_exceptions:
+                raise TooManyExceptionsError(sum(errors.values()), max_exceptions, dict(errors))
+    if (
+        confirm is not None
+        and predicted is not None
+        and not confirm(CutoverPlan(profile, cutoff, predicted, None, held=len(held)))
+    ):
+        raise Aborted("not confirmed: nothing was written")
+    parameters: list[Difference] = []
+    if plan is not None:
+        parameters = compare_parameters(
+            plan, profile.name, profile.fingerprint(), format_instant(cutoff.instant)
+        )
+        if parameters or compare_applications(plan, _outcomes(decisions)):
+            # a run to be refused unless told to go ahead: the whole list of differences is
+            # read before anything is written
+            with engine.connect() as conn:
+                reading = read_register(conn, register, profile, plan, progress)
+            _judge(reading, decisions, decisions, plan, comparison, parameters, accept_changes)
+    with engine.connect() as conn:
+        total = int(conn.execute(select(func.count()).select_from(register.table)).scalar_one())
+    deferred = schema.defer_history_indexes(engine)
+    sealed = False
+    try:
+        with (
+            ReadingBeside(engine, register, profile, plan, progress) as reading_beside,
+            engine.connect() as conn,
+        ):
+            applied = _record_run(
+                conn,
+                register,
+                run_id,
+                profile,
+                cutoff,
+                decisions,
+                held,
+                batch_size,
+                started,
+            )
+
+            def seal() -> None:
+                nonlocal sealed
+                reading = reading_beside.result()
+                census = _judge(
+                    reading, applied, decisions, plan, comparison, parameters, accept_changes
+                )
+                _store_census(conn, run_id, census, reading.fingerprint)
+                sealed = True
+
+            return convert_batches(
+                conn,
+                run_id,
+                run_codes(conn, run_id),
+                profile,
+                cutoff,
+                batch_size,
+                total,
+                progress,
+                register,
+                seal=seal,
+                sealable=reading_beside.done,
+            )
+    except BaseException:
+        if deferred and not sealed:
+            # nothing was committed: the history is as empty as it was, with its indexes
+            with translate_errors():
+                schema.build_history_indexes(engine)
+        raise
+
+
+def _judge(
+    reading: RegisterReading,
+    applied: list[Decision],
+    decisions: list[Decision],
+    plan: Plan | None,
+    comparison: PlanComparison | None,
+    parameters: list[Difference],
+    accept_changes: bool,
+) -> Census:
+    """The verdict on the register as read before the run: its census as of the cutoff (the
+    ``applied`` applications applied), refused when it holds unmapped codes; compared with the
+    plan, if any, refused on a difference unless ``accept_changes``."""
+    census = moved_census(reading.census, applied)
+    unmapped = census.unmapped()
+    if unmapped:
+        raise UnmappedCodesError(unmapped, rehearsal=False)
+    if plan is None or comparison is None:
+        return census
+    comparison.before = (
+        parameters
+        + compare_census(plan, census)
+        + compare_applications(plan, _outcomes(decisions))
+        + reading.record_differences
+    )
+    comparison.record_differences = reading.record_difference_count
+    if comparison.before:
+        if not accept_changes:
+            shown = len(reading.record_differences)
+            total = len(comparison.before) - shown + reading.record_difference_count
+            raise PlanMismatchError(
+                str(plan.path), [_describe(d) for d in comparison.before], total
+            )
+        comparison.accepted = True
+    return census
 
 
 def _describe(d: Difference) -> str:
@@ -553,63 +670,67 @@ def _new_run_id() -> str:
 
 
 def _record_run(
-    engine: Engine,
+    conn: Connection,
     register: RegisterMap,
     run_id: str,
     profile: Profile,
     cutoff: ResolvedCutoff,
     decisions: list[Decision],
     held: dict[RecordKey, list[str]],
-    fingerprint: str,
     batch_size: int,
     started: datetime,
-) -> Census:
-    """One transaction before any conversion: the run, the outcome of every in-flight application
-    (approved ones applied to the register), and the census as of the cutoff that verify checks
-    against."""
-    with engine.begin() as conn:
-        conn.execute(
-            insert(RUNS).values(
-                run_id=run_id,
-                profile=profile.name,
-                profile_fingerprint=profile.fingerprint(),
-                scope=",".join(profile.scope),
-                active_statuses=",".join(profile.active_statuses),
-                code_table=code_table_to_json(profile.codes),
-                profile_json=profile.to_json(),
-                cutoff=cutoff.instant,
-                cutoff_source=cutoff.source[:200],
-                register_sha256=fingerprint,
-                register_mapping=register.mapping_json,
-                status="running",
-                batch_size=batch_size,
-                started_at=started,
-                tool_version=__version__,
-                database_url=display_url(engine.url)[:400],
-                host=socket.gethostname()[:100],
-                pid=os.getpid(),
-            )
+) -> list[Decision]:
+    """The run's first writes, in its first transaction: the run, the outcome of every in-flight
+    application (approved ones applied to the register) and the records held back. Returns the
+    applications that changed a record. The census and the fingerprint join them before the
+    transaction commits (:func:`_store_census`)."""
+    conn.execute(
+        insert(RUNS).values(
+            run_id=run_id,
+            profile=profile.name,
+            profile_fingerprint=profile.fingerprint(),
+            scope=",".join(profile.scope),
+            active_statuses=",".join(profile.active_statuses),
+            code_table=code_table_to_json(profile.codes),
+            profile_json=profile.to_json(),
+            cutoff=cutoff.instant,
+            cutoff_source=cutoff.source[:200],
+            register_sha256=None,
+            register_mapping=register.mapping_json,
+            status="running",
+            batch_size=batch_size,
+            started_at=started,
+            tool_version=__version__,
+            database_url=display_url(conn.engine.url)[:400],
+            host=socket.gethostname()[:100],
+            pid=os.getpid(),
         )
-        apply_decisions(conn, register, run_id, decisions)
-        store_holds(conn, register, run_id, held, profile, profile.codes)
-        census = take_census(conn, register, profile)
-        if census.lines:
-            conn.execute(
-                insert(schema.run_census),
-                [
-                    {
-                        "run_id": run_id,
-                        "line": i,
-                        "in_scope": int(line.in_scope),
-                        "active": int(line.active),
-                        "raw_code": line.raw_code,
-                        "category_label": line.category_label,
-                        "records": line.records,
-                    }
-                    for i, line in enumerate(census.lines, start=1)
-                ],
-            )
-    return census
+    )
+    applied = apply_decisions(conn, register, run_id, decisions)
+    store_holds(conn, register, run_id, held, profile, profile.codes)
+    return applied
+
+
+def _store_census(conn: Connection, run_id: str, census: Census, fingerprint: str) -> None:
+    """The census as of the cutoff that verify checks against, and the register's fingerprint as
+    read before the first write: in the run's first transaction."""
+    if census.lines:
+        conn.execute(
+            insert(schema.run_census),
+            [
+                {
+                    "run_id": run_id,
+                    "line": i,
+                    "in_scope": int(line.in_scope),
+                    "active": int(line.active),
+                    "raw_code": line.raw_code,
+                    "category_label": line.category_label,
+                    "records": line.records,
+                }
+                for i, line in enumerate(census.lines, start=1)
+            ],
+        )
+    conn.execute(update(RUNS).where(RUNS.c.run_id == run_id).values(register_sha256=fingerprint))
 
 
 def _release_resolved(

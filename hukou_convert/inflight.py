@@ -245,11 +245,11 @@ def moved_census(census: Census, decisions: list[Decision]) -> Census:
 
 def apply_decisions(
     conn: Connection, register: RegisterMap, run_id: str, decisions: list[Decision]
-) -> int:
+) -> list[Decision]:
     """Store every new outcome and apply approved applications to the register (inside the run's
-    first transaction). Returns how many records changed type."""
+    first transaction). Returns the decisions that changed a record's type."""
     R = register.table
-    changed = 0
+    changed: list[Decision] = []
     for d in decisions:
         # Only a decision about a person this run is responsible for is final. Someone not in the
         # register, or in another scope, is reported; another run (another profile, or a later
@@ -262,7 +262,8 @@ def apply_decisions(
                 .where(R.c.record_id == d.record_id, R.c.hukou_type == d.from_code)
                 .values(hukou_type=d.to_code)
             )
-            changed += result.rowcount
+            if result.rowcount:
+                changed.append(d)
         conn.execute(
             update(A)
             .where(

@@ -2,15 +2,18 @@
 
 A rehearsal writes a plan (JSON) beside its workbook: parameters, the census as of the cutoff, the
 counts to convert by nature and 户别, the outcome of every in-flight application, the exceptions (by
-code and record key), the register fingerprint, and a sidecar ``.records.gz`` with a short digest of
-every register row in key order. ``cutover --expect PLAN`` compares before it writes anything (record
-by record, streaming: memory stays flat) and after it finishes. No personal data is in a plan: record
-keys and digests only.
+code and record key), the register fingerprint, the digest of every block of 10,000 rows, and a
+sidecar ``.records.gz`` with a short digest of every register row in key order. ``cutover --expect
+PLAN`` compares before it commits anything (block by block, and record by record within a block that
+differs: memory stays flat) and after it finishes. No personal data is in a plan: record keys and
+digests only.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import itertools
 import json
 import os
 from collections import Counter
@@ -19,10 +22,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from sqlalchemy import Connection
+
 from . import __version__
 from .census import Census
 from .errors import InputFileError
+from .fingerprint import (
+    Block,
+    block_digest,
+    read_chunks,
+    read_rows,
+    row_digest,
+)
 from .instants import format_instant, now
+from .progress import Advance
+from .register import RegisterMap
 
 PLAN_FORMAT = "hukou-convert-plan/1"
 SHOWN_RECORDS = 1000  # record differences kept for display; all are counted
@@ -95,6 +109,7 @@ def plan_document(
     cutoff: str,
     database: str,
     fingerprint: str,
+    blocks: list[Block],
     census: Census,
     converted_by: dict[str, int],
     applications: dict[str, str],
@@ -109,6 +124,8 @@ def plan_document(
         "cutoff": cutoff,
         "database": database,
         "register_sha256": fingerprint,
+        # [last key, rows, digest]: the real run reads the same key ranges and compares digests
+        "blocks": [block.as_json() for block in blocks],
         "census": [
             {
                 "in_scope": line.in_scope,
@@ -155,6 +172,14 @@ class Plan:
                 key, digest = line.rstrip("\n").split("\t")
                 yield key, digest
 
+    def blocks(self) -> list[Block] | None:
+        """The plan's block digests (None in a plan written before they were kept: its records
+        are then compared one by one)."""
+        raw = self.data.get("blocks")
+        if raw is None:
+            return None
+        return [Block(str(key), int(rows), str(digest)) for key, rows, digest in raw]
+
 
 def load_plan(path: Path) -> Plan:
     try:
@@ -172,10 +197,11 @@ def load_plan(path: Path) -> Plan:
 
 
 class RecordComparer:
-    """Merge-joins the register's row digests (fed in key order) with the plan's."""
+    """Merge-joins the register's row digests (fed in key order) with the plan's (``expected``:
+    all of them, or those of one key range)."""
 
-    def __init__(self, plan: Plan) -> None:
-        self._plan = plan.records()
+    def __init__(self, expected: Iterator[tuple[str, str]]) -> None:
+        self._plan = expected
         self._pending: tuple[str, str] | None = next(self._plan, None)
         self.shown: list[Difference] = []
         self.count = 0
@@ -201,6 +227,66 @@ class RecordComparer:
         while self._pending is not None:
             self._note(self._pending[0], "present at the rehearsal", "removed since")
             self._pending = next(self._plan, None)
+
+
+@dataclass
+class RecordComparison:
+    """The register's records against the plan's: the fingerprint of the register as read, and
+    the records added, removed or changed since the rehearsal (the first SHOWN_RECORDS kept)."""
+
+    fingerprint: str
+    shown: list[Difference] = field(default_factory=list)
+    count: int = 0
+
+
+def compare_records(
+    conn: Connection, register: RegisterMap, plan: Plan, advance: Advance
+) -> RecordComparison:
+    """Read the register in the plan's key ranges, comparing each block's digest; read a block
+    that differs (and any rows after the plan's last key) again record by record, merged with the
+    plan's record digests of that range. A plan without blocks is compared record by record."""
+    fingerprint = hashlib.sha256()
+    blocks = plan.blocks()
+    # (after, upto, offset in the plan's records, its records in the range; None: the rest)
+    differing: list[tuple[Any, Any, int, int | None]] = []
+    after: str | None = None
+    offset = 0
+    for block in blocks or []:
+        digest, rows = block_digest(), 0
+        for chunk in read_chunks(conn, register, after, block.last_key):
+            fingerprint.update(chunk.data)
+            digest.update(chunk.data)
+            rows += chunk.rows
+            advance(chunk.rows)
+        if rows != block.rows or digest.hexdigest() != block.digest:
+            differing.append((after, block.last_key, offset, block.rows))
+        after, offset = block.last_key, offset + block.rows
+    tail = 0
+    for chunk in read_chunks(conn, register, after, None):
+        fingerprint.update(chunk.data)
+        tail += chunk.rows
+        advance(chunk.rows)
+    if blocks is None:
+        differing.append((None, None, 0, None))
+    elif tail:
+        differing.append((after, None, offset, 0))
+    comparison = RecordComparison(fingerprint.hexdigest())
+    if differing:
+        expected = plan.records()
+        consumed = 0
+        for lo, hi, start, in_plan in differing:
+            for _ in itertools.islice(expected, start - consumed):
+                pass
+            in_range = expected if in_plan is None else itertools.islice(expected, in_plan)
+            comparer = RecordComparer(iter(in_range))
+            for record_key, data in read_rows(conn, register, lo, hi):
+                comparer(str(record_key), row_digest(data))
+            comparer.finish()
+            consumed = start + (0 if in_plan is None else in_plan)
+            comparison.count += comparer.count
+            room = SHOWN_RECORDS - len(comparison.shown)
+            comparison.shown.extend(comparer.shown[:room])
+    return comparison
 
 
 def compare_parameters(

@@ -22,11 +22,14 @@ RUNS = schema.runs
 LIVE_STATUSES = ("running", "rolling_back")  # a run in one of these holds work to finish
 
 
-def run_codes(engine: Engine, run_id: str) -> CodeTable:
-    with engine.connect() as conn:
-        return code_table_from_json(
-            conn.execute(select(RUNS.c.code_table).where(RUNS.c.run_id == run_id)).scalar_one()
-        )
+def run_codes(on: Engine | Connection, run_id: str) -> CodeTable:
+    """The code table a run converts with, as the run recorded it (``on`` a connection: within
+    its transaction, the run's own uncommitted first one included)."""
+    query = select(RUNS.c.code_table).where(RUNS.c.run_id == run_id)
+    if isinstance(on, Connection):
+        return code_table_from_json(on.execute(query).scalar_one())
+    with on.connect() as conn:
+        return code_table_from_json(conn.execute(query).scalar_one())
 
 
 def load_census(engine: Engine, run_id: str) -> Census:

@@ -318,7 +318,7 @@ def test_sqlite_fingerprint_in_one_printf_is_the_generic_text(
 ) -> None:
     """SQLite builds each row's text with one printf: the same text as the generic chain of casts,
     whatever the values (NULLs, a % in a name, numbers)."""
-    from hukou_convert import census
+    from hukou_convert import fingerprint
     from hukou_convert.db import make_engine, parse_url
     from hukou_convert.register import BUILTIN_REGISTER
 
@@ -329,9 +329,9 @@ def test_sqlite_fingerprint_in_one_printf_is_the_generic_text(
     ]
     import_register(engine, write_register(tmp_path / "r.csv", rows))
     with engine.connect() as conn:
-        one_call = census.register_fingerprint(conn, BUILTIN_REGISTER)
-        monkeypatch.setattr(census, "_SQLITE_PRINTF_ARGS", 0)
-        generic = census.register_fingerprint(conn, BUILTIN_REGISTER)
+        one_call = fingerprint.register_fingerprint(conn, BUILTIN_REGISTER)
+        monkeypatch.setattr(fingerprint, "_SQLITE_PRINTF_ARGS", 0)
+        generic = fingerprint.register_fingerprint(conn, BUILTIN_REGISTER)
     assert one_call == generic
     engine.dispose()
 
