@@ -162,9 +162,9 @@ def convert_batches(
             advance(int(window_rows))
             lo = register.key_of(hi)
             batches += 1
-    if seal is not None:  # every batch done before the run could commit
-        seal()
-    conn.commit()
+        if seal is not None:  # every batch done before the run could commit
+            seal()
+        conn.commit()
     return batches
 
 

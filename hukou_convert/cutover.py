@@ -501,7 +501,16 @@ def _start_run(
             # read before anything is written
             with engine.connect() as conn:
                 reading = read_register(conn, register, profile, plan, progress)
-            _judge(reading, decisions, decisions, plan, comparison, parameters, accept_changes)
+            _judge(
+                reading.census,
+                reading,
+                decisions,
+                decisions,
+                plan,
+                comparison,
+                parameters,
+                accept_changes,
+            )
     with engine.connect() as conn:
         total = int(conn.execute(select(func.count()).select_from(register.table)).scalar_one())
     deferred = schema.defer_history_indexes(engine)
@@ -525,14 +534,18 @@ def _start_run(
 
             def seal() -> None:
                 nonlocal sealed
-                reading = reading_beside.result()
+                if plan is not None:  # held to a plan: every record compared before committing
+                    reading = reading_beside.result()
+                    taken, fingerprint = reading.census, reading.fingerprint
+                else:
+                    taken, fingerprint, reading = reading_beside.census(), None, None
                 census = _judge(
-                    reading, applied, decisions, plan, comparison, parameters, accept_changes
+                    taken, reading, applied, decisions, plan, comparison, parameters, accept_changes
                 )
-                _store_census(conn, run_id, census, reading.fingerprint)
+                _store_census(conn, run_id, census, fingerprint)
                 sealed = True
 
-            return convert_batches(
+            batches = convert_batches(
                 conn,
                 run_id,
                 run_codes(conn, run_id),
@@ -543,8 +556,12 @@ def _start_run(
                 progress,
                 register,
                 seal=seal,
-                sealable=reading_beside.done,
+                sealable=reading_beside.done if plan is not None else reading_beside.census_taken,
             )
+            # the register is back in service; the fingerprint is read from the snapshot
+            _store_fingerprint(conn, run_id, reading_beside.finish().fingerprint)
+            conn.commit()
+            return batches
     except BaseException:
         if deferred and not sealed:
             # nothing was committed: the history is as empty as it was, with its indexes
@@ -554,7 +571,8 @@ def _start_run(
 
 
 def _judge(
-    reading: RegisterReading,
+    taken: Census,
+    reading: RegisterReading | None,
     applied: list[Decision],
     decisions: list[Decision],
     plan: Plan | None,
@@ -563,13 +581,14 @@ def _judge(
     accept_changes: bool,
 ) -> Census:
     """The verdict on the register as read before the run: its census as of the cutoff (the
-    ``applied`` applications applied), refused when it holds unmapped codes; compared with the
-    plan, if any, refused on a difference unless ``accept_changes``."""
-    census = moved_census(reading.census, applied)
+    census ``taken`` with the ``applied`` applications applied), refused when it holds unmapped
+    codes; compared with the plan, if any (``reading``: every record), refused on a difference
+    unless ``accept_changes``."""
+    census = moved_census(taken, applied)
     unmapped = census.unmapped()
     if unmapped:
         raise UnmappedCodesError(unmapped, rehearsal=False)
-    if plan is None or comparison is None:
+    if plan is None or comparison is None or reading is None:
         return census
     comparison.before = (
         parameters
@@ -711,9 +730,9 @@ def _record_run(
     return applied
 
 
-def _store_census(conn: Connection, run_id: str, census: Census, fingerprint: str) -> None:
+def _store_census(conn: Connection, run_id: str, census: Census, fingerprint: str | None) -> None:
     """The census as of the cutoff that verify checks against, and the register's fingerprint as
-    read before the first write: in the run's first transaction."""
+    read before the first write when already known: in the run's first transaction."""
     if census.lines:
         conn.execute(
             insert(schema.run_census),
@@ -730,6 +749,11 @@ def _store_census(conn: Connection, run_id: str, census: Census, fingerprint: st
                 for i, line in enumerate(census.lines, start=1)
             ],
         )
+    if fingerprint is not None:
+        _store_fingerprint(conn, run_id, fingerprint)
+
+
+def _store_fingerprint(conn: Connection, run_id: str, fingerprint: str) -> None:
     conn.execute(update(RUNS).where(RUNS.c.run_id == run_id).values(register_sha256=fingerprint))
 
 

@@ -95,7 +95,7 @@ class _Concatenated(FunctionElement[Any]):
 @compiles(_Concatenated, "postgresql")
 def _concatenated_postgresql(element: _Concatenated, compiler: SQLCompiler, **kw: Any) -> str:
     text, key = (compiler.process(c, **kw) for c in element.clauses)
-    return f"convert_to(string_agg({text}, '' ORDER BY {key}), 'UTF8')"
+    return f"string_agg({text}, '' ORDER BY {key})"
 
 
 @compiles(_Concatenated, "mysql")
@@ -164,8 +164,8 @@ def read_chunks(
                 data = b"".join(t for _k, t in read_rows(conn, register, after, found[0]))
             else:
                 data = text_read.encode("utf-8")
-        elif isinstance(data, memoryview):
-            data = data.tobytes()
+        elif isinstance(data, str):  # encoded here: convert_to() on the server costs more
+            data = data.encode("utf-8")
         yield Chunk(found[0], count, bytes(data))
         if count < size:
             return

@@ -2,10 +2,12 @@
 rehearsal's plan, its records compared with the plan's, read on a connection of its own in a thread
 while the run converts.
 
-The run does not wait for this reading to start converting; it waits for it before its first
-commit: the conversion goes on in one open transaction until the reading's verdict is in (an
-unmapped code, a register that differs from the plan: rolled back, nothing written), then commits
-the census and fingerprint with the batches done so far, and commits batch by batch from there.
+The run does not wait for this reading to start converting; it waits for its verdict before its
+first commit: the conversion goes on in one open transaction until then (an unmapped code, a
+register that differs from the plan: rolled back, nothing written). The verdict needs the census;
+held to a plan, every record too, read beside the conversion. Without a plan the fingerprint waits
+for the conversion's last commit and is then read from the same snapshot, while the register is
+back in service: read beside the conversion it would only slow it down (two cores, measured).
 The reading never sees the run's own writes: PostgreSQL and MySQL/MariaDB read a snapshot taken
 before them (REPEATABLE READ); on SQLite, where a reader would stop the writer (outside WAL mode
 no writer may spill or commit while a reader holds the file, and WAL mode, measured, makes the
@@ -19,6 +21,7 @@ import os
 import shutil
 import sqlite3
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,9 +57,12 @@ def read_register(
     plan: Plan | None,
     progress: Progress,
     stop: threading.Event | None = None,
+    on_census: Callable[[Census], None] = lambda _census: None,
 ) -> RegisterReading:
-    """Census, then fingerprint (compared with the plan's records when given), in one snapshot."""
+    """Census, then fingerprint (compared with the plan's records when given), in one snapshot.
+    ``on_census`` receives the census as soon as it is taken."""
     census = take_census(conn, register, profile)
+    on_census(census)
     with progress("指纹 fingerprint", census.total, "行") as bar:
 
         def advance(n: int) -> None:
@@ -71,11 +77,13 @@ def read_register(
 
 
 class ReadingBeside:
-    """``with ReadingBeside(engine, …) as reading:`` the register read in a thread, before the
-    caller's first commit; ``reading.done()`` without waiting, ``reading.result()`` waiting.
+    """``with ReadingBeside(engine, …) as reading:`` the register read in a thread from a snapshot
+    taken before the caller's first commit; ``reading.census_taken()`` / ``reading.done()``
+    without waiting, ``reading.census()`` / ``reading.result()`` waiting. Without a plan the
+    fingerprint is read once the caller says it has finished converting: ``reading.finish()``.
 
-    The caller must not commit a write to the register before ``result()`` returned: that is what
-    keeps the reading a reading of the register before the run."""
+    The caller must not commit a write to the register before ``census()`` returned: that is what
+    makes the snapshot one of the register before the run."""
 
     def __init__(
         self,
@@ -88,7 +96,9 @@ class ReadingBeside:
         self._engine = engine
         self._args = (register, profile, plan, progress)
         self._future: Future[RegisterReading] = Future()
+        self._census: Future[Census] = Future()
         self._stop = threading.Event()
+        self._converted = threading.Event()  # the caller's last commit is done
         self._thread: threading.Thread | None = None
         self._copy: Path | None = None
         self._source: Engine | None = None
@@ -114,6 +124,7 @@ class ReadingBeside:
         tb: TracebackType | None,
     ) -> None:
         self._stop.set()
+        self._converted.set()
         if self._thread is not None:
             self._thread.join()
         if self._source is not None and self._source is not self._engine:
@@ -121,11 +132,29 @@ class ReadingBeside:
         if self._copy is not None:
             _remove(self._copy)
 
+    def census_taken(self) -> bool:
+        return self._census.done()
+
+    def census(self) -> Census:
+        return self._census.result()
+
     def done(self) -> bool:
         return self._future.done()
 
     def result(self) -> RegisterReading:
         return self._future.result()
+
+    def finish(self) -> RegisterReading:
+        """The conversion is over: the whole reading (its fingerprint read now if not yet)."""
+        self._converted.set()
+        return self.result()
+
+    def _census_taken(self, census: Census) -> None:
+        self._census.set_result(census)
+        if self._args[2] is None and self._thread is not None:
+            self._converted.wait()
+            if self._stop.is_set():
+                raise ReadingStopped()
 
     def _read(self, source: Engine) -> None:
         register, profile, plan, progress = self._args
@@ -135,10 +164,14 @@ class ReadingBeside:
                     # one snapshot for the census and every row, taken before the run's writes
                     conn = conn.execution_options(isolation_level="REPEATABLE READ")
                 try:
-                    reading = read_register(conn, register, profile, plan, progress, self._stop)
+                    reading = read_register(
+                        conn, register, profile, plan, progress, self._stop, self._census_taken
+                    )
                 finally:
                     conn.rollback()
         except BaseException as err:  # handed to the writer's thread
+            if not self._census.done():
+                self._census.set_exception(err)
             self._future.set_exception(err)
         else:
             self._future.set_result(reading)

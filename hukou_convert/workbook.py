@@ -320,7 +320,14 @@ def _fill_summary(
             if result.register.builtin
             else f"原系统登记表，就地转换；映射文件 {result.register.source}",
         ),
-        ("登记库指纹 SHA-256", result.fingerprint, "转换前读取的登记库，按记录号顺序的全部行"),
+        (
+            "登记库指纹 SHA-256",
+            result.fingerprint or "未取得",
+            "转换前读取的登记库，按记录号顺序的全部行"
+            if result.fingerprint
+            # the run was killed after its first commit, before the fingerprint was finished
+            else "运行在指纹读取完成前中断，续跑无法再读取转换前的登记库",
+        ),
         ("个人信息", "未脱敏" if unmasked else "已脱敏", ""),
         ("登记记录总数", c.total, ""),
         ("范围外", c.out_of_scope, "区划代码不在范围内"),

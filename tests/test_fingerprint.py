@@ -160,37 +160,102 @@ def test_a_plan_without_blocks_is_compared_record_by_record(
     ]
 
 
-def test_the_run_converts_beside_its_reading_and_commits_after_it(
-    engine: Engine, sample_csv: Path
-) -> None:
-    """While the register is being read (its fingerprint paused here), the conversion has already
-    converted a batch, and nobody else sees a run yet: nothing is committed before the verdict."""
-    import_register(engine, sample_csv)
-    before = rehearse(engine, ZHENHAI, CUTOFF).fingerprint
-    converting = threading.Event()
-    seen_while_reading: list[int] = []
-    outside = make_engine(engine.url)
+class _Watch:
+    """A progress callback that tells when the conversion has converted a batch and when its last
+    batch is committed (its bar closed), and what an outside connection sees of runs."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.converting = threading.Event()
+        self.converted = threading.Event()
+        self.outside = make_engine(engine.url)
+        self.on_fingerprint: Any = None
 
     @contextmanager
-    def progress(phase: str, total: int | None, unit: str) -> Iterator[Advance]:
+    def __call__(self, phase: str, total: int | None, unit: str) -> Iterator[Advance]:
+        first = [True]
+
         def advance(n: int) -> None:
             if phase.startswith("转换") and n:
-                converting.set()
-            if phase.startswith("指纹") and not seen_while_reading:
-                assert converting.wait(30), "the conversion did not start beside the reading"
-                with outside.connect() as conn:
-                    seen_while_reading.append(
-                        conn.execute(select(schema.runs.c.run_id)).all().__len__()
-                    )
+                self.converting.set()
+            if phase.startswith("指纹") and first[0] and self.on_fingerprint is not None:
+                first[0] = False
+                self.on_fingerprint()
 
-        yield advance
+        try:
+            yield advance
+        finally:
+            if phase.startswith("转换"):
+                self.converted.set()
 
-    result = run_cutover(engine, ZHENHAI, CUTOFF, batch_size=40, progress=progress)
-    outside.dispose()
-    assert result.batches == 9 and seen_while_reading == [0]
-    # read beside the conversion, yet the register as it was before it
+    def runs_seen(self) -> int:
+        with self.outside.connect() as conn:
+            return len(conn.execute(select(schema.runs.c.run_id)).all())
+
+
+def test_nothing_is_committed_before_the_census_is_taken(
+    engine: Engine, sample_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The census (paused here until a batch is converted) is taken beside the conversion, and
+    nobody sees a run before it: the run's first commit waits for its verdict."""
+    from hukou_convert import prewrite
+
+    import_register(engine, sample_csv)
+    watch = _Watch(engine)
+    seen: list[int] = []
+
+    def census_when_converting(*args: Any) -> Any:
+        assert watch.converting.wait(30), "the conversion did not start beside the reading"
+        seen.append(watch.runs_seen())
+        return prewrite_census(*args)
+
+    prewrite_census = prewrite.take_census
+    monkeypatch.setattr(prewrite, "take_census", census_when_converting)
+    result = run_cutover(engine, ZHENHAI, CUTOFF, batch_size=40, progress=watch)
+    watch.outside.dispose()
+    assert result.batches == 9 and seen == [0]
+    assert verify_run(engine, result.run_id).ok
+
+
+def test_the_fingerprint_is_the_register_before_the_run_though_the_run_commits_meanwhile(
+    engine: Engine, sample_csv: Path
+) -> None:
+    """Without a plan the register is back in service before the fingerprint is finished: it is
+    read from the snapshot taken before the run's writes."""
+    import_register(engine, sample_csv)
+    before = rehearse(engine, ZHENHAI, CUTOFF).fingerprint
+    watch = _Watch(engine)
+    seen: list[int] = []
+
+    def after_the_last_commit() -> None:
+        assert watch.converted.wait(30), "the conversion waited for the fingerprint"
+        seen.append(watch.runs_seen())
+
+    watch.on_fingerprint = after_the_last_commit
+    result = run_cutover(engine, ZHENHAI, CUTOFF, batch_size=40, progress=watch)
+    watch.outside.dispose()
+    assert seen == [1]  # the run and its batches committed while the fingerprint was being read
     assert result.fingerprint == before
     assert verify_run(engine, result.run_id).ok
+
+
+def test_held_to_a_plan_nothing_is_committed_before_every_record_is_compared(
+    engine: Engine, sample_csv: Path, tmp_path: Path
+) -> None:
+    import_register(engine, sample_csv)
+    plan_path = rehearse(engine, ZHENHAI, CUTOFF, plan_dir=tmp_path).plan_path
+    assert plan_path is not None
+    watch = _Watch(engine)
+    seen: list[int] = []
+
+    def while_comparing() -> None:
+        assert watch.converting.wait(30), "the conversion did not start beside the comparison"
+        seen.append(watch.runs_seen())
+
+    watch.on_fingerprint = while_comparing
+    result = run_cutover(engine, ZHENHAI, CUTOFF, batch_size=40, progress=watch, expect=plan_path)
+    watch.outside.dispose()
+    assert seen == [0]
+    assert result.plan_comparison is not None and result.plan_comparison.matches
 
 
 def test_sqlite_reads_a_copy_that_is_gone_after_the_run(sqlite_url: str, sample_csv: Path) -> None:
