@@ -33,6 +33,7 @@ import csv
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -132,7 +133,7 @@ def at_rest(engine):
             conn.execute(text("CHECKPOINT"))
 """
 
-CUTOVER = AT_REST + r"""
+CUTOVER = r"""
 import json, sys, time
 from contextlib import contextmanager
 from hukou_convert.cutover import run_cutover
@@ -206,10 +207,15 @@ r = verify_run(make_engine(parse_url(url)))
 print(json.dumps({"seconds": time.perf_counter() - t, "ok": r.ok}))
 """
 
-CUTOVER_FLOOR = AT_REST + r"""  # noqa: S608 - a benchmark script of fixed text
+# The floor: the same conversion done the best possible way, one INSERT INTO history SELECT and
+# one UPDATE in one transaction, on a copy of the register (PostgreSQL: at fillfactor 50, FLOORS.md),
+# into a history with no key and no index. "same-rows" writes the history rows the tool writes
+# (its 15 columns) and the same UPDATE (the code, and 户别 from a combined code); "narrow" is the
+# five-column history FLOORS.md's method names, printed beside it for reference.
+CUTOVER_FLOOR = r"""
 import json, sys, time
 from sqlalchemy import create_engine, text
-url = sys.argv[1]
+url, shape = sys.argv[1], sys.argv[2]
 engine = create_engine(url)
 codes = {"1": "NON_AGRICULTURAL", "2": "AGRICULTURAL", "3": "NON_AGRICULTURAL", "4": "AGRICULTURAL",
     "5": "SELF_SUPPLIED_GRAIN", "6": "LODGING", "8": "OTHER", "农业": "AGRICULTURAL",
@@ -217,38 +223,74 @@ codes = {"1": "NON_AGRICULTURAL", "2": "AGRICULTURAL", "3": "NON_AGRICULTURAL", 
     "自理户口": "SELF_SUPPLIED_GRAIN", "地方城镇居民户口": "LOCAL_URBAN"}
 case = "CASE hukou_type " + " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in codes.items()) + " END"
 inlist = ", ".join(f"'{k}'" for k in codes)
+family = {"1": "FAMILY", "2": "FAMILY", "3": "COLLECTIVE", "4": "COLLECTIVE"}
+labels = {"FAMILY": "家庭户", "COLLECTIVE": "集体户"}
+from_code = "CASE hukou_type " + " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in family.items()) + " END"
+from_label = ("CASE household_category " + " ".join(f"WHEN '{v}' THEN '{k}'" for k, v in labels.items())
+    + " WHEN '社区集体户' THEN 'COLLECTIVE' END")
+label_of_code = ("CASE hukou_type " + " ".join(f"WHEN '{k}' THEN '{labels[v]}'" for k, v in family.items())
+    + " END")
+pg = engine.dialect.name == "postgresql"
+instant = "TIMESTAMP WITH TIME ZONE" if pg else "DATETIME"
+where = f"division_code LIKE '330211%' AND status = '正常' AND hukou_type IN ({inlist})"
 with engine.begin() as conn:
     # the best means: on PostgreSQL the copy at fillfactor 50 too (FLOORS.md: 4-5x faster)
-    ff = " WITH (fillfactor = 50)" if engine.dialect.name == "postgresql" else ""
+    ff = " WITH (fillfactor = 50)" if pg else ""
     conn.execute(text(f"CREATE TABLE floor_copy{ff} AS SELECT * FROM hukou_register"))
-    conn.execute(text("CREATE TABLE floor_history (id_number VARCHAR(32), original_code VARCHAR(40),"
-        " original_nature VARCHAR(24), household_category VARCHAR(20), record_id BIGINT)"))
+    if shape == "narrow":
+        conn.execute(text("CREATE TABLE floor_history (id_number VARCHAR(32), original_code VARCHAR(40),"
+            " original_nature VARCHAR(24), household_category VARCHAR(20), record_id BIGINT)"))
+        insert = (f"INSERT INTO floor_history SELECT id_number, hukou_type, {case}, household_category,"
+            f" record_id FROM floor_copy WHERE {where}")
+        update = f"UPDATE floor_copy SET hukou_type = '居民户口' WHERE {where}"
+    else:
+        conn.execute(text("CREATE TABLE floor_history (id_number VARCHAR(32), original_code VARCHAR(40),"
+            " original_nature VARCHAR(24), household_category VARCHAR(12),"
+            " original_category_label VARCHAR(20), new_type VARCHAR(12),"
+            f" effective_at {instant}, converted_at {instant}, run_id VARCHAR(40), record_id BIGINT,"
+            " record_key VARCHAR(64), division_code VARCHAR(20), application_id VARCHAR(64),"
+            f" reverted_at {instant})"))
+        cutoff = "'2016-10-01 00:00:00+08:00'" if pg else "'2016-10-01 00:00:00.000000'"
+        stamp = "'2026-11-30 08:00:00.123456+08:00'" if pg else "'2026-11-30 08:00:00.123456'"
+        insert = ("INSERT INTO floor_history (id_number, original_code, original_nature,"
+            " household_category, original_category_label, new_type, effective_at, converted_at,"
+            " run_id, record_id, division_code)"
+            f" SELECT id_number, hukou_type, {case}, coalesce({from_code}, {from_label}),"
+            f" household_category, 'RESIDENT', {cutoff}, {stamp}, 'R20261130T080000-abcd',"
+            f" record_id, division_code FROM floor_copy WHERE {where}")
+        update = (f"UPDATE floor_copy SET household_category = coalesce({label_of_code},"
+            f" household_category), hukou_type = '居民户口' WHERE {where}")
 at_rest(engine)
 t = time.perf_counter()
 with engine.begin() as conn:
-    conn.execute(text(f"INSERT INTO floor_history SELECT id_number, hukou_type, {case}, household_category,"
-        f" record_id FROM floor_copy WHERE division_code LIKE '330211%' AND status = '正常'"
-        f" AND hukou_type IN ({inlist})"))
-    conn.execute(text(f"UPDATE floor_copy SET hukou_type = '居民户口' WHERE division_code LIKE '330211%'"
-        f" AND status = '正常' AND hukou_type IN ({inlist})"))
+    conn.execute(text(insert))
+    conn.execute(text(update))
 print(json.dumps({"seconds": time.perf_counter() - t}))
 """
 
 
-def fresh_url(kind: str, work: Path) -> tuple[str, Any]:
+def fresh_url(kind: str, work: Path, template: str | None = None) -> tuple[str, Any]:
+    """A new database (a copy of ``template``'s, if given) and the function that drops it."""
     if kind == "sqlite":
         db = work / f"bench-{uuid.uuid4().hex[:8]}.db"
+        if template is not None:
+            shutil.copyfile(template.removeprefix("sqlite:///"), db)
         return f"sqlite:///{db}", lambda: db.unlink(missing_ok=True)
     name = f"hk_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        copy = f' TEMPLATE "{template.rsplit("/", 1)[1]}"' if template is not None else ""
+        conn.execute(text(f'CREATE DATABASE "{name}"{copy}'))
 
     def drop() -> None:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
     return PG_ADMIN.rsplit("/", 1)[0] + "/" + name, drop
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
 
 
 def main() -> None:
@@ -263,6 +305,12 @@ def main() -> None:
         " workbooks are written by township on --processes processes",
     )
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="the cutover and its floor, each on a fresh copy of the imported register: medians",
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     register = args.work / f"register-{args.persons}.csv"
@@ -274,35 +322,55 @@ def main() -> None:
             writer.writerows(generate_persons(SampleOptions(("330211",), args.persons, seed=7)))
         print(f"generated {register} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
 
-    url, drop = fresh_url(args.db, args.work)
-    floor_url, floor_drop = fresh_url(args.db, args.work)
+    drops = []
     try:
+        url, drop = fresh_url(args.db, args.work)
+        drops.append(drop)
+        floor_url, floor_drop = fresh_url(args.db, args.work)
+        drops.append(floor_drop)
         imp = child(IMPORT, url, str(register))
         imp_floor = child(IMPORT_FLOOR, floor_url, str(register))
+        floor_drop()
         reports = args.work / "reports" / uuid.uuid4().hex[:8]
         if args.night:
             rehearsal = child(REHEARSE_WITH_WORKBOOK, url, str(reports / "rehearsal"))
         else:
             rehearsal = child(REHEARSE, url)
-        cut = child(CUTOVER, url)
-        ver = child(VERIFY, url)
+        cuts: list[dict[str, Any]] = []
+        floors: list[dict[str, Any]] = []
+        narrow: list[dict[str, Any]] = []
+        for i in range(args.repeat):
+            # each cutover and each floor on a copy of the same imported register
+            copy_url, copy_drop = fresh_url(args.db, args.work, template=url)
+            drops.append(copy_drop)
+            cuts.append(child(AT_REST + CUTOVER, copy_url))
+            if i < args.repeat - 1:
+                copy_drop()
+            for shape, runs in (("same-rows", floors), ("narrow", narrow)):
+                floor_copy, floor_copy_drop = fresh_url(args.db, args.work, template=url)
+                drops.append(floor_copy_drop)
+                runs.append(child(AT_REST + CUTOVER_FLOOR, floor_copy, shape))
+                floor_copy_drop()
+        ver = child(VERIFY, copy_url)
         report = (
-            child(REPORT, url, str(reports / "cutover"), str(args.processes))
+            child(REPORT, copy_url, str(reports / "cutover"), str(args.processes))
             if args.night
             else None
         )
-        # the conversion floor works on a copy of the same register, imported the same way
-        child(IMPORT, floor_url, str(register))
-        cut_floor = child(CUTOVER_FLOOR, floor_url)
     finally:
-        drop()
-        floor_drop()
+        for drop in drops:
+            drop()
         shutil.rmtree(args.work / "reports", ignore_errors=True)
 
-    phases = cut["phases"]
-    window = phases.get("_end_转换 cutover", cut["seconds"])
+    def phase(cut: dict[str, Any], name: str) -> float:
+        return float(cut["phases"].get(name, 0.0))
+
+    window = median([phase(c, "_end_转换 cutover") or c["seconds"] for c in cuts])
+    batches = median([phase(c, "转换 cutover") for c in cuts])
+    whole = median([c["seconds"] for c in cuts])
+    closed_floor = median([f["seconds"] for f in floors])
+    cut = cuts[len(cuts) // 2]
     n = args.persons
-    closed_floor = cut_floor["seconds"]
     rows = [
         ("import", imp["seconds"], imp_floor["seconds"], imp["peak_mb"]),
         (
@@ -315,10 +383,16 @@ def main() -> None:
             "cutover: closed window (to the last batch's commit)",
             window,
             closed_floor,
-            cut["peak_mb"],
+            max(c["peak_mb"] for c in cuts),
         ),
-        ("cutover: conversion batches alone", phases.get("转换 cutover", 0.0), closed_floor, None),
-        ("cutover: whole command (with checks after the commit)", cut["seconds"], None, None),
+        ("cutover: conversion batches alone", batches, closed_floor, None),
+        (
+            "  (reference: a 5-column history, FLOORS.md's shape)",
+            window,
+            median([f["seconds"] for f in narrow]),
+            None,
+        ),
+        ("cutover: whole command (with checks after the commit)", whole, None, None),
         ("verify", ver["seconds"], None, ver["peak_mb"]),
     ]
     if args.night:
@@ -337,9 +411,15 @@ def main() -> None:
                 max(report["peak_mb"], report["workers_mb"]),
             )
         )
-        night = sum(r[1] for r in rows if not r[0].startswith("cutover: ")) + cut["seconds"]
+        night = sum(r[1] for r in rows if not r[0].startswith(("cutover: ", " "))) + whole
         rows.append(("the whole night (the steps above, one after another)", night, None, None))
     print(f"\n{args.db}, {n:,} persons, {cut['converted']:,} converted, verify ok: {ver['ok']}")
+    windows = ", ".join(f"{phase(c, '_end_转换 cutover'):.1f}" for c in cuts)
+    floor_runs = ", ".join(f"{f['seconds']:.1f}" for f in floors)
+    print(
+        f"cutover and its floor: medians of {args.repeat}"
+        f" (closed windows {windows} s; floors {floor_runs} s)"
+    )
     print(f"{'step':<55} {'seconds':>9} {'floor':>9} {'ratio':>7} {'µs/person':>10} {'peak MB':>8}")
     for name, seconds, floor, peak in rows:
         ratio = f"{seconds / floor:.2f}" if floor else ""
@@ -347,10 +427,10 @@ def main() -> None:
         peak_s = f"{peak:.0f}" if peak else ""
         per = seconds / n * 1e6
         print(f"{name:<55} {seconds:>9.1f} {floor_s:>9} {ratio:>7} {per:>10.2f} {peak_s:>8}")
-    print("phases of the cutover:")
-    for phase, seconds in phases.items():
-        if not phase.startswith("_end_"):
-            print(f"  {phase:<40} {seconds:>8.1f} s")
+    print("phases of the cutover (the median run):")
+    for name, seconds in cut["phases"].items():
+        if not name.startswith("_end_"):
+            print(f"  {name:<40} {seconds:>8.1f} s")
 
 
 if __name__ == "__main__":
