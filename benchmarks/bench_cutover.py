@@ -151,7 +151,8 @@ p = BUILTIN_PROFILES["zhenhai"]
 engine = make_engine(parse_url(url))
 at_rest(engine)
 t0 = time.perf_counter()
-r = run_cutover(engine, p, resolve_cutoff(p, None), progress=progress)
+workers = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+r = run_cutover(engine, p, resolve_cutoff(p, None), progress=progress, workers=workers)
 print(json.dumps({"seconds": time.perf_counter() - t0, "converted": r.converted, "phases": phases}))
 """
 
@@ -306,6 +307,12 @@ def main() -> None:
     )
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="cutover --workers N (PostgreSQL): the cutover with N workers, and with one beside it",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=3,
@@ -337,13 +344,19 @@ def main() -> None:
         else:
             rehearsal = child(REHEARSE, url)
         cuts: list[dict[str, Any]] = []
+        alone: list[dict[str, Any]] = []  # with --workers N: the same cutover by one worker
         floors: list[dict[str, Any]] = []
         narrow: list[dict[str, Any]] = []
         for i in range(args.repeat):
             # each cutover and each floor on a copy of the same imported register
+            if args.workers > 1:
+                one_url, one_drop = fresh_url(args.db, args.work, template=url)
+                drops.append(one_drop)
+                alone.append(child(AT_REST + CUTOVER, one_url, "1"))
+                one_drop()
             copy_url, copy_drop = fresh_url(args.db, args.work, template=url)
             drops.append(copy_drop)
-            cuts.append(child(AT_REST + CUTOVER, copy_url))
+            cuts.append(child(AT_REST + CUTOVER, copy_url, str(args.workers)))
             if i < args.repeat - 1:
                 copy_drop()
             for shape, runs in (("same-rows", floors), ("narrow", narrow)):
@@ -386,6 +399,18 @@ def main() -> None:
             max(c["peak_mb"] for c in cuts),
         ),
         ("cutover: conversion batches alone", batches, closed_floor, None),
+        *(
+            [
+                (
+                    "  (the same cutover by one worker: closed window)",
+                    median([phase(c, "_end_转换 cutover") for c in alone]),
+                    closed_floor,
+                    None,
+                )
+            ]
+            if alone
+            else []
+        ),
         (
             "  (reference: a 5-column history, FLOORS.md's shape)",
             window,
@@ -413,7 +438,11 @@ def main() -> None:
         )
         night = sum(r[1] for r in rows if not r[0].startswith(("cutover: ", " "))) + whole
         rows.append(("the whole night (the steps above, one after another)", night, None, None))
-    print(f"\n{args.db}, {n:,} persons, {cut['converted']:,} converted, verify ok: {ver['ok']}")
+    workers = f", {args.workers} workers" if args.workers > 1 else ""
+    print(
+        f"\n{args.db}{workers}, {n:,} persons, {cut['converted']:,} converted,"
+        f" verify ok: {ver['ok']}"
+    )
     windows = ", ".join(f"{phase(c, '_end_转换 cutover'):.1f}" for c in cuts)
     floor_runs = ", ".join(f"{f['seconds']:.1f}" for f in floors)
     print(

@@ -21,7 +21,7 @@ from .cli import (
     quiet_option,
 )
 from .codes import CATEGORY_LABELS, NATURE_LABELS
-from .cutover import DEFAULT_BATCH_SIZE, CutoverPlan, CutoverResult
+from .cutover import DEFAULT_BATCH_SIZE, CutoverResult
 from .db import display_url
 from .errors import (
     PlanDifferedError,
@@ -30,9 +30,11 @@ from .errors import (
     VerificationFailed,
 )
 from .instants import format_instant
+from .partitions import join_run
 from .plan import PlanComparison
 from .profiles import load_profile, resolve_cutoff
 from .rollback import rollback_run
+from .run_start import CutoverPlan
 from .runbook import cutover_and_report
 from .tallies import AreaLevel
 from .verify import verify_run
@@ -94,6 +96,15 @@ def batch_size_option(unit: str) -> Callable[[F], F]:
     metavar="N",
     help="Refuse to start when the checks find more than N exceptions of severity error.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes converting side by side (PostgreSQL, MySQL/MariaDB): the run is cut into"
+    " partitions they claim one at a time; more can join from other machines"
+    " ('hukou-convert join').",
+)
 @mapping_option
 @db_option
 @quiet_option
@@ -113,6 +124,7 @@ def cutover_command(
     max_exceptions: int | None,
     split_by: AreaLevel | None,
     processes: int,
+    workers: int,
 ) -> None:
     """Re-register every active person in scope as 居民户口 at the cutoff.
 
@@ -127,9 +139,12 @@ def cutover_command(
     With --mapping FILE the register is a legacy table converted in place (its own column names
     and codes); verify, report and rollback later find it through the run.
     """
-    if dry_run and (expect or accept_changes or max_exceptions is not None or split_by):
+    if dry_run and (
+        expect or accept_changes or max_exceptions is not None or split_by or workers > 1
+    ):
         raise UsageError(
-            "--expect, --accept-changes, --max-exceptions and --split-by are for the real run"
+            "--expect, --accept-changes, --max-exceptions, --split-by and --workers are for the"
+            " real run"
         )
     profile = load_profile(profile_name)
     resolved = resolve_cutoff(profile, cutoff, force_cutoff)
@@ -169,6 +184,7 @@ def cutover_command(
         register=register,
         split_by=split_by,
         processes=processes,
+        workers=workers,
     )
     result = report.result
     _print_cutover(result, where)
@@ -238,6 +254,25 @@ def _print_cutover(result: CutoverResult, db: str) -> None:
     for v in census.unmapped():
         shown = "(empty)" if v.raw_code is None else repr(v.raw_code)
         click.echo(f"  UNMAPPED {shown}: {v.count} record(s)")
+    for failure in result.worker_failures:
+        click.echo(f"  a worker failed ({failure}); its partitions were converted by the others")
+
+
+@cli.command("join")
+@click.option("--run", "run_id", metavar="ID", help="The run to join (default: the latest).")
+@db_option
+@quiet_option
+@pass_app
+def join_command(app: App, run_id: str | None) -> None:
+    """Work on an unfinished cutover started with --workers, from this machine or another.
+
+    Claims the run's pending partitions one at a time and converts them, until none is left;
+    the cutover that started the workers completes the run (run it again if it was stopped).
+    """
+    engine = app.engine()
+    with app.progress()("转换 cutover (join)", None, "人") as advance:
+        joined = join_run(engine, run_id, advance)
+    click.echo(f"joined run {joined.run_id}: {joined.batches} batch(es) converted here")
 
 
 @cli.command("verify")

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -19,6 +20,7 @@ from sqlalchemy import (
     literal,
     null,
     select,
+    true,
     update,
 )
 
@@ -43,7 +45,7 @@ from .inflight import (
 )
 from .instants import now
 from .profiles import Profile, ResolvedCutoff
-from .progress import Progress
+from .progress import Advance
 from .register import RecordKey, RegisterMap
 
 H = schema.history
@@ -83,97 +85,129 @@ def conversion_expressions(
     return raws, nature, category, new_label
 
 
-Seal = Callable[[], None]
+@dataclass(frozen=True)
+class RunConversion:
+    """What a run converts with, as it recorded it: every batch of it, in any process."""
+
+    run_id: str
+    codes: CodeTable
+    profile: Profile
+    cutoff: ResolvedCutoff
+    batch_size: int
+    register: RegisterMap
+
+
+@dataclass(frozen=True)
+class KeyRange:
+    """The records a worker converts: keys after ``after`` up to ``upto`` (None: unbounded), the
+    ledger rows of partition ``partition_no`` (0: a run not split into partitions)."""
+
+    partition_no: int = 0
+    after: str | None = None
+    upto: str | None = None
+
+
+WHOLE = KeyRange()
+
+
+class CommitGate:
+    """The run's first commit waits for the reading of the register as it was (its verdict):
+    until ``sealable()``, the batches stay in the open transaction; then ``seal()`` completes
+    that transaction's records (or raises, and the caller rolls it all back) and it commits.
+    Every commit after that is a batch's own."""
+
+    def __init__(self, sealable: Callable[[], bool], seal: Callable[[], None]) -> None:
+        self._sealable = sealable
+        self._seal = seal
+        self.open = False
+
+    def commit(self, conn: Connection, force: bool = False) -> None:
+        """Commit, or keep the transaction open while the verdict is not in (``force``: wait
+        for it)."""
+        if not self.open:
+            if not force and not self._sealable():
+                return
+            self._seal()
+            self.open = True
+        conn.commit()
 
 
 def convert_batches(
     conn: Connection,
-    run_id: str,
-    codes: CodeTable,
-    profile: Profile,
-    cutoff: ResolvedCutoff,
-    batch_size: int,
-    total: int,
-    progress: Progress,
-    register: RegisterMap,
-    seal: Seal | None = None,
-    sealable: Callable[[], bool] = lambda: True,
+    run: RunConversion,
+    part: KeyRange,
+    advance: Advance,
+    gate: CommitGate | None = None,
 ) -> int:
-    """Convert the run's batches on ``conn``, each batch with its ledger row. Without ``seal``
-    each batch is its own transaction. With it, the batches stay in the transaction ``conn`` has
-    open (the run's first) until ``sealable()`` says the run may commit; ``seal()`` then completes
-    that transaction's records (or raises: the caller rolls it all back), and it commits."""
+    """Convert the records of ``part`` on ``conn`` in batches of the run's size, each batch with
+    its ledger row, from the partition's last committed batch on. Each batch commits (through
+    ``gate`` when given: the run's first commit waits for its verdict). ``advance`` counts the
+    records passed, those done before included. Returns the number of batches."""
+    register = run.register
     R = register.table
-    exprs = conversion_expressions(codes, register)
+    exprs = conversion_expressions(run.codes, register)
     key = register.key_column
     B = schema.run_batches
-    holds, applies = _run_holds_and_applies(conn, run_id)
-    scope_pred = conversion_predicate(register, run_id, exprs[0], profile, holds)
-    last = last_batch(conn, run_id)
-    lo: RecordKey | None = register.key_of(last.last_key) if last is not None else None
+    holds, applies = _run_holds_and_applies(conn, run.run_id)
+    scope_pred = conversion_predicate(register, run.run_id, exprs[0], run.profile, holds)
+    last = last_batch(conn, run.run_id, part.partition_no)
+    start = register.key_of(part.after) if part.after is not None else None
+    lo: RecordKey | None = register.key_of(last.last_key) if last is not None else start
     batch_no = int(last.batch_no) if last is not None else 0
-    done_rows = (
-        conn.execute(select(func.count()).select_from(R).where(key <= lo)).scalar_one()
-        if lo is not None
-        else 0
-    )
-    if seal is None:
-        conn.commit()
+    upto = key <= register.key_of(part.upto) if part.upto is not None else true()
+    if last is not None:  # the records of the batches done before
+        before = and_(key > start if start is not None else true(), key <= lo)
+        advance(int(conn.execute(select(func.count()).select_from(R).where(before)).scalar_one()))
     batches = 0
-    with progress("转换 cutover", total, "人") as advance:
-        advance(done_rows)
-        while True:
-            after = key > lo if lo is not None else literal(True)
-            hi = conn.execute(
-                select(key).where(after).order_by(key).offset(batch_size - 1).limit(1)
-            ).scalar()
-            full = hi is not None
+    while True:
+        after = key > lo if lo is not None else true()
+        hi = conn.execute(
+            select(key).where(after, upto).order_by(key).offset(run.batch_size - 1).limit(1)
+        ).scalar()
+        full = hi is not None
+        if hi is None:
+            hi = conn.execute(select(func.max(key)).where(after, upto)).scalar()
             if hi is None:
-                hi = conn.execute(select(func.max(key)).where(after)).scalar()
-                if hi is None:
-                    break  # nothing after the last checkpoint: the run is complete
-            window = and_(after, key <= hi)
-            updated = convert_window(
-                conn, register, run_id, exprs, scope_pred, cutoff, window, batch_no + 1, applies
+                break  # nothing after the last checkpoint: the range is done
+        window = and_(after, key <= hi)
+        updated = convert_window(
+            conn, register, run.run_id, exprs, scope_pred, run.cutoff, window, batch_no + 1, applies
+        )
+        batch_no += 1
+        conn.execute(
+            insert(B).values(
+                run_id=run.run_id,
+                partition_no=part.partition_no,
+                batch_no=batch_no,
+                first_key=None if lo is None else str(lo),
+                last_key=str(hi),
+                converted=updated,
+                committed_at=now(),
             )
-            batch_no += 1
-            conn.execute(
-                insert(B).values(
-                    run_id=run_id,
-                    batch_no=batch_no,
-                    first_key=None if lo is None else str(lo),
-                    last_key=str(hi),
-                    converted=updated,
-                    committed_at=now(),
-                )
-            )
-            # a full window holds exactly batch_size keys (hi is the batch_size-th key after
-            # lo); only the last one is counted
-            window_rows = (
-                batch_size
-                if full
-                else conn.execute(select(func.count()).select_from(R).where(window)).scalar_one()
-            )
-            if seal is not None and sealable():
-                seal()
-                seal = None
-            if seal is None:
-                conn.commit()
-            advance(int(window_rows))
-            lo = register.key_of(hi)
-            batches += 1
-        if seal is not None:  # every batch done before the run could commit
-            seal()
-        conn.commit()
+        )
+        # a full window holds exactly batch_size keys (hi is the batch_size-th key after
+        # lo); only the last one is counted
+        window_rows = (
+            run.batch_size
+            if full
+            else conn.execute(select(func.count()).select_from(R).where(window)).scalar_one()
+        )
+        if gate is None:
+            conn.commit()
+        else:
+            gate.commit(conn)
+        advance(int(window_rows))
+        lo = register.key_of(hi)
+        batches += 1
     return batches
 
 
-def last_batch(conn: Connection, run_id: str) -> Row[Any, Any] | None:
-    """The run's last committed batch (number and last key): where a resume continues."""
+def last_batch(conn: Connection, run_id: str, partition_no: int = 0) -> Row[Any, Any] | None:
+    """A partition's last committed batch (number and last key): where a resume continues."""
     B = schema.run_batches
     return conn.execute(
         select(B.c.batch_no, B.c.last_key)
-        .where(B.c.run_id == run_id)
+        .where(B.c.run_id == run_id, B.c.partition_no == partition_no)
         .order_by(B.c.batch_no.desc())
         .limit(1)
     ).first()

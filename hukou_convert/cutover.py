@@ -1,10 +1,11 @@
 """The cutover: re-register every person in scope as 居民户口 at the cutoff, keeping the history.
 
 A rehearsal reads only: it takes the same census the real run takes and predicts its result. The real
-run takes the live-run lock, records the run and its census before its first write, then converts in
-batches of keys; each batch is one transaction holding the history rows, the update of the register and
-its ledger row, so a run killed at any point resumes where its last committed batch ended and ends
-exactly as an uninterrupted run would.
+run takes the live-run lock and converts in batches of keys, its first commit waiting for the census
+read beside it (:mod:`run_start`); each batch is one transaction holding the history rows, the update
+of the register and its ledger row, so a run killed at any point resumes where its last committed
+batch ended (partition by partition, when workers shared it) and ends exactly as an uninterrupted run
+would.
 """
 
 from __future__ import annotations
@@ -13,14 +14,12 @@ import os
 import secrets
 import socket
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    Connection,
     Engine,
     Row,
     func,
@@ -29,15 +28,15 @@ from sqlalchemy import (
     update,
 )
 
-from . import __version__, schema
+from . import schema
 from .census import Census, take_census
-from .checks import run_checks
 from .codes import (
     Category,
     Nature,
-    code_table_to_json,
 )
 from .conversion import (
+    WHOLE,
+    RunConversion,
     conversion_expressions,
     conversion_predicate,
     convert_batches,
@@ -47,11 +46,8 @@ from .conversion import (
 from .db import display_url, refresh_statistics, translate_errors
 from .errors import (
     Aborted,
-    PlanMismatchError,
     RegisterStateError,
     RunMismatchError,
-    TooManyExceptionsError,
-    UnmappedCodesError,
 )
 from .findings import Finding
 from .fingerprint import Block, register_fingerprint
@@ -60,35 +56,39 @@ from .holds import (
     current_holds,
     held_breakdown,
     held_records,
-    store_holds,
-    with_hold_actions,
 )
 from .inflight import (
     Decision,
-    Outcome,
-    apply_decisions,
     decide,
-    late_changes,
     moved_census,
 )
 from .instants import format_instant, now
+from .partitions import (
+    WorkersReport,
+    check_workers,
+    convert_with_workers,
+    is_partitioned,
+)
 from .plan import (
-    Difference,
-    Plan,
     PlanComparison,
     PlanRecorder,
-    compare_applications,
-    compare_census,
     compare_outcome,
-    compare_parameters,
     load_plan,
     plan_document,
 )
-from .prewrite import ReadingBeside, RegisterReading, read_register
 from .profiles import Profile, ResolvedCutoff
-from .progress import Progress, no_progress
+from .progress import Advance, Progress, no_progress
 from .register import BUILTIN_REGISTER, RecordKey, RegisterMap
 from .run_findings import recorded_findings, store_findings
+from .run_start import (
+    Confirm,
+    CutoverPlan,
+    RunRequest,
+    gather_findings,
+    moves_of,
+    outcomes_of,
+    start_run,
+)
 from .runlock import live_run_lock
 from .runs import (
     describe_live_run,
@@ -107,17 +107,6 @@ DEFAULT_BATCH_SIZE = 50_000
 
 H = schema.history
 RUNS = schema.runs
-
-
-@dataclass
-class CutoverPlan:
-    """What the real run is about to do: shown to the operator before anything is written."""
-
-    profile: Profile
-    cutoff: ResolvedCutoff
-    census: Census
-    resuming_run: str | None
-    held: int = 0  # records held back for review: not converted now
 
 
 @dataclass
@@ -141,13 +130,11 @@ class CutoverResult:
     plan_path: Path | None = None  # the plan a rehearsal wrote
     plan_comparison: PlanComparison | None = None  # the real run against ``--expect PLAN``
     register: RegisterMap = BUILTIN_REGISTER  # where the register lives
+    worker_failures: list[str] = field(default_factory=list)  # what failed workers said
 
     @property
     def unmapped(self) -> list[Any]:
         return self.census.unmapped()
-
-
-Confirm = Callable[[CutoverPlan], bool]
 
 
 def rehearse(
@@ -184,7 +171,7 @@ def rehearse(
                 profile,
                 profile.codes,
                 held_records(findings, profile.hold_back),
-                _moves(decisions),
+                moves_of(decisions),
             )
             converted_by = census.to_convert_by() - held_by
             conn.rollback()
@@ -204,7 +191,7 @@ def rehearse(
                 blocks=blocks,
                 census=census,
                 converted_by=_by_key(converted_by),
-                applications=_outcomes(decisions),
+                applications=outcomes_of(decisions),
                 findings=_finding_keys(findings),
             )
         )
@@ -224,19 +211,6 @@ def rehearse(
         plan_path=plan_path,
         register=register,
     )
-
-
-def _moves(decisions: list[Decision]) -> dict[RecordKey, str]:
-    """Register codes that approved applications change before the conversion."""
-    return {
-        d.record_id: d.to_code
-        for d in decisions
-        if d.outcome is Outcome.APPLIED and d.to_code and d.record_id is not None and not d.stored
-    }
-
-
-def _outcomes(decisions: list[Decision]) -> dict[str, str]:
-    return {d.application_id: d.outcome.value for d in decisions}
 
 
 def _finding_keys(findings: list[Finding]) -> list[tuple[str, RecordKey | None]]:
@@ -259,59 +233,54 @@ def run_cutover(
     accept_changes: bool = False,
     max_exceptions: int | None = None,
     register: RegisterMap = BUILTIN_REGISTER,
+    workers: int = 1,
 ) -> CutoverResult:
     """The real run, or the continuation of an unfinished one with the same profile and cutoff.
 
     With ``max_exceptions`` a new run first runs the checks a rehearsal runs and refuses to start
     when they find more exceptions of severity error.
 
-    With ``expect`` (a rehearsal's plan) the run compares before writing anything — parameters,
-    census, and every register record — and refuses on a difference unless ``accept_changes``;
-    after finishing it compares what it did with what the plan said.
+    With ``expect`` (a rehearsal's plan) the run compares before committing anything —
+    parameters, census, and every register record — and refuses on a difference unless
+    ``accept_changes``; after finishing it compares what it did with what the plan said.
+
+    With ``workers`` > 1 (PostgreSQL, MySQL/MariaDB) the run is cut into partitions that that
+    many processes convert side by side (:mod:`partitions`).
     """
-    if batch_size < 1:
-        raise ValueError("batch_size must be positive")
+    if batch_size < 1 or workers < 1:
+        raise ValueError("batch_size and workers must be positive")
+    check_workers(engine, workers)
     plan = load_plan(expect) if expect is not None else None
     _require_register(engine, register)
-    profile = register.effective_profile(profile)
+    request = RunRequest(
+        register.effective_profile(profile),
+        cutoff,
+        batch_size,
+        confirm,
+        progress,
+        plan,
+        accept_changes,
+        max_exceptions,
+        register,
+        workers,
+    )
     with translate_errors():
         schema.ensure_schema(engine)
         with live_run_lock(engine, lambda note: describe_live_run(engine, note)):
-            result = _locked_cutover(
-                engine,
-                profile,
-                cutoff,
-                batch_size,
-                confirm,
-                progress,
-                plan,
-                accept_changes,
-                max_exceptions,
-                register,
-            )
+            result = _locked_cutover(engine, request)
     if plan is not None and result.plan_comparison is not None:
         result.plan_comparison.after = compare_outcome(
             plan,
             _by_key(result.converted_by),
-            _outcomes(result.decisions),
+            outcomes_of(result.decisions),
             _finding_keys(result.findings),
         )
     return result
 
 
-def _locked_cutover(
-    engine: Engine,
-    profile: Profile,
-    cutoff: ResolvedCutoff,
-    batch_size: int,
-    confirm: Confirm | None,
-    progress: Progress,
-    plan: Plan | None,
-    accept_changes: bool,
-    max_exceptions: int | None,
-    register: RegisterMap,
-) -> CutoverResult:
-    comparison = PlanComparison(str(plan.path)) if plan is not None else None
+def _locked_cutover(engine: Engine, req: RunRequest) -> CutoverResult:
+    profile, cutoff, register, progress = req.profile, req.cutoff, req.register, req.progress
+    comparison = PlanComparison(str(req.plan.path)) if req.plan is not None else None
     with engine.connect() as conn:
         unfinished = unfinished_run(conn)
         completed = next(
@@ -333,8 +302,9 @@ def _locked_cutover(
         _check_same_run(unfinished, profile, cutoff, register)
         run_id = str(unfinished.run_id)
         census = load_census(engine, run_id)
-        batch_size = int(unfinished.batch_size)  # the checkpoints are in these units
-        if confirm is not None and not confirm(CutoverPlan(profile, cutoff, census, run_id)):
+        if req.confirm is not None and not req.confirm(
+            CutoverPlan(profile, cutoff, census, run_id)
+        ):
             raise Aborted("not confirmed: the unfinished run was left as it is")
         with engine.begin() as conn:
             conn.execute(
@@ -346,6 +316,12 @@ def _locked_cutover(
         started = unfinished.started_at
         if comparison is not None:
             comparison.compared_before = False  # the register is already partly converted
+        # the checkpoints are in the batch size the run started with
+        conversion = RunConversion(
+            run_id, run_codes(engine, run_id), profile, cutoff, int(unfinished.batch_size), register
+        )
+        with progress("转换 cutover", census.total, "人") as advance:
+            converted = _resume(engine, conversion, req.workers, advance)
     elif completed is not None:
         if run_mapping_identity(completed) != register.identity:
             # read through other columns or codes, the run's records would be misread
@@ -388,40 +364,13 @@ def _locked_cutover(
         run_id = _new_run_id()
         started = now()
         outcome = "completed"
-        batches = _start_run(
-            engine,
-            register,
-            run_id,
-            profile,
-            cutoff,
-            batch_size,
-            started,
-            confirm,
-            progress,
-            plan,
-            comparison,
-            accept_changes,
-            max_exceptions,
-        )
-    if outcome == "resumed":
-        with engine.connect() as conn:
-            batches = convert_batches(
-                conn,
-                run_id,
-                run_codes(conn, run_id),
-                profile,
-                cutoff,
-                batch_size,
-                census.total,
-                progress,
-                register,
-            )
+        converted = start_run(engine, req, run_id, started, comparison)
     # the register is back in service: the history's indexes are built before the run is complete
     with progress("索引 history indexes", None, "个") as advance:
         advance(len(schema.build_history_indexes(engine)))
         refresh_statistics(engine, schema.history, register.table)
     with engine.begin() as conn:
-        converted = conn.execute(
+        total = conn.execute(
             select(func.coalesce(func.sum(schema.run_batches.c.converted), 0)).where(
                 schema.run_batches.c.run_id == run_id
             )
@@ -429,189 +378,29 @@ def _locked_cutover(
         conn.execute(
             update(RUNS)
             .where(RUNS.c.run_id == run_id)
-            .values(status="completed", finished_at=now(), converted=int(converted))
+            .values(status="completed", finished_at=now(), converted=int(total))
         )
     with engine.connect() as conn:
         row = conn.execute(select(RUNS).where(RUNS.c.run_id == run_id)).one()
     result = _finished_result(engine, register, row, profile, cutoff, outcome)
     store_findings(engine, run_id, result.findings)
-    result.batches = batches
+    result.batches = converted.batches
+    result.worker_failures = converted.failures
     result.started_at = started
     result.plan_comparison = comparison
     return result
 
 
-def _start_run(
-    engine: Engine,
-    register: RegisterMap,
-    run_id: str,
-    profile: Profile,
-    cutoff: ResolvedCutoff,
-    batch_size: int,
-    started: datetime,
-    confirm: Confirm | None,
-    progress: Progress,
-    plan: Plan | None,
-    comparison: PlanComparison | None,
-    accept_changes: bool,
-    max_exceptions: int | None,
-) -> int:
-    """A new run: everything it decides before converting, then the conversion beside the reading
-    of the register as it was (census, fingerprint, the plan's records); the first commit waits
-    for that reading's verdict. Returns the number of batches."""
+def _resume(
+    engine: Engine, conversion: RunConversion, workers: int, advance: Advance
+) -> WorkersReport:
+    """An unfinished run's remaining batches: its pending partitions if it was split, by as many
+    workers as asked; else from its last batch on."""
     with engine.connect() as conn:
-        decisions = decide(conn, register, profile, profile.codes, cutoff.instant)
-        # what the operator confirms: counted now (the run counts again, beside its conversion)
-        predicted = (
-            moved_census(take_census(conn, register, profile), decisions)
-            if confirm is not None
-            else None
-        )
-    if predicted is not None and predicted.unmapped():
-        raise UnmappedCodesError(predicted.unmapped(), rehearsal=False)
-    held: dict[RecordKey, list[str]] = {}
-    if max_exceptions is not None or profile.hold_back:
-        with engine.connect() as conn:
-            found = gather_findings(conn, register, profile, cutoff, decisions, progress)
-            held, _ = held_breakdown(
-                conn,
-                register,
-                profile,
-                profile.codes,
-                held_records(found, profile.hold_back),
-                _moves(decisions),
-            )
-        if max_exceptions is not None:
-            errors = Counter(f.code for f in found if f.severity == "error")
-            if sum(errors.values()) > max_exceptions:
-                raise TooManyExceptionsError(sum(errors.values()), max_exceptions, dict(errors))
-    if (
-        confirm is not None
-        and predicted is not None
-        and not confirm(CutoverPlan(profile, cutoff, predicted, None, held=len(held)))
-    ):
-        raise Aborted("not confirmed: nothing was written")
-    parameters: list[Difference] = []
-    if plan is not None:
-        parameters = compare_parameters(
-            plan, profile.name, profile.fingerprint(), format_instant(cutoff.instant)
-        )
-        if parameters or compare_applications(plan, _outcomes(decisions)):
-            # a run to be refused unless told to go ahead: the whole list of differences is
-            # read before anything is written
-            with engine.connect() as conn:
-                reading = read_register(conn, register, profile, plan, progress)
-            _judge(
-                reading.census,
-                reading,
-                decisions,
-                decisions,
-                plan,
-                comparison,
-                parameters,
-                accept_changes,
-            )
-    with engine.connect() as conn:
-        total = int(conn.execute(select(func.count()).select_from(register.table)).scalar_one())
-    deferred = schema.defer_history_indexes(engine)
-    sealed = False
-    try:
-        with (
-            ReadingBeside(engine, register, profile, plan, progress) as reading_beside,
-            engine.connect() as conn,
-        ):
-            applied = _record_run(
-                conn,
-                register,
-                run_id,
-                profile,
-                cutoff,
-                decisions,
-                held,
-                batch_size,
-                started,
-            )
-
-            def seal() -> None:
-                nonlocal sealed
-                if plan is not None:  # held to a plan: every record compared before committing
-                    reading = reading_beside.result()
-                    taken, fingerprint = reading.census, reading.fingerprint
-                else:
-                    taken, fingerprint, reading = reading_beside.census(), None, None
-                census = _judge(
-                    taken, reading, applied, decisions, plan, comparison, parameters, accept_changes
-                )
-                _store_census(conn, run_id, census, fingerprint)
-                sealed = True
-
-            batches = convert_batches(
-                conn,
-                run_id,
-                run_codes(conn, run_id),
-                profile,
-                cutoff,
-                batch_size,
-                total,
-                progress,
-                register,
-                seal=seal,
-                sealable=reading_beside.done if plan is not None else reading_beside.census_taken,
-            )
-            # the register is back in service; the fingerprint is read from the snapshot
-            _store_fingerprint(conn, run_id, reading_beside.finish().fingerprint)
-            conn.commit()
-            return batches
-    except BaseException:
-        if deferred and not sealed:
-            # nothing was committed: the history is as empty as it was, with its indexes
-            with translate_errors():
-                schema.build_history_indexes(engine)
-        raise
-
-
-def _judge(
-    taken: Census,
-    reading: RegisterReading | None,
-    applied: list[Decision],
-    decisions: list[Decision],
-    plan: Plan | None,
-    comparison: PlanComparison | None,
-    parameters: list[Difference],
-    accept_changes: bool,
-) -> Census:
-    """The verdict on the register as read before the run: its census as of the cutoff (the
-    census ``taken`` with the ``applied`` applications applied), refused when it holds unmapped
-    codes; compared with the plan, if any (``reading``: every record), refused on a difference
-    unless ``accept_changes``."""
-    census = moved_census(taken, applied)
-    unmapped = census.unmapped()
-    if unmapped:
-        raise UnmappedCodesError(unmapped, rehearsal=False)
-    if plan is None or comparison is None or reading is None:
-        return census
-    comparison.before = (
-        parameters
-        + compare_census(plan, census)
-        + compare_applications(plan, _outcomes(decisions))
-        + reading.record_differences
-    )
-    comparison.record_differences = reading.record_difference_count
-    if comparison.before:
-        if not accept_changes:
-            shown = len(reading.record_differences)
-            total = len(comparison.before) - shown + reading.record_difference_count
-            raise PlanMismatchError(
-                str(plan.path), [_describe(d) for d in comparison.before], total
-            )
-        comparison.accepted = True
-    return census
-
-
-def _describe(d: Difference) -> str:
-    if d.kind == "record":
-        return f"record {d.key}: {d.actual}"
-    return f"{d.kind} {d.key}: rehearsal {d.expected}, now {d.actual}"
+        partitioned = is_partitioned(conn, conversion.run_id)
+        if not partitioned:
+            return WorkersReport(convert_batches(conn, conversion, WHOLE, advance))
+    return convert_with_workers(engine, conversion, workers, advance)
 
 
 def _check_same_run(
@@ -686,75 +475,6 @@ def _finished_result(
 
 def _new_run_id() -> str:
     return f"R{now():%Y%m%dT%H%M%S}-{secrets.token_hex(2)}"
-
-
-def _record_run(
-    conn: Connection,
-    register: RegisterMap,
-    run_id: str,
-    profile: Profile,
-    cutoff: ResolvedCutoff,
-    decisions: list[Decision],
-    held: dict[RecordKey, list[str]],
-    batch_size: int,
-    started: datetime,
-) -> list[Decision]:
-    """The run's first writes, in its first transaction: the run, the outcome of every in-flight
-    application (approved ones applied to the register) and the records held back. Returns the
-    applications that changed a record. The census and the fingerprint join them before the
-    transaction commits (:func:`_store_census`)."""
-    conn.execute(
-        insert(RUNS).values(
-            run_id=run_id,
-            profile=profile.name,
-            profile_fingerprint=profile.fingerprint(),
-            scope=",".join(profile.scope),
-            active_statuses=",".join(profile.active_statuses),
-            code_table=code_table_to_json(profile.codes),
-            profile_json=profile.to_json(),
-            cutoff=cutoff.instant,
-            cutoff_source=cutoff.source[:200],
-            register_sha256=None,
-            register_mapping=register.mapping_json,
-            status="running",
-            batch_size=batch_size,
-            started_at=started,
-            tool_version=__version__,
-            database_url=display_url(conn.engine.url)[:400],
-            host=socket.gethostname()[:100],
-            pid=os.getpid(),
-        )
-    )
-    applied = apply_decisions(conn, register, run_id, decisions)
-    store_holds(conn, register, run_id, held, profile, profile.codes)
-    return applied
-
-
-def _store_census(conn: Connection, run_id: str, census: Census, fingerprint: str | None) -> None:
-    """The census as of the cutoff that verify checks against, and the register's fingerprint as
-    read before the first write when already known: in the run's first transaction."""
-    if census.lines:
-        conn.execute(
-            insert(schema.run_census),
-            [
-                {
-                    "run_id": run_id,
-                    "line": i,
-                    "in_scope": int(line.in_scope),
-                    "active": int(line.active),
-                    "raw_code": line.raw_code,
-                    "category_label": line.category_label,
-                    "records": line.records,
-                }
-                for i, line in enumerate(census.lines, start=1)
-            ],
-        )
-    if fingerprint is not None:
-        _store_fingerprint(conn, run_id, fingerprint)
-
-
-def _store_fingerprint(conn: Connection, run_id: str, fingerprint: str) -> None:
-    conn.execute(update(RUNS).where(RUNS.c.run_id == run_id).values(register_sha256=fingerprint))
 
 
 def _release_resolved(
@@ -844,27 +564,6 @@ def _release_resolved(
 
 
 # ---------------------------------------------------------------- queries about runs
-
-
-def gather_findings(
-    conn: Connection,
-    register: RegisterMap,
-    profile: Profile,
-    cutoff: ResolvedCutoff,
-    decisions: list[Decision],
-    progress: Progress = no_progress,
-) -> list[Finding]:
-    """Every exception the report lists: the register checks (错、重、假、漏), in-flight business,
-    and changes during the freeze. The checks read fields the conversion does not change, so a
-    rehearsal and the run after it report the same records."""
-    findings = list(
-        run_checks(
-            conn, profile, cutoff=cutoff.instant, progress=progress, register=register
-        ).findings
-    )
-    findings.extend(d.finding() for d in decisions)
-    findings.extend(late_changes(conn, register, profile))
-    return with_hold_actions(findings, profile.hold_back)
 
 
 def _require_register(engine: Engine, register: RegisterMap) -> None:

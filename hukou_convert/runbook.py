@@ -11,10 +11,11 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from .cutover import DEFAULT_BATCH_SIZE, Confirm, CutoverResult, rehearse, run_cutover
+from .cutover import DEFAULT_BATCH_SIZE, CutoverResult, rehearse, run_cutover
 from .profiles import Profile, ResolvedCutoff
 from .progress import Progress, no_progress
 from .register import BUILTIN_REGISTER, RegisterMap
+from .run_start import Confirm
 from .tallies import AreaLevel
 from .workbook import WorkbookResult, write_run_workbook
 
@@ -42,6 +43,7 @@ def cutover_and_report(
     register: RegisterMap = BUILTIN_REGISTER,
     split_by: AreaLevel | None = None,
     processes: int = 1,
+    workers: int = 1,
 ) -> CutoverReport:
     if rehearsal:
         result = rehearse(engine, profile, cutoff, progress, plan_dir=out_dir, register=register)
@@ -57,6 +59,7 @@ def cutover_and_report(
             accept_changes=accept_changes,
             max_exceptions=max_exceptions,
             register=register,
+            workers=workers,
         )
     workbook = write_run_workbook(
         engine,

@@ -196,17 +196,36 @@ run_census = Table(
     **_mysql,
 )
 
-# One row per committed batch, written in the same transaction as the batch: the checkpoint.
+# One row per committed batch, written in the same transaction as the batch: the checkpoint. A run
+# split into partitions numbers its batches within each partition (0: a run not split).
 run_batches = Table(
     "hukou_run_batches",
     metadata,
     Column("run_id", String(40), nullable=False),
+    Column("partition_no", Integer, nullable=False, server_default="0"),
     Column("batch_no", Integer, nullable=False),
     Column("first_key", String(64)),
     Column("last_key", String(64)),
     Column("converted", Integer, nullable=False),
     Column("committed_at", Instant, nullable=False),
-    PrimaryKeyConstraint("run_id", "batch_no"),
+    PrimaryKeyConstraint("run_id", "partition_no", "batch_no"),
+    **_mysql,
+)
+
+# The key ranges of a run converted by several workers (``--workers``): a worker claims a pending
+# one with SELECT … FOR UPDATE SKIP LOCKED and holds the row lock while it converts it, so a
+# worker that dies releases its partition to the others, which resume it from its last batch.
+run_partitions = Table(
+    "hukou_run_partitions",
+    metadata,
+    Column("run_id", String(40), nullable=False),
+    Column("partition_no", Integer, nullable=False),  # 1, 2, … in key order
+    Column("after_key", String(64)),  # keys after this one (NULL: from the first)
+    Column("last_key", String(64)),  # up to this one (NULL: to the last)
+    Column("state", String(10), nullable=False),  # pending | done
+    Column("worker", String(160)),  # host and pid of the worker that finished it
+    Column("finished_at", Instant),
+    PrimaryKeyConstraint("run_id", "partition_no"),
     **_mysql,
 )
 

@@ -98,14 +98,14 @@ def record_unfinished_run(
     kill right after the run's first transaction leaves (zhenhai on the built-in register unless
     told otherwise)."""
     from hukou_convert.census import take_census
-    from hukou_convert.cutover import _record_run, _store_census
     from hukou_convert.instants import now
     from hukou_convert.profiles import BUILTIN_PROFILES, resolve_cutoff
     from hukou_convert.register import BUILTIN_REGISTER
+    from hukou_convert.run_start import record_run, store_census
 
     profile = profile if profile is not None else BUILTIN_PROFILES["zhenhai"]
     cutoff = cutoff if cutoff is not None else resolve_cutoff(profile, None)
     register = register if register is not None else BUILTIN_REGISTER
     with engine.begin() as conn:
-        _record_run(conn, register, run_id, profile, cutoff, [], {}, 10, now())
-        _store_census(conn, run_id, take_census(conn, register, profile), "")
+        record_run(conn, register, run_id, profile, cutoff, [], {}, 10, now())
+        store_census(conn, run_id, take_census(conn, register, profile), "")

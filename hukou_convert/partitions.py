@@ -1,0 +1,314 @@
+"""Runs converted by several workers (``cutover --workers N``; PostgreSQL and MySQL/MariaDB).
+
+The register's key order is cut into partitions of whole batches, recorded in
+``hukou_run_partitions`` in the run's first transaction. A worker — a process on this machine, or
+``hukou-convert join`` on another, against the same server — claims a pending partition with
+``SELECT … FOR UPDATE SKIP LOCKED`` on a connection of its own and holds that row lock while it
+converts the partition on a second connection, batch by batch (each batch its own transaction with
+its ledger row, as in a run of one process), then marks it done in the claiming transaction. A
+worker that dies releases its claim with its connection: the partition is claimed again and resumed
+from its last committed batch. The run that started the workers converts whatever they left, then
+completes the run (indexes, verification's counts, the report).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, insert, select, update
+
+from . import schema
+from .conversion import KeyRange, RunConversion, convert_batches
+from .db import make_engine, parse_url, translate_errors
+from .errors import HukouError, RegisterStateError, UsageError
+from .instants import now
+from .profiles import ResolvedCutoff
+from .progress import Advance
+from .register import RegisterMap
+from .runs import find_run, run_codes, run_profile, run_register
+
+P = schema.run_partitions
+PARTITIONS_PER_WORKER = 4  # more partitions than workers: a slow one does not hold the run up
+
+
+def check_workers(engine: Engine, workers: int) -> None:
+    if workers > 1 and engine.dialect.name == "sqlite":
+        raise UsageError(
+            "--workers: SQLite takes one writer at a time; several workers need PostgreSQL or"
+            " MySQL/MariaDB"
+        )
+
+
+def partition_ranges(
+    conn: Connection, register: RegisterMap, total: int, workers: int
+) -> list[KeyRange]:
+    """The run's partitions: about PARTITIONS_PER_WORKER key ranges per worker, in key order
+    (one key range, partition 0, for a run of one worker). An integer key is cut into equal
+    spans of its values (read off its index at once; the built-in register's keys are dense);
+    a text key at every n-th key (one pass over its index)."""
+    if workers <= 1:
+        return [KeyRange()]
+    count = workers * PARTITIONS_PER_WORKER
+    key = register.key_column
+    bounds: list[Any]
+    if register.key_is_integer:
+        low, high = conn.execute(select(func.min(key), func.max(key))).one()
+        if low is None:
+            return [KeyRange()]
+        span = int(high) - int(low) + 1
+        bounds = sorted({int(low) + span * i // count - 1 for i in range(1, count)})
+    else:
+        per = max(1, -(-total // count))
+        numbered = select(
+            key.label("k"), func.row_number().over(order_by=key).label("n")
+        ).subquery()
+        bounds = list(
+            conn.execute(
+                select(numbered.c.k).where(numbered.c.n % per == 0).order_by(numbered.c.k)
+            ).scalars()
+        )
+    ranges: list[KeyRange] = []
+    after: str | None = None
+    for bound in bounds:
+        ranges.append(KeyRange(len(ranges) + 1, after, str(bound)))
+        after = str(bound)
+    ranges.append(KeyRange(len(ranges) + 1, after, None))  # the rest, to the last key
+    return ranges
+
+
+def store_partitions(conn: Connection, run_id: str, ranges: list[KeyRange]) -> None:
+    """In the run's first transaction."""
+    conn.execute(
+        insert(P),
+        [
+            {
+                "run_id": run_id,
+                "partition_no": r.partition_no,
+                "after_key": r.after,
+                "last_key": r.upto,
+                "state": "pending",
+            }
+            for r in ranges
+        ],
+    )
+
+
+def mark_done(conn: Connection, run_id: str, part: KeyRange) -> None:
+    conn.execute(
+        update(P)
+        .where(P.c.run_id == run_id, P.c.partition_no == part.partition_no)
+        .values(state="done", worker=worker_name(), finished_at=now())
+    )
+
+
+def is_partitioned(conn: Connection, run_id: str) -> bool:
+    return (
+        conn.execute(select(P.c.partition_no).where(P.c.run_id == run_id).limit(1)).first()
+        is not None
+    )
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()[:120]} pid {os.getpid()}"
+
+
+def run_conversion(engine: Engine, run_id: str) -> RunConversion:
+    """What a worker converts with: everything as the run recorded it."""
+    run = find_run(engine, run_id)
+    return RunConversion(
+        run_id=run_id,
+        codes=run_codes(engine, run_id),
+        profile=run_profile(engine, run),
+        cutoff=ResolvedCutoff(run.cutoff, str(run.cutoff_source or "recorded with the run")),
+        batch_size=int(run.batch_size),
+        register=run_register(engine, run),
+    )
+
+
+def claim_partition(conn: Connection, run_id: str) -> KeyRange | None:
+    """The first pending partition no other worker holds, locked by ``conn``'s transaction until
+    it ends (None: none left to claim)."""
+    row = conn.execute(
+        select(P.c.partition_no, P.c.after_key, P.c.last_key)
+        .where(P.c.run_id == run_id, P.c.state == "pending")
+        .order_by(P.c.partition_no)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    ).first()
+    return None if row is None else KeyRange(int(row.partition_no), row.after_key, row.last_key)
+
+
+def claim_and_convert(engine: Engine, run: RunConversion, advance: Advance) -> int:
+    """Claim pending partitions of the run one after another and convert each; return when none
+    is left to claim (others may still be converting theirs). Returns the number of batches."""
+    batches = 0
+    with engine.connect() as claim, engine.connect() as work:
+        if engine.dialect.name in ("mysql", "mariadb"):
+            # no gap locks: two workers' neighbouring key ranges never wait for each other
+            claim = claim.execution_options(isolation_level="READ COMMITTED")
+            work = work.execution_options(isolation_level="READ COMMITTED")
+        while True:
+            part = claim_partition(claim, run.run_id)
+            if part is None:
+                claim.rollback()
+                return batches
+            batches += convert_batches(work, run, part, advance)
+            mark_done(claim, run.run_id, part)
+            claim.commit()
+
+
+@dataclass
+class WorkersReport:
+    batches: int = 0
+    failures: list[str] = field(default_factory=list)  # what a worker process that failed said
+
+
+class Workers:
+    """``workers - 1`` worker processes besides this one, started early (a process takes a second
+    to start) and waiting until :meth:`convert` lets them claim partitions: the run's first
+    commit must come before any of theirs. Each sends its progress on a pipe of its own: a worker
+    killed in the middle of a message spoils only its own pipe (a queue shared by all would be
+    left locked)."""
+
+    def __init__(self, engine: Engine, run_id: str, workers: int, advance: Advance) -> None:
+        self._engine = engine
+        self._advance = advance
+        self.report = WorkersReport()
+        self._go: list[Any] = []
+        # forkserver: a child starts clean, never with a copy of this process's connections
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        url = engine.url.render_as_string(hide_password=False)  # to the children in memory only
+        # to each child, a pipe of its own each way: "go", and its progress back (no shared
+        # Event or Queue: a process killed inside one leaves it locked for every other)
+        self._children: list[tuple[Any, Any, Any]] = []  # process, its go, its progress end
+        self._pipes: list[Any] = []
+        for i in range(1, workers):
+            go_in, go_out = context.Pipe(duplex=False)
+            progress_in, progress_out = context.Pipe(duplex=False)
+            child = context.Process(
+                target=_worker,
+                args=(url, run_id, go_in, progress_out),
+                name=f"hukou-worker-{i}",
+                daemon=True,
+            )
+            self._children.append((child, go_in, progress_out))
+            self._go.append(go_out)
+            self._pipes.append(progress_in)
+        self._relaying = threading.Thread(target=self._relay, name="hukou-workers", daemon=True)
+
+    def __enter__(self) -> Workers:
+        for child, go_in, progress_out in self._children:
+            child.start()
+            go_in.close()  # the child's ends: its end of file is the child's end
+            progress_out.close()
+        self._relaying.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for go in self._go:
+            go.close()  # a child still waiting to go ends
+        for child, _, _ in self._children:
+            if child.is_alive() and child.exitcode is None and exc[0] is not None:
+                child.terminate()  # its open batch rolls back with its connection
+            child.join()
+        self._relaying.join()
+
+    def _relay(self) -> None:
+        open_pipes: list[Any] = list(self._pipes)
+        while open_pipes:
+            ready: list[Any] = multiprocessing.connection.wait(open_pipes)
+            for pipe in ready:
+                try:
+                    message = pipe.recv()
+                except (EOFError, OSError):
+                    open_pipes.remove(pipe)
+                    pipe.close()
+                    continue
+                if isinstance(message, int):
+                    self._advance(message)
+                else:
+                    self.report.failures.append(str(message))
+
+    def convert(self, run: RunConversion) -> WorkersReport:
+        """The run's pending partitions, converted by every worker, this process included; what
+        a worker that failed left pending is converted here once they have all ended."""
+        for go in self._go:
+            with contextlib.suppress(OSError):  # a child that died already
+                go.send(True)
+        self.report.batches += claim_and_convert(self._engine, run, self._advance)
+        for child, _, _ in self._children:
+            child.join()
+        self._relaying.join()  # every pipe read to its end
+        for child, _, _ in self._children:
+            if child.exitcode != 0 and not any(child.name in f for f in self.report.failures):
+                self.report.failures.append(f"{child.name} ended with exit code {child.exitcode}")
+        # a partition whose worker died, released with its connection: converted here
+        self.report.batches += claim_and_convert(self._engine, run, self._advance)
+        return self.report
+
+
+def convert_with_workers(
+    engine: Engine, run: RunConversion, workers: int, advance: Advance
+) -> WorkersReport:
+    """The run's pending partitions converted by ``workers`` processes: this one and
+    ``workers - 1`` started here, each on connections of its own."""
+    with Workers(engine, run.run_id, workers, advance) as started:
+        return started.convert(run)
+
+
+def _worker(url: str, run_id: str, go: Any, messages: Any) -> None:
+    """A worker process: once let go (``go``: a pipe's end; its end of file: the run ended before
+    its first commit), claims and converts partitions until none is left; progress and failures
+    go back through ``messages`` (a failure never names a value: HukouError messages do not)."""
+    logging.getLogger("sqlalchemy").addHandler(logging.NullHandler())
+    name = multiprocessing.current_process().name
+    engine = make_engine(parse_url(url))
+    try:
+        go.recv()
+    except EOFError:
+        engine.dispose()
+        return
+    try:
+        with translate_errors():
+            claim_and_convert(engine, run_conversion(engine, run_id), messages.send)
+    except HukouError as err:
+        messages.send(f"{name}: {err.message()}")
+        raise SystemExit(1) from None
+    except Exception as err:
+        messages.send(f"{name}: {type(err).__name__}")
+        raise SystemExit(1) from None
+    finally:
+        messages.close()
+        engine.dispose()
+
+
+@dataclass
+class JoinResult:
+    run_id: str
+    batches: int
+
+
+def join_run(engine: Engine, run_id: str | None, advance: Advance) -> JoinResult:
+    """``hukou-convert join``: one more worker for an unfinished run split into partitions,
+    started by ``cutover --workers`` (on this machine or another); returns when no partition is
+    left to claim. The run that started the workers completes the run."""
+    with translate_errors():
+        run = find_run(engine, run_id)
+        with engine.connect() as conn:
+            partitioned = is_partitioned(conn, str(run.run_id))
+        if run.status != "running" or not partitioned:
+            raise RegisterStateError(
+                f"run {run.run_id} is not an unfinished run split into partitions (status"
+                f" {run.status}): start one with 'hukou-convert cutover --workers N'"
+            )
+        batches = claim_and_convert(engine, run_conversion(engine, str(run.run_id)), advance)
+    return JoinResult(str(run.run_id), batches)

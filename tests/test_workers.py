@@ -1,0 +1,263 @@
+"""``cutover --workers N`` on PostgreSQL and MariaDB: the run is cut into partitions that worker
+processes claim with SELECT … FOR UPDATE SKIP LOCKED; the result is the one-process result, a
+worker killed mid-run leaves its partition to the others, a killed run resumes partition by
+partition, and ``hukou-convert join`` adds a worker from anywhere."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import Engine, func, select
+
+from hukou_convert import schema
+from hukou_convert.cli import cli
+from hukou_convert.cutover import run_cutover
+from hukou_convert.db import make_engine, parse_url
+from hukou_convert.ingest import import_register
+from hukou_convert.partitions import claim_partition
+from hukou_convert.profiles import BUILTIN_PROFILES, resolve_cutoff
+from hukou_convert.progress import Advance
+from hukou_convert.sample import SampleOptions, write_sample
+from hukou_convert.verify import verify_run
+
+from .helpers import conversion_state
+
+ZHENHAI = BUILTIN_PROFILES["zhenhai"]
+CUTOFF = resolve_cutoff(ZHENHAI, None)
+P = schema.run_partitions
+PERSONS = 12_000
+
+
+@pytest.fixture(scope="module")
+def register_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("register") / "register.csv"
+    write_sample(path, SampleOptions(("330211",), PERSONS, seed=11))
+    return path
+
+
+def _servers_only(url: str) -> None:
+    if url.startswith("sqlite"):
+        pytest.skip("SQLite takes one writer at a time: --workers is for the servers")
+
+
+def _partitions(engine: Engine) -> list[tuple[int, str, str | None]]:
+    with engine.connect() as conn:
+        return [
+            (int(r.partition_no), str(r.state), r.worker)
+            for r in conn.execute(select(P).order_by(P.c.partition_no))
+        ]
+
+
+def _straight(url: str, register_csv: Path) -> str:
+    """The conversion state of the same register converted by one process."""
+    engine = make_engine(parse_url(url))
+    import_register(engine, register_csv)
+    run_cutover(engine, ZHENHAI, CUTOFF, batch_size=200)
+    state = conversion_state(engine)
+    engine.dispose()
+    return state
+
+
+def test_workers_convert_the_run_as_one_process_would(
+    two_db_urls: tuple[str, str], register_csv: Path
+) -> None:
+    """The run's own process is slowed down here (each of its batches waits): the worker process
+    beside it claims the partitions it does not hold, and the result is one process's."""
+    url, straight_url = two_db_urls
+    _servers_only(url)
+    expected = _straight(straight_url, register_csv)
+    engine = make_engine(parse_url(url))
+    import_register(engine, register_csv)
+
+    @contextmanager
+    def slow(phase: str, _total: int | None, _unit: str) -> Iterator[Advance]:
+        def advance(n: int) -> None:
+            if phase.startswith("转换") and n:
+                time.sleep(0.05)
+
+        yield advance
+
+    result = run_cutover(engine, ZHENHAI, CUTOFF, batch_size=200, progress=slow, workers=2)
+    assert result.outcome == "completed" and not result.worker_failures
+    assert conversion_state(engine) == expected
+    assert verify_run(engine, result.run_id).ok
+    parts = _partitions(engine)
+    assert len(parts) == 8 and {state for _, state, _ in parts} == {"done"}
+    workers = {worker for _, _, worker in parts}
+    assert len(workers) == 2  # both processes converted partitions
+    with engine.connect() as conn:
+        by_partition = dict(
+            conn.execute(
+                select(
+                    schema.run_batches.c.partition_no, func.sum(schema.run_batches.c.converted)
+                ).group_by(schema.run_batches.c.partition_no)
+            ).all()
+        )
+    assert set(by_partition) == {no for no, _, _ in parts}
+    assert sum(by_partition.values()) == result.converted
+    engine.dispose()
+
+
+def test_a_claimed_partition_is_skipped_by_the_next_claim(db_url: str, register_csv: Path) -> None:
+    _servers_only(db_url)
+    engine = make_engine(parse_url(db_url))
+    import_register(engine, register_csv)
+    run = _killed_after_first_commit(db_url, engine)
+    with engine.connect() as first, engine.connect() as second:
+        held = claim_partition(first, run)
+        other = claim_partition(second, run)
+        assert held is not None and other is not None
+        assert other.partition_no > held.partition_no  # not the one the first holds
+        first.rollback()  # released: the next claim may take it again
+        third = claim_partition(first, run)
+        assert third is not None and third.partition_no == held.partition_no
+        second.rollback()
+        first.rollback()
+    engine.dispose()
+
+
+def _cli(url: str, *args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k != "HUKOU_DB"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "hukou_convert", *args, "--db", url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,  # its worker processes in its process group
+    )
+
+
+CUTOVER = ("cutover", "-p", "zhenhai", "--yes", "-q", "--batch-size", "20", "--workers", "2")
+
+
+def _wait(check: Any, proc: subprocess.Popen[str], what: str) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:  # tables not created yet
+            pass
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended before {what}: {proc.communicate()}")
+        time.sleep(0.01)
+    raise AssertionError(f"no {what} within 120 s")
+
+
+def _committed(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(schema.run_batches)).scalar_one())
+
+
+def _killed_after_first_commit(url: str, engine: Engine) -> str:
+    """A run with workers, killed (all its processes) once its first commit is in."""
+    proc = _cli(url, *CUTOVER)
+    _wait(lambda: _committed(engine) >= 3, proc, "the run's first commit")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with engine.connect() as conn:
+        run = conn.execute(select(schema.runs.c.run_id, schema.runs.c.status)).one()
+    assert run.status == "running"
+    return str(run.run_id)
+
+
+def _worker_pids(coordinator: int) -> list[int]:
+    """The worker processes of a run: in its process group, children of its forkserver (the
+    forkserver and the resource tracker are the run's own children)."""
+    workers = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == coordinator:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent, group = int(state[1]), int(state[2])
+        if group == coordinator and parent != coordinator:
+            workers.append(int(entry))
+    return workers
+
+
+def test_a_killed_worker_leaves_its_partitions_to_the_others(
+    two_db_urls: tuple[str, str], register_csv: Path
+) -> None:
+    url, straight_url = two_db_urls
+    _servers_only(url)
+    expected = _straight(straight_url, register_csv)
+    engine = make_engine(parse_url(url))
+    import_register(engine, register_csv)
+    proc = _cli(url, *CUTOVER)
+    _wait(lambda: _committed(engine) >= 30 and _worker_pids(proc.pid), proc, "worker batches")
+    for pid in _worker_pids(proc.pid):
+        os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "a worker failed (hukou-worker-1 ended with exit code -9)" in out
+    assert conversion_state(engine) == expected
+    assert {state for _, state, _ in _partitions(engine)} == {"done"}
+    assert verify_run(engine).ok
+    engine.dispose()
+
+
+def test_a_killed_run_resumes_partition_by_partition_and_join_helps(
+    two_db_urls: tuple[str, str], register_csv: Path
+) -> None:
+    """Every process of a run killed; ``join`` (as from another machine) converts the partitions
+    left; the cutover run again completes the same run with nothing left to convert."""
+    url, straight_url = two_db_urls
+    _servers_only(url)
+    expected = _straight(straight_url, register_csv)
+    engine = make_engine(parse_url(url))
+    import_register(engine, register_csv)
+    run_id = _killed_after_first_commit(url, engine)
+    pending = [no for no, state, _ in _partitions(engine) if state == "pending"]
+    assert pending  # really killed mid-run
+
+    joined = _cli(url, "join", "-q")
+    out, err = joined.communicate(timeout=300)
+    assert joined.returncode == 0, err
+    assert f"joined run {run_id}" in out
+    assert {state for _, state, _ in _partitions(engine)} == {"done"}
+    batches = _committed(engine)
+
+    again = _cli(url, *CUTOVER)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert "resumed and completed" in out
+    assert _committed(engine) == batches  # join had converted everything
+    assert conversion_state(engine) == expected
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(schema.runs)).scalar_one() == 1
+    assert verify_run(engine).ok
+    engine.dispose()
+
+
+def test_workers_on_sqlite_are_refused(sqlite_url: str, register_csv: Path) -> None:
+    runner = CliRunner()
+    runner.invoke(cli, ["import", str(register_csv), "-q", "--db", sqlite_url])
+    result = runner.invoke(cli, [*CUTOVER, "--db", sqlite_url])
+    assert result.exit_code == 2
+    assert "SQLite takes one writer at a time" in result.stderr
+
+
+def test_join_without_a_partitioned_run_exits_5(db_url: str, register_csv: Path) -> None:
+    _servers_only(db_url)
+    engine = make_engine(parse_url(db_url))
+    import_register(engine, register_csv)
+    run_cutover(engine, ZHENHAI, CUTOFF)
+    result = CliRunner().invoke(cli, ["join", "-q", "--db", db_url])
+    assert result.exit_code == 5
+    assert "not an unfinished run split into partitions" in result.stderr
+    engine.dispose()
