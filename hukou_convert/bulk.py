@@ -7,10 +7,23 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Connection, Table, exc, insert
+from sqlalchemy import Connection, Dialect, Table, exc, insert
 
 # A bind processor: what SQLAlchemy would do to a value before the driver sees it.
 Convert = Callable[[Any], Any]
+
+
+def bind_converters(
+    target: Table, columns: tuple[str, ...], dialect: Dialect
+) -> dict[str, Convert]:
+    """The bind processors SQLAlchemy itself would apply to ``columns`` of ``target`` on
+    ``dialect``: values are stored exactly as the rest of the tool stores them."""
+    converters: dict[str, Convert] = {}
+    for name in columns:
+        proc = target.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        if proc is not None:
+            converters[name] = proc
+    return converters
 
 
 class BulkInserter:
@@ -45,12 +58,9 @@ class BulkInserter:
         if self.mode == "executemany":
             # names from our own schema, quoted by the dialect; values are bound
             self.statement = f"INSERT INTO {table_name} ({quoted}) VALUES ({marks})"  # noqa: S608
-        self.converters: dict[str, Convert] = {}
-        if self.mode != "sqlalchemy":
-            for name in columns:
-                proc = target.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-                if proc is not None:
-                    self.converters[name] = proc
+        self.converters: dict[str, Convert] = (
+            bind_converters(target, columns, dialect) if self.mode != "sqlalchemy" else {}
+        )
 
     def insert(self, rows: list[tuple[Any, ...]]) -> None:
         if self.mode == "sqlalchemy":

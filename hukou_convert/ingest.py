@@ -37,6 +37,7 @@ from .fields import (
     parse_text,
 )
 from .instants import now
+from .parsing import PARALLEL_FROM_BYTES, ParsingProcess
 from .progress import Progress, no_progress
 from .readers import (
     Cell,
@@ -572,9 +573,15 @@ def _load(
             notes = _ReadNotes(table, plan)
             inserts = InsertPipeline(writer)
             try:
-                loaded = _parse_into(
-                    table, plan, import_id, inserts, rejects, notes, key_at, seen_keys, progress
-                )
+                if kind == "persons" and table.kind == "csv" and table.size >= PARALLEL_FROM_BYTES:
+                    driver = conn.engine.url.drivername  # never the password
+                    loaded = _parse_beside(
+                        table, kind, driver, import_id, inserts, rejects, progress
+                    )
+                else:
+                    loaded = _parse_into(
+                        table, plan, import_id, inserts, rejects, notes, key_at, seen_keys, progress
+                    )
             except BaseException:
                 inserts.stop()  # the connection is the transaction's again before it rolls back
                 raise
@@ -650,6 +657,32 @@ def _parse_into(
     if chunk:
         inserts.put(chunk)
         loaded += len(chunk)
+    return loaded
+
+
+def _parse_beside(
+    table: TableFile,
+    kind: str,
+    driver: str,
+    import_id: int,
+    inserts: InsertPipeline,
+    rejects: RejectWriter,
+    progress: Progress,
+) -> int:
+    """:func:`_parse_into`, the parsing in a process of its own while this one inserts (a large
+    CSV file: :mod:`parsing`). The number of rows handed over."""
+    loaded = 0
+    with (
+        progress("读取 " + table.path.name, table.size, "B") as advance,
+        ParsingProcess(table, kind, driver, import_id) as parsing,
+    ):
+        for parsed in parsing.chunks():
+            for line, original, column, reason in parsed.rejects:
+                rejects.add(Row(line, [], original), Reject(column, reason))
+            if parsed.rows:
+                inserts.put(parsed.rows)
+                loaded += len(parsed.rows)
+            advance(parsed.read)
     return loaded
 
 

@@ -265,3 +265,44 @@ def test_insert_pipeline_hands_the_insert_error_over_and_stops() -> None:
         pipeline.close()
     pipeline.stop()
     assert inserted == [1]  # the chunks after the failed one were not inserted
+
+
+def test_a_large_csv_is_parsed_beside_the_inserts_with_the_same_result(
+    two_db_urls: tuple[str, str], sample_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large CSV file is parsed by a process of its own (here the sample register, made
+    "large" for the test): the register, every value's type as stored, the rejects and their
+    file are those of an import parsed in one process."""
+    from hukou_convert import ingest
+    from hukou_convert.db import make_engine, parse_url
+
+    one_url, beside_url = two_db_urls
+    one, beside = make_engine(parse_url(one_url)), make_engine(parse_url(beside_url))
+    alone = import_register(one, sample_csv, reject_path=sample_csv.with_name("one.rejects.csv"))
+    started: list[object] = []
+
+    class Counted(ingest.ParsingProcess):
+        def __enter__(self) -> ingest.ParsingProcess:
+            started.append(self)
+            return super().__enter__()
+
+    monkeypatch.setattr(ingest, "PARALLEL_FROM_BYTES", 0)
+    monkeypatch.setattr(ingest, "ParsingProcess", Counted)
+    parallel = import_register(
+        beside, sample_csv, reject_path=sample_csv.with_name("beside.rejects.csv")
+    )
+    assert len(started) == 1
+    assert (parallel.loaded, parallel.rejected) == (alone.loaded, alone.rejected) == (328, 3)
+    assert parallel.rejects_by_reason == alone.rejects_by_reason
+    assert (
+        sample_csv.with_name("beside.rejects.csv").read_bytes()
+        == sample_csv.with_name("one.rejects.csv").read_bytes()
+    )
+    R = schema.register
+    rows = select(*[c for c in R.c if c.name != "import_id"]).order_by(R.c.record_id)
+    with one.connect() as a, beside.connect() as b:
+        expected, actual = a.execute(rows).all(), b.execute(rows).all()
+    assert actual == expected
+    assert [tuple(map(type, r)) for r in actual] == [tuple(map(type, r)) for r in expected]
+    one.dispose()
+    beside.dispose()
