@@ -48,12 +48,37 @@ _ENCODING_NAMES = {
 }
 
 
-@dataclass(frozen=True)
 class Row:
-    line: int  # 1-based line (CSV: first physical line of the record; xlsx: row number)
-    cells: list[Cell]
-    original: str  # the record as read
-    formulas: tuple[FormulaCell, ...] = ()  # xlsx: its formula cells (cells hold cached values)
+    """A record of the file: its 1-based line (CSV: the first physical line of the record; xlsx:
+    the row number), its cells, and (xlsx) its formula cells, whose cells hold cached values.
+
+    ``original`` is the record as read. A CSV record's is taken from the file's lines only when
+    asked for (a reject): while the record is the one being read, as the import does at once."""
+
+    __slots__ = ("_last", "_original", "_window", "cells", "formulas", "line")
+
+    def __init__(
+        self,
+        line: int,
+        cells: list[Cell],
+        original: str | None = None,
+        formulas: tuple[FormulaCell, ...] = (),
+        window: _LineWindow | None = None,
+        last: int = 0,
+    ) -> None:
+        self.line = line
+        self.cells = cells
+        self.formulas = formulas
+        self._original = original
+        self._window = window
+        self._last = last
+
+    @property
+    def original(self) -> str:
+        if self._original is None:
+            assert self._window is not None, "a row without its original text"
+            self._original = self._window.text(self.line, self._last)
+        return self._original
 
 
 @dataclass(frozen=True)
@@ -261,9 +286,7 @@ def _csv_rows(table: TableFile, progress: Progress) -> Iterator[Row]:
                 continue
             if not cells or (not cells[0].strip() and all(c.strip() == "" for c in cells)):
                 continue  # blank line
-            yield Row(
-                start_line, cast("list[Cell]", cells), window.text(start_line, reader.line_num)
-            )
+            yield Row(start_line, cast("list[Cell]", cells), window=window, last=reader.line_num)
 
 
 class _BadRecord(str):

@@ -306,3 +306,30 @@ def test_a_large_csv_is_parsed_beside_the_inserts_with_the_same_result(
     assert [tuple(map(type, r)) for r in actual] == [tuple(map(type, r)) for r in expected]
     one.dispose()
     beside.dispose()
+
+
+def test_the_register_keeps_its_indexes_through_an_import_and_a_failed_one(
+    engine: Engine, sample_csv: Path, tmp_path: Path
+) -> None:
+    """Into an empty register the indexes are built after the rows (PostgreSQL, SQLite: in the
+    import's transaction); a failed import gives them back as they were."""
+    from sqlalchemy import inspect
+
+    def indexes() -> set[str]:
+        return {str(ix["name"]) for ix in inspect(engine).get_indexes(schema.register.name)}
+
+    expected = {str(ix.name) for ix in schema.register.indexes}
+    bad = tmp_path / "bad.csv"
+    bad.write_text(
+        "公民身份号码,姓名,户号,户口性质,行政区划代码,出生日期\n"
+        f"{ident('330211', '19800101', 1)},甲,H1,2,330211001001,1980-02-30\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(InputFileError, match="no row could be loaded"):
+        import_register(engine, bad)
+    assert indexes() == expected
+    import_register(engine, sample_csv)
+    assert indexes() == expected
+    import_register(engine, sample_csv, mode=ImportMode.REPLACE)
+    assert indexes() == expected
+    assert _count(engine) == 328
