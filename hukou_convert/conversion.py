@@ -156,7 +156,7 @@ def convert_batches(
     batch_no = int(last.batch_no) if last is not None else 0
     upto = key <= register.key_of(part.upto) if part.upto is not None else true()
     if last is not None:  # the records of the batches done before
-        before = and_(key > start if start is not None else true(), key <= lo)
+        before = register.key_range(part.after, last.last_key)
         advance(int(conn.execute(select(func.count()).select_from(R).where(before)).scalar_one()))
     batches = 0
     while True:

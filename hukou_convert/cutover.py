@@ -67,6 +67,7 @@ from .partitions import (
     WorkersReport,
     check_workers,
     convert_with_workers,
+    done_partition_rows,
     is_partitioned,
 )
 from .plan import (
@@ -400,6 +401,7 @@ def _resume(
         partitioned = is_partitioned(conn, conversion.run_id)
         if not partitioned:
             return WorkersReport(convert_batches(conn, conversion, WHOLE, advance))
+        advance(done_partition_rows(conn, conversion))
     return convert_with_workers(engine, conversion, workers, advance)
 
 

@@ -25,13 +25,11 @@ from sqlalchemy import (
     Connection,
     LargeBinary,
     String,
-    and_,
     cast,
     func,
     literal,
     literal_column,
     select,
-    true,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -121,14 +119,6 @@ class Chunk:
     data: bytes  # the rows' texts, in key order, each ending in a newline
 
 
-def _range(register: RegisterMap, after: Any, upto: Any) -> ColumnElement[bool]:
-    key = register.key_column
-    return and_(
-        key > register.key_of(after) if after is not None else true(),
-        key <= register.key_of(upto) if upto is not None else true(),
-    )
-
-
 def read_chunks(
     conn: Connection, register: RegisterMap, after: Any = None, upto: Any = None
 ) -> Iterator[Chunk]:
@@ -144,7 +134,7 @@ def read_chunks(
     while True:
         rows = (
             select(key.label("k"), text.label("t"))
-            .where(_range(register, after, upto))
+            .where(register.key_range(after, upto))
             .order_by(key)
             .limit(size)
             .subquery()
@@ -183,7 +173,7 @@ def read_rows(
         else select(key, row_text(conn, register))
     )
     query = (
-        query.where(_range(register, after, upto))
+        query.where(register.key_range(after, upto))
         .order_by(key)
         .execution_options(stream_results=True, yield_per=20_000)
     )

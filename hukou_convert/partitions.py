@@ -116,6 +116,22 @@ def is_partitioned(conn: Connection, run_id: str) -> bool:
     )
 
 
+def done_partition_rows(conn: Connection, run: RunConversion) -> int:
+    """The records of the run's partitions already done (a resumed run's progress so far)."""
+    register = run.register
+    done = 0
+    for after, upto in conn.execute(
+        select(P.c.after_key, P.c.last_key).where(P.c.run_id == run.run_id, P.c.state == "done")
+    ):
+        in_range = register.key_range(after, upto)
+        done += int(
+            conn.execute(
+                select(func.count()).select_from(register.table).where(in_range)
+            ).scalar_one()
+        )
+    return done
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()[:120]} pid {os.getpid()}"
 

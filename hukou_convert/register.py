@@ -22,10 +22,12 @@ from sqlalchemy import (
     Dialect,
     FromClause,
     Table,
+    and_,
     case,
     func,
     literal,
     null,
+    true,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -90,6 +92,15 @@ class RegisterMap:
     def key_of(self, value: Any) -> RecordKey:
         """A key as read from the register or kept in a ledger, in its Python form."""
         return int(value) if self.key_is_integer else str(value)
+
+    def key_range(self, after: Any, upto: Any) -> ColumnElement[bool]:
+        """The records with keys after ``after`` up to ``upto`` (None: unbounded), the bounds as
+        a ledger keeps them (text)."""
+        key = self.key_column
+        return and_(
+            key > self.key_of(after) if after is not None else true(),
+            key <= self.key_of(upto) if upto is not None else true(),
+        )
 
     def sorted_keys(self, keys: Iterable[RecordKey]) -> list[RecordKey]:
         return sorted(keys, key=lambda k: (0, k, "") if isinstance(k, int) else (1, 0, k))
