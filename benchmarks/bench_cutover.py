@@ -282,7 +282,12 @@ def fresh_url(kind: str, work: Path, template: str | None = None) -> tuple[str, 
     name = f"hk_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        copy = f' TEMPLATE "{template.rsplit("/", 1)[1]}"' if template is not None else ""
+        # FILE_COPY: a checkpoint and the files copied, not every page through the WAL
+        copy = (
+            f' TEMPLATE "{template.rsplit("/", 1)[1]}" STRATEGY FILE_COPY'
+            if template is not None
+            else ""
+        )
         conn.execute(text(f'CREATE DATABASE "{name}"{copy}'))
 
     def drop() -> None:
