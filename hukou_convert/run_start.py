@@ -182,9 +182,10 @@ def start_run(
         parameters = compare_parameters(
             plan, profile.name, profile.fingerprint(), format_instant(cutoff.instant)
         )
-        if parameters or compare_applications(plan, outcomes_of(decisions)):
-            # a run to be refused unless told to go ahead: the whole list of differences is
-            # read before anything is written
+        if not req.accept_changes and (
+            parameters or compare_applications(plan, outcomes_of(decisions))
+        ):
+            # a run to be refused: the whole list of differences is read, nothing written
             with engine.connect() as conn:
                 reading = read_register(conn, register, profile, plan, progress)
             judge(
