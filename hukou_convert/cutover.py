@@ -365,11 +365,18 @@ def _locked_cutover(engine: Engine, req: RunRequest) -> CutoverResult:
         run_id = _new_run_id()
         started = now()
         outcome = "completed"
-        converted = start_run(engine, req, run_id, started, comparison)
-    # the register is back in service: the history's indexes are built before the run is complete
-    with progress("索引 history indexes", None, "个") as advance:
-        advance(len(schema.build_history_indexes(engine)))
-        refresh_statistics(engine, schema.history, register.table)
+
+    def back_in_service() -> None:
+        """The history's indexes, built before the run is complete (the register is back in
+        service), and the planner's statistics."""
+        with progress("索引 history indexes", None, "个") as advance:
+            advance(len(schema.build_history_indexes(engine)))
+            refresh_statistics(engine, schema.history, register.table)
+
+    if outcome == "completed":  # a new run: while it finishes reading the register as it was
+        converted = start_run(engine, req, run_id, started, comparison, back_in_service)
+    else:
+        back_in_service()
     with engine.begin() as conn:
         total = conn.execute(
             select(func.coalesce(func.sum(schema.run_batches.c.converted), 0)).where(

@@ -16,6 +16,7 @@ the records that changed.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -117,13 +118,18 @@ class Chunk:
     last_key: Any  # as the database returns it
     rows: int
     data: bytes  # the rows' texts, in key order, each ending in a newline
+    keys: str | None = None  # with ``keys=True``: the rows' keys as text, each ending in one
 
 
 def read_chunks(
-    conn: Connection, register: RegisterMap, after: Any = None, upto: Any = None
+    conn: Connection,
+    register: RegisterMap,
+    after: Any = None,
+    upto: Any = None,
+    keys: bool = False,
 ) -> Iterator[Chunk]:
     """The rows with keys in (``after``, ``upto``] (None: unbounded), a chunk of rows at a time,
-    concatenated by the database in key order."""
+    concatenated by the database in key order (``keys``: their keys too)."""
     key = register.key_column
     text = row_text(conn, register)
     size = _CHUNK_ROWS.get(conn.dialect.name, _DEFAULT_CHUNK_ROWS)
@@ -142,6 +148,9 @@ def read_chunks(
         columns = [func.max(rows.c.k), func.count(), _Concatenated(rows.c.t, rows.c.k)]
         if mysql:
             columns.append(func.sum(func.char_length(rows.c.t)))
+        if keys:
+            key_text = cast(rows.c.k, String) + literal("\n")
+            columns.append(_Concatenated(key_text, rows.c.k))
         found = conn.execute(select(*columns)).one()
         count = int(found[1])
         if count == 0:
@@ -156,7 +165,11 @@ def read_chunks(
                 data = text_read.encode("utf-8")
         elif isinstance(data, str):  # encoded here: convert_to() on the server costs more
             data = data.encode("utf-8")
-        yield Chunk(found[0], count, bytes(data))
+        key_list = None
+        if keys:
+            raw = found[-1]
+            key_list = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        yield Chunk(found[0], count, bytes(data), key_list)
         if count < size:
             return
         after = found[0]
@@ -181,9 +194,9 @@ def read_rows(
         yield record_key, text if isinstance(text, bytes) else text.encode("utf-8")
 
 
-def row_digest(data: bytes) -> str:
-    """The short digest of one row a plan keeps (its text without the newline)."""
-    return hashlib.blake2b(data[:-1], digest_size=8).hexdigest()
+def row_digest(text: bytes) -> str:
+    """The short digest of one row a plan keeps (its text, without its newline)."""
+    return hashlib.blake2b(text, digest_size=8).hexdigest()
 
 
 def block_digest() -> Any:
@@ -211,28 +224,51 @@ def register_fingerprint(
 ) -> str:
     """SHA-256 over every register row in key order. ``on_row(key, digest)`` receives each row's
     short digest, in key order, and ``blocks`` the digest of every :data:`BLOCK_ROWS` rows (both
-    for a rehearsal's plan): then the rows are read one at a time."""
+    for a rehearsal's plan): a chunk's rows are then its lines, unless a value holds a newline
+    (the chunk's lines and rows do not tally), when that chunk is read again row by row."""
     digest = hashlib.sha256()
     if on_row is None and blocks is None:
         for chunk in read_chunks(conn, register):
             digest.update(chunk.data)
             advance(chunk.rows)
         return digest.hexdigest()
-    block, in_block, last_key = block_digest(), 0, None
-    for record_key, data in read_rows(conn, register):
-        digest.update(data)
-        if on_row is not None:
-            on_row(str(record_key), row_digest(data))
-        block.update(data)
-        in_block += 1
-        if in_block == BLOCK_ROWS:
-            if blocks is not None:
-                blocks.append(Block(str(record_key), in_block, block.hexdigest()))
-            block, in_block = block_digest(), 0
-            advance(BLOCK_ROWS)
-        last_key = record_key
-    if in_block:
+    block, in_block = block_digest(), 0
+    after: Any = None
+
+    def close(last_key: Any) -> None:
+        nonlocal block, in_block
         if blocks is not None:
             blocks.append(Block(str(last_key), in_block, block.hexdigest()))
-        advance(in_block)
+        block, in_block = block_digest(), 0
+
+    for chunk in read_chunks(conn, register, keys=True):
+        digest.update(chunk.data)
+        lines = chunk.data.split(b"\n")
+        names = (chunk.keys or "").split("\n")
+        rows: Iterator[tuple[Any, bytes]]
+        if len(lines) == len(names) == chunk.rows + 1:
+            rows = zip(names, lines, strict=False)  # the last of each is the empty tail
+        else:
+            rows = ((k, text[:-1]) for k, text in read_rows(conn, register, after, chunk.last_key))
+        if in_block + chunk.rows <= BLOCK_ROWS:  # the chunk within one block: hashed whole
+            block.update(chunk.data)
+            in_block += chunk.rows
+            if on_row is not None:
+                for record_key, text in itertools.islice(rows, chunk.rows):
+                    on_row(str(record_key), row_digest(text))
+            if in_block == BLOCK_ROWS:
+                close(chunk.last_key)
+        else:
+            for record_key, text in itertools.islice(rows, chunk.rows):
+                if on_row is not None:
+                    on_row(str(record_key), row_digest(text))
+                block.update(text)
+                block.update(b"\n")
+                in_block += 1
+                if in_block == BLOCK_ROWS:
+                    close(record_key)
+        advance(chunk.rows)
+        after = chunk.last_key
+    if in_block:
+        close(after)
     return digest.hexdigest()

@@ -79,12 +79,21 @@ class PlanRecorder:
         fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         # closed by commit() or discard(): the recorder lives across the fingerprint pass
         self._raw = os.fdopen(fd, "wb")
-        self._gz: IO[str] = gzip.open(self._raw, "wt", encoding="ascii")  # noqa: SIM115
+        # level 6, not gzip.open's 9: a third of the time, a file a few per cent larger
+        self._gz: IO[str] = gzip.open(self._raw, "wt", encoding="ascii", compresslevel=6)  # noqa: SIM115
+        self._lines: list[str] = []
 
     def __call__(self, key: str, digest: str) -> None:
-        self._gz.write(f"{key}\t{digest}\n")
+        self._lines.append(f"{key}\t{digest}\n")
+        if len(self._lines) >= 10_000:  # one write per 10,000 rows, not a call into gzip per row
+            self._flush()
+
+    def _flush(self) -> None:
+        self._gz.write("".join(self._lines))
+        self._lines.clear()
 
     def commit(self, plan: dict[str, Any]) -> Path:
+        self._flush()
         self._gz.close()
         self._raw.close()
         os.replace(self._tmp, self.records_path)
@@ -280,7 +289,7 @@ def compare_records(
             in_range = expected if in_plan is None else itertools.islice(expected, in_plan)
             comparer = RecordComparer(iter(in_range))
             for record_key, data in read_rows(conn, register, lo, hi):
-                comparer(str(record_key), row_digest(data))
+                comparer(str(record_key), row_digest(data[:-1]))
             comparer.finish()
             consumed = start + (0 if in_plan is None else in_plan)
             comparison.count += comparer.count

@@ -144,9 +144,13 @@ class ReadingBeside:
     def result(self) -> RegisterReading:
         return self._future.result()
 
-    def finish(self) -> RegisterReading:
-        """The conversion is over: the whole reading (its fingerprint read now if not yet)."""
+    def release(self) -> None:
+        """The conversion is over: the fingerprint may be read now, beside what follows."""
         self._converted.set()
+
+    def finish(self) -> RegisterReading:
+        """The whole reading (its fingerprint read now if not yet)."""
+        self.release()
         return self.result()
 
     def _census_taken(self, census: Census) -> None:

@@ -133,11 +133,13 @@ def start_run(
     run_id: str,
     started: datetime,
     comparison: PlanComparison | None,
+    back_in_service: Callable[[], None],
 ) -> WorkersReport:
     """A new run: everything it decides before converting, then the conversion beside the reading
     of the register as it was (census, the plan's records, fingerprint); the first commit waits
     for that reading's verdict. With workers, the partitions left after that first commit are
-    theirs."""
+    theirs. Once they are converted, ``back_in_service()`` (the history's indexes) runs while
+    the fingerprint is read from the snapshot."""
     profile, cutoff, register, progress, plan = (
         req.profile,
         req.cutoff,
@@ -261,6 +263,8 @@ def start_run(
                     report.batches += shared.batches
                     report.failures += shared.failures
             # the register is back in service; the fingerprint is read from the snapshot
+            reading_beside.release()
+            back_in_service()
             store_fingerprint(conn, run_id, reading_beside.finish().fingerprint)
             conn.commit()
             return report

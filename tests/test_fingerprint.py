@@ -268,3 +268,37 @@ def test_sqlite_reads_a_copy_that_is_gone_after_the_run(sqlite_url: str, sample_
     assert result.fingerprint == before
     assert not copy.exists()
     engine.dispose()
+
+
+def test_a_plan_takes_each_row_from_its_chunk_or_row_by_row_where_a_value_holds_a_newline(
+    engine: Engine, tmp_path: Path, small_chunks: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rehearsal's row digests are cut from each chunk's lines; a chunk whose lines and rows do
+    not tally (an address of two lines) is read again row by row: the digests, blocks and
+    fingerprint are those of reading every row one at a time."""
+    rows = [
+        person(ident("330211", "19800101", 2 * i + 1), "2", household=f"H{i}") for i in range(30)
+    ]
+    rows[9]["住址"] = "第一行\n第二行"
+    import_register(engine, write_register(tmp_path / "r.csv", rows))
+    again: list[tuple[Any, Any]] = []
+
+    def counted(conn: Connection, register: RegisterMap, after: Any, upto: Any) -> Iterator[Any]:
+        again.append((after, upto))
+        return read_rows(conn, register, after, upto)
+
+    monkeypatch.setattr(fingerprint, "read_rows", counted)
+    digests: list[tuple[str, str]] = []
+    blocks: list[fingerprint.Block] = []
+    with engine.connect() as conn:
+        fp = register_fingerprint(
+            conn, BUILTIN_REGISTER, on_row=lambda k, d: digests.append((k, d)), blocks=blocks
+        )
+        expected = [
+            (str(k), fingerprint.row_digest(text[:-1]))
+            for k, text in read_rows(conn, BUILTIN_REGISTER)
+        ]
+        whole = _row_by_row(conn, BUILTIN_REGISTER)
+    assert digests == expected and fp == whole
+    assert again == [(7, 14)]  # only the chunk of record 10: the rows after 7 up to 14
+    assert [(b.last_key, b.rows) for b in blocks] == [("30", 30)]

@@ -582,3 +582,33 @@ def test_the_same_table_named_with_its_schema_is_the_same_register(
         run_cutover(engine, profile, later, register=load_mapping(engine, named))
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(schema.runs)).scalar_one() == 1
+
+
+def test_workers_convert_a_legacy_table_in_place_as_one_process_would(
+    two_db_urls: tuple[str, str], tmp_path: Path, text_key: bool
+) -> None:
+    """Partitions of a legacy table's own key, text (cut at every n-th key) or integer (equal
+    spans of its values), shared by two workers: every code as one process converts it."""
+    from hukou_convert.db import make_engine, parse_url
+
+    url, straight_url = two_db_urls
+    if url.startswith("sqlite"):
+        pytest.skip("SQLite takes one writer at a time: --workers is for the servers")
+    codes = []
+    for target, workers in ((straight_url, 1), (url, 2)):
+        engine = make_engine(parse_url(target))
+        (tmp_path / str(workers)).mkdir()
+        reg, profile, cutoff = _setup(engine, tmp_path / str(workers), text_key=text_key)
+        run = run_cutover(engine, profile, cutoff, register=reg, batch_size=7, workers=workers)
+        assert verify_run(engine, run.run_id).ok
+        codes.append(_codes(engine, text_key))
+        with engine.connect() as conn:
+            parts = conn.execute(
+                select(schema.run_partitions.c.state).where(
+                    schema.run_partitions.c.run_id == run.run_id
+                )
+            ).all()
+        assert len(parts) == (8 if workers == 2 else 0)
+        assert {p.state for p in parts} <= {"done"}
+        engine.dispose()
+    assert codes[1] == codes[0] and codes[0] != {}
