@@ -328,7 +328,12 @@ def fresh_url(kind: str, work: Path, template: str | None = None) -> tuple[str, 
         db = work / f"bench-{uuid.uuid4().hex[:8]}.db"
         if template is not None:
             shutil.copyfile(template.removeprefix("sqlite:///"), db)
-        return f"sqlite:///{db}", lambda: db.unlink(missing_ok=True)
+
+        def remove() -> None:
+            for leftover in (db, Path(f"{db}.lock"), Path(f"{db}-journal")):
+                leftover.unlink(missing_ok=True)
+
+        return f"sqlite:///{db}", remove
     name = f"hk_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -380,10 +385,12 @@ def main() -> None:
     register = args.work / f"register-{args.persons}.csv"
     if not register.exists():
         t = time.perf_counter()
-        with register.open("w", encoding="utf-8", newline="") as fh:
+        partial = register.with_suffix(".partial")  # renamed once whole: a killed run leaves none
+        with partial.open("w", encoding="utf-8", newline="") as fh:
             writer = csv.DictWriter(fh, PERSON_HEADER)
             writer.writeheader()
             writer.writerows(generate_persons(SampleOptions(("330211",), args.persons, seed=7)))
+        partial.replace(register)
         print(f"generated {register} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
 
     drops = []

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 
 from hukou_convert import fingerprint, plan, schema
-from hukou_convert.cutover import rehearse, run_cutover
+from hukou_convert.cutover import CutoverResult, rehearse, run_cutover
 from hukou_convert.db import make_engine, parse_url
 from hukou_convert.errors import PlanMismatchError
 from hukou_convert.fingerprint import read_rows, register_fingerprint
@@ -123,13 +123,7 @@ def test_only_the_blocks_that_differ_are_read_again_record_by_record(
     plan_path = _edited_plan(engine, sample_csv, tmp_path)
     blocks = json.loads(plan_path.read_text(encoding="utf-8"))["blocks"]
     assert [b[0] for b in blocks] == ["50", "100", "150", "200", "250", "300", str(SAMPLE_ROWS)]
-    ranges: list[tuple[Any, Any]] = []
-
-    def counted(conn: Connection, register: RegisterMap, after: Any, upto: Any) -> Iterator[Any]:
-        ranges.append((after, upto))
-        return read_rows(conn, register, after, upto)
-
-    monkeypatch.setattr(plan, "read_rows", counted)
+    ranges = _rereads(monkeypatch, plan)
     before = table_dump(engine)
     with pytest.raises(PlanMismatchError) as err:
         run_cutover(engine, ZHENHAI, CUTOFF, expect=plan_path)
@@ -192,6 +186,37 @@ class _Watch:
             return len(conn.execute(select(schema.runs.c.run_id)).all())
 
 
+def _runs_seen_at_the_fingerprint(
+    engine: Engine, waiting_for: str, **options: Any
+) -> tuple[list[int], CutoverResult]:
+    """A cutover whose fingerprint, at its first rows, waits for the conversion to have
+    ``converting`` (a batch converted) or ``converted`` (its last batch committed), then notes
+    how many runs an outside connection sees."""
+    watch = _Watch(engine)
+    seen: list[int] = []
+
+    def look() -> None:
+        assert getattr(watch, waiting_for).wait(30), f"the conversion is not {waiting_for}"
+        seen.append(watch.runs_seen())
+
+    watch.on_fingerprint = look
+    result = run_cutover(engine, ZHENHAI, CUTOFF, batch_size=40, progress=watch, **options)
+    watch.outside.dispose()
+    return seen, result
+
+
+def _rereads(monkeypatch: pytest.MonkeyPatch, module: Any) -> list[tuple[Any, Any]]:
+    """The key ranges ``module`` reads again row by row."""
+    ranges: list[tuple[Any, Any]] = []
+
+    def counted(conn: Connection, register: RegisterMap, after: Any, upto: Any) -> Iterator[Any]:
+        ranges.append((after, upto))
+        return read_rows(conn, register, after, upto)
+
+    monkeypatch.setattr(module, "read_rows", counted)
+    return ranges
+
+
 def test_nothing_is_committed_before_the_census_is_taken(
     engine: Engine, sample_csv: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -223,16 +248,7 @@ def test_the_fingerprint_is_the_register_before_the_run_though_the_run_commits_m
     read from the snapshot taken before the run's writes."""
     import_register(engine, sample_csv)
     before = rehearse(engine, ZHENHAI, CUTOFF).fingerprint
-    watch = _Watch(engine)
-    seen: list[int] = []
-
-    def after_the_last_commit() -> None:
-        assert watch.converted.wait(30), "the conversion waited for the fingerprint"
-        seen.append(watch.runs_seen())
-
-    watch.on_fingerprint = after_the_last_commit
-    result = run_cutover(engine, ZHENHAI, CUTOFF, batch_size=40, progress=watch)
-    watch.outside.dispose()
+    seen, result = _runs_seen_at_the_fingerprint(engine, "converted")
     assert seen == [1]  # the run and its batches committed while the fingerprint was being read
     assert result.fingerprint == before
     assert verify_run(engine, result.run_id).ok
@@ -244,16 +260,7 @@ def test_held_to_a_plan_nothing_is_committed_before_every_record_is_compared(
     import_register(engine, sample_csv)
     plan_path = rehearse(engine, ZHENHAI, CUTOFF, plan_dir=tmp_path).plan_path
     assert plan_path is not None
-    watch = _Watch(engine)
-    seen: list[int] = []
-
-    def while_comparing() -> None:
-        assert watch.converting.wait(30), "the conversion did not start beside the comparison"
-        seen.append(watch.runs_seen())
-
-    watch.on_fingerprint = while_comparing
-    result = run_cutover(engine, ZHENHAI, CUTOFF, batch_size=40, progress=watch, expect=plan_path)
-    watch.outside.dispose()
+    seen, result = _runs_seen_at_the_fingerprint(engine, "converting", expect=plan_path)
     assert seen == [0]
     assert result.plan_comparison is not None and result.plan_comparison.matches
 
@@ -281,13 +288,7 @@ def test_a_plan_takes_each_row_from_its_chunk_or_row_by_row_where_a_value_holds_
     ]
     rows[9]["住址"] = "第一行\n第二行"
     import_register(engine, write_register(tmp_path / "r.csv", rows))
-    again: list[tuple[Any, Any]] = []
-
-    def counted(conn: Connection, register: RegisterMap, after: Any, upto: Any) -> Iterator[Any]:
-        again.append((after, upto))
-        return read_rows(conn, register, after, upto)
-
-    monkeypatch.setattr(fingerprint, "read_rows", counted)
+    again = _rereads(monkeypatch, fingerprint)
     digests: list[tuple[str, str]] = []
     blocks: list[fingerprint.Block] = []
     with engine.connect() as conn:

@@ -40,6 +40,7 @@ def _cli(url: str, *args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        start_new_session=True,  # its worker processes, if any, in its process group
     )
 
 

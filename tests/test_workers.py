@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +30,7 @@ from hukou_convert.sample import SampleOptions, write_sample
 from hukou_convert.verify import verify_run
 
 from .helpers import conversion_state
+from .test_resume import _cli
 
 ZHENHAI = BUILTIN_PROFILES["zhenhai"]
 CUTOFF = resolve_cutoff(ZHENHAI, None)
@@ -124,18 +124,6 @@ def test_a_claimed_partition_is_skipped_by_the_next_claim(db_url: str, register_
         second.rollback()
         first.rollback()
     engine.dispose()
-
-
-def _cli(url: str, *args: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if k != "HUKOU_DB"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "hukou_convert", *args, "--db", url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,  # its worker processes in its process group
-    )
 
 
 CUTOVER = ("cutover", "-p", "zhenhai", "--yes", "-q", "--batch-size", "20", "--workers", "2")
