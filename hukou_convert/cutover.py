@@ -69,6 +69,7 @@ from .partitions import (
     convert_with_workers,
     done_partition_rows,
     is_partitioned,
+    release_started,
 )
 from .plan import (
     PlanComparison,
@@ -408,6 +409,7 @@ def _resume(
         partitioned = is_partitioned(conn, conversion.run_id)
         if not partitioned:
             return WorkersReport(convert_batches(conn, conversion, WHOLE, advance))
+        release_started(engine, conversion.run_id)
         advance(done_partition_rows(conn, conversion))
     return convert_with_workers(engine, conversion, workers, advance)
 

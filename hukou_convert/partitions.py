@@ -8,7 +8,12 @@ converts the partition on a second connection, batch by batch (each batch its ow
 its ledger row, as in a run of one process), then marks it done in the claiming transaction. A
 worker that dies releases its claim with its connection: the partition is claimed again and resumed
 from its last committed batch. The run that started the workers converts whatever they left, then
-completes the run (indexes, verification's counts, the report).
+completes the run (indexes, verification's counts, the report), once no partition is pending: it
+waits for those another process still holds (a ``join`` on another machine, a worker of an earlier
+attempt). The partitions the run's own process converts from its first transaction on are marked
+``started``, never claimable: only a resumed run (which holds the run's lock, so that process is
+gone) puts them back to pending. A worker claims only while the run is ``running``; a rollback
+holds every partition's row lock while it restores, so no worker converts beside it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import multiprocessing.connection
 import os
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +42,7 @@ from .register import RegisterMap
 from .runs import find_run, run_codes, run_profile, run_register
 
 P = schema.run_partitions
+RUNS = schema.runs
 PARTITIONS_PER_WORKER = 4  # more partitions than workers: a slow one does not hold the run up
 
 
@@ -101,6 +108,28 @@ def store_partitions(conn: Connection, run_id: str, ranges: list[KeyRange]) -> N
     )
 
 
+def mark_started(conn: Connection, run_id: str, part: KeyRange) -> None:
+    """The run's own process converts ``part`` (in the run's first transaction): no worker may
+    claim it, even after the first commit releases the row."""
+    conn.execute(
+        update(P)
+        .where(P.c.run_id == run_id, P.c.partition_no == part.partition_no)
+        .values(state="started", worker=worker_name())
+    )
+
+
+def release_started(engine: Engine, run_id: str) -> None:
+    """A resumed run (holding the run's lock: the process that started these is gone): the
+    partitions it left ``started`` are pending again, resumed from their last batch."""
+    with engine.connect() as conn:
+        if _mysql(engine):  # passes over the rows workers hold rather than wait for them
+            conn = conn.execution_options(isolation_level="READ COMMITTED")
+        conn.execute(
+            update(P).where(P.c.run_id == run_id, P.c.state == "started").values(state="pending")
+        )
+        conn.commit()
+
+
 def mark_done(conn: Connection, run_id: str, part: KeyRange) -> None:
     conn.execute(
         update(P)
@@ -162,23 +191,97 @@ def claim_partition(conn: Connection, run_id: str) -> KeyRange | None:
     return None if row is None else KeyRange(int(row.partition_no), row.after_key, row.last_key)
 
 
+def _is_running(conn: Connection, run_id: str) -> bool:
+    return conn.execute(select(RUNS.c.status).where(RUNS.c.run_id == run_id)).scalar() == "running"
+
+
+def _mysql(engine: Engine) -> bool:
+    return engine.dialect.name in ("mysql", "mariadb")
+
+
+def as_worker(conn: Connection) -> Connection:
+    """A worker's connection: on MySQL/MariaDB at READ COMMITTED, with no gap locks and no lock
+    on a row it reads but does not take (two workers' neighbouring key ranges, a partition
+    another process started, never wait for each other)."""
+    if _mysql(conn.engine):
+        return conn.execution_options(isolation_level="READ COMMITTED")
+    return conn
+
+
 def claim_and_convert(engine: Engine, run: RunConversion, advance: Advance) -> int:
     """Claim pending partitions of the run one after another and convert each; return when none
-    is left to claim (others may still be converting theirs). Returns the number of batches."""
+    is left to claim (others may still be converting theirs) or the run is no longer running (a
+    rollback began). Returns the number of batches."""
     batches = 0
-    with engine.connect() as claim, engine.connect() as work:
-        if engine.dialect.name in ("mysql", "mariadb"):
-            # no gap locks: two workers' neighbouring key ranges never wait for each other
-            claim = claim.execution_options(isolation_level="READ COMMITTED")
-            work = work.execution_options(isolation_level="READ COMMITTED")
+    with engine.connect() as claim_conn, engine.connect() as work_conn:
+        claim, work = as_worker(claim_conn), as_worker(work_conn)
         while True:
             part = claim_partition(claim, run.run_id)
-            if part is None:
+            # read after the claim: a rollback sets its status before it waits for every
+            # partition's lock, so a claim it did not wait for sees the status it set
+            if part is None or not _is_running(claim, run.run_id):
                 claim.rollback()
                 return batches
             batches += convert_batches(work, run, part, advance)
             mark_done(claim, run.run_id, part)
             claim.commit()
+
+
+@contextlib.contextmanager
+def _waiting(engine: Engine) -> Iterator[Connection]:
+    """A connection whose row locks wait as long as it takes (a partition takes minutes) and
+    read what was committed last."""
+    with engine.connect() as conn:
+        if not _mysql(engine):
+            yield conn
+            return
+        conn = conn.execution_options(isolation_level="READ COMMITTED")
+        conn.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = 86400")
+        try:
+            yield conn
+        finally:
+            conn.rollback()
+            conn.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = DEFAULT")
+
+
+def _wait_for_held(engine: Engine, run_id: str) -> bool:
+    """Wait until no process holds a pending partition of the run; False when none is pending
+    (or the run stopped running)."""
+    with _waiting(engine) as conn:
+        pending = P.c.run_id == run_id, P.c.state == "pending"
+        if not _is_running(conn, run_id) or (
+            conn.execute(select(P.c.partition_no).where(*pending).limit(1)).first() is None
+        ):
+            conn.rollback()
+            return False
+        conn.execute(select(P.c.partition_no).where(*pending).with_for_update()).all()
+        conn.rollback()
+        return True
+
+
+def convert_pending(engine: Engine, run: RunConversion, advance: Advance) -> int:
+    """Every partition still pending converted here: those no one holds at once, those another
+    process holds (a ``join``, a worker of an earlier attempt) waited for, and converted here if
+    it let them go undone. The run completes only after this."""
+    batches = claim_and_convert(engine, run, advance)
+    while _wait_for_held(engine, run.run_id):
+        batches += claim_and_convert(engine, run, advance)
+    return batches
+
+
+@contextlib.contextmanager
+def partitions_held(engine: Engine, run_id: str) -> Iterator[None]:
+    """A rollback: every partition of the run locked (waiting for the workers converting one)
+    and held until the rollback ends, so no worker claims one beside it."""
+    if engine.dialect.name == "sqlite":  # never split; a reader would block SQLite's writer
+        yield
+        return
+    with _waiting(engine) as conn:
+        conn.execute(select(P.c.partition_no).where(P.c.run_id == run_id).with_for_update()).all()
+        try:
+            yield
+        finally:
+            conn.rollback()
 
 
 @dataclass
@@ -267,8 +370,9 @@ class Workers:
         for child, _, _ in self._children:
             if child.exitcode != 0 and not any(child.name in f for f in self.report.failures):
                 self.report.failures.append(f"{child.name} ended with exit code {child.exitcode}")
-        # a partition whose worker died, released with its connection: converted here
-        self.report.batches += claim_and_convert(self._engine, run, self._advance)
+        # a partition whose worker died, released with its connection, or one that another
+        # process still holds: converted here, or waited for
+        self.report.batches += convert_pending(self._engine, run, self._advance)
         return self.report
 
 

@@ -205,13 +205,8 @@ def load_plan(path: Path) -> Plan:
     return plan
 
 
-class RecordComparer:
-    """Merge-joins the register's row digests (fed in key order) with the plan's (``expected``:
-    all of them, or those of one key range)."""
-
-    def __init__(self, expected: Iterator[tuple[str, str]]) -> None:
-        self._plan = expected
-        self._pending: tuple[str, str] | None = next(self._plan, None)
+class _Differences:
+    def __init__(self) -> None:
         self.shown: list[Difference] = []
         self.count = 0
 
@@ -219,6 +214,38 @@ class RecordComparer:
         self.count += 1
         if len(self.shown) < SHOWN_RECORDS:
             self.shown.append(Difference("record", key, expected, actual))
+
+
+class BlockComparer(_Differences):
+    """The register's row digests in one of the plan's blocks against the plan's, matched by key
+    (at most one block's records held): whatever order the database's collation gives."""
+
+    def __init__(self, expected: Iterator[tuple[str, str]]) -> None:
+        super().__init__()
+        self._planned = dict(expected)
+
+    def __call__(self, key: str, digest: str) -> None:
+        planned = self._planned.pop(key, None)
+        if planned is None:
+            self._note(key, "absent at the rehearsal", "added since")
+        elif planned != digest:
+            self._note(key, "as at the rehearsal", "changed since")
+
+    def finish(self) -> None:
+        for key in self._planned:
+            self._note(key, "present at the rehearsal", "removed since")
+        self._planned.clear()
+
+
+class RecordComparer(_Differences):
+    """Merge-joins the register's row digests (fed in key order) with the plan's (``expected``:
+    all of them): a plan written before plans had blocks. Its order is numeric for keys of
+    digits, else by code point, as the database gives it for integer keys."""
+
+    def __init__(self, expected: Iterator[tuple[str, str]]) -> None:
+        super().__init__()
+        self._plan = expected
+        self._pending: tuple[str, str] | None = next(self._plan, None)
 
     def __call__(self, key: str, digest: str) -> None:
         target = _sort_key(key)
@@ -286,8 +313,11 @@ def compare_records(
         for lo, hi, start, in_plan in differing:
             for _ in itertools.islice(expected, start - consumed):
                 pass
-            in_range = expected if in_plan is None else itertools.islice(expected, in_plan)
-            comparer = RecordComparer(iter(in_range))
+            comparer: BlockComparer | RecordComparer = (
+                RecordComparer(expected)
+                if in_plan is None
+                else BlockComparer(itertools.islice(expected, in_plan))
+            )
             for record_key, data in read_rows(conn, register, lo, hi):
                 comparer(str(record_key), row_digest(data[:-1]))
             comparer.finish()

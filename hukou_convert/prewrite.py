@@ -189,7 +189,7 @@ class ReadingBeside:
         copy = Path(path + ".hukou-read")
         try:
             _copy_sqlite(path, copy)
-        except OSError:
+        except (OSError, sqlite3.Error):  # read before converting instead
             _remove(copy)
             return None
         self._copy = copy
@@ -199,6 +199,8 @@ class ReadingBeside:
 def _copy_sqlite(path: str, copy: Path) -> None:
     """The database file as it is now, copied under a read lock (no writer commits meanwhile)."""
     _remove(copy)
+    # it holds every ID number: readable by the operator only (SQLite gives its journal the same)
+    os.close(os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     source = sqlite3.connect(path, timeout=60)
     try:
         source.execute("BEGIN")
@@ -218,6 +220,6 @@ def _copy_sqlite(path: str, copy: Path) -> None:
 
 
 def _remove(copy: Path) -> None:
-    for leftover in (copy, Path(f"{copy}-journal")):
+    for leftover in (copy, *(Path(f"{copy}-{end}") for end in ("journal", "wal", "shm"))):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(leftover)

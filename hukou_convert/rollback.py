@@ -35,6 +35,7 @@ from .db import translate_errors
 from .errors import Aborted, ChangedSinceCutoverError, RegisterStateError
 from .inflight import reopen_decisions, undo_applied
 from .instants import now
+from .partitions import partitions_held
 from .progress import Progress, no_progress
 from .register import RecordKey, RegisterMap
 from .runlock import live_run_lock
@@ -156,7 +157,27 @@ def _locked_rollback(
                 raise RegisterStateError(
                     f"run {run_id} cannot be rolled back (status {run.status})"
                 )
-    batches, restored = _restore_batches(engine, reg, run_id, batch_size, to_restore, progress)
+    # a worker of a run split into partitions (a 'join' of a run whose own process died) may
+    # still be converting one: wait for it, and let no worker claim another while restoring
+    with partitions_held(engine, run_id):
+        batches, restored = _restore_batches(engine, reg, run_id, batch_size, to_restore, progress)
+        total = _finish_rollback(engine, reg, run_id, len(changed))
+    return RollbackResult(
+        run_id,
+        outcome,
+        restored=total,
+        skipped_changed=len(changed),
+        changed_records=[reg.key_of(r) for r in changed[:SHOWN_CHANGED]],
+        batches=batches,
+        started_at=started,
+        finished_at=now(),
+    )
+
+
+def _finish_rollback(engine: Engine, reg: RegisterMap, run_id: str, skipped: int) -> int:
+    """The decisions the run applied reopened, the run marked reverted; returns the records
+    restored over every attempt."""
+    hk = reg.ours(H)
     with engine.begin() as conn:
         total = conn.execute(
             select(func.coalesce(func.sum(B.c.restored), 0)).where(B.c.run_id == run_id)
@@ -175,18 +196,9 @@ def _locked_rollback(
         conn.execute(
             update(RUNS)
             .where(RUNS.c.run_id == run_id)
-            .values(status="reverted", reverted_at=now(), rollback_skipped=len(changed))
+            .values(status="reverted", reverted_at=now(), rollback_skipped=skipped)
         )
-    return RollbackResult(
-        run_id,
-        outcome,
-        restored=int(total),
-        skipped_changed=len(changed),
-        changed_records=[reg.key_of(r) for r in changed[:SHOWN_CHANGED]],
-        batches=batches,
-        started_at=started,
-        finished_at=now(),
-    )
+    return int(total)
 
 
 def _count(conn: Connection, *where: ColumnElement[bool]) -> int:

@@ -62,6 +62,7 @@ from .partitions import (
     Workers,
     WorkersReport,
     mark_done,
+    mark_started,
     partition_ranges,
     store_partitions,
 )
@@ -253,6 +254,8 @@ def start_run(
                 for part in ranges:
                     if gate.open and len(ranges) > 1:
                         break
+                    if len(ranges) > 1:  # no worker claims it once the first commit is made
+                        mark_started(conn, run_id, part)
                     report.batches += convert_batches(conn, conversion, part, advance, gate)
                     if len(ranges) > 1:
                         mark_done(conn, run_id, part)

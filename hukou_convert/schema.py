@@ -222,8 +222,9 @@ run_partitions = Table(
     Column("partition_no", Integer, nullable=False),  # 1, 2, … in key order
     Column("after_key", String(64)),  # keys after this one (NULL: from the first)
     Column("last_key", String(64)),  # up to this one (NULL: to the last)
-    Column("state", String(10), nullable=False),  # pending | done
-    Column("worker", String(160)),  # host and pid of the worker that finished it
+    # pending | started (by the run's own process, never claimed) | done
+    Column("state", String(10), nullable=False),
+    Column("worker", String(160)),  # host and pid of the worker that started or finished it
     Column("finished_at", Instant),
     PrimaryKeyConstraint("run_id", "partition_no"),
     **_mysql,
@@ -418,6 +419,16 @@ def ensure_schema(engine: Engine) -> None:
             "this database's hukou tables were created by an earlier hukou-convert and lack"
             f" columns ({listed}): rehearse on a fresh database, or add them"
         )
+    for table in metadata.sorted_tables:
+        ours = [c.name for c in table.primary_key.columns]
+        # none: a key a first cutover defers (the history's, on PostgreSQL) until its end
+        theirs = inspector.get_pk_constraint(table.name).get("constrained_columns") or []
+        if theirs and theirs != ours:
+            raise RegisterStateError(
+                f"this database's {table.name} was created by an earlier hukou-convert: its"
+                f" primary key is ({', '.join(theirs)}), not ({', '.join(ours)}); rehearse on a"
+                " fresh database"
+            )
 
 
 def has_register(engine: Engine) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 
-from hukou_convert import fingerprint, plan, schema
+from hukou_convert import fingerprint, plan, prewrite, schema
 from hukou_convert.cutover import CutoverResult, rehearse, run_cutover
 from hukou_convert.db import make_engine, parse_url
 from hukou_convert.errors import PlanMismatchError
@@ -265,13 +266,24 @@ def test_held_to_a_plan_nothing_is_committed_before_every_record_is_compared(
     assert result.plan_comparison is not None and result.plan_comparison.matches
 
 
-def test_sqlite_reads_a_copy_that_is_gone_after_the_run(sqlite_url: str, sample_csv: Path) -> None:
+def test_sqlite_reads_a_copy_only_its_owner_can_read_that_is_gone_after_the_run(
+    sqlite_url: str, sample_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     engine = make_engine(parse_url(sqlite_url))
     import_register(engine, sample_csv)
     before = rehearse(engine, ZHENHAI, CUTOFF).fingerprint
     copy = Path(str(engine.url.database) + ".hukou-read")
     copy.write_bytes(b"left by a run killed while it read")
+    modes: list[int] = []
+    copy_sqlite = prewrite._copy_sqlite
+
+    def copied(path: str, to: Path) -> None:
+        copy_sqlite(path, to)
+        modes.append(stat.S_IMODE(to.stat().st_mode))
+
+    monkeypatch.setattr(prewrite, "_copy_sqlite", copied)
     result = run_cutover(engine, ZHENHAI, CUTOFF)
+    assert modes == [0o600]  # the register was read from the copy, not before converting
     assert result.fingerprint == before
     assert not copy.exists()
     engine.dispose()

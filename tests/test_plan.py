@@ -14,6 +14,7 @@ from hukou_convert import schema
 from hukou_convert.cutover import rehearse, run_cutover
 from hukou_convert.errors import PlanMismatchError
 from hukou_convert.ingest import ImportMode, import_applications, import_register
+from hukou_convert.plan import BlockComparer
 from hukou_convert.profiles import BUILTIN_PROFILES, resolve_cutoff
 
 from .conftest import SAMPLE
@@ -176,3 +177,20 @@ def test_a_run_that_differs_from_its_plan_exits_15(
     result = runner.invoke(cli, [*args, "--expect", str(plan), "--accept-changes"])
     assert result.exit_code == 15, result.output
     assert "completed, but" in result.stderr and "DIFFERS" in result.stdout
+
+
+def test_a_block_is_compared_by_key_in_whatever_order_the_database_sorts_text_keys() -> None:
+    """Text keys of digits in a text column: the database orders "10" before "2". A removed, an
+    added and a changed record are each named once, and nothing else."""
+    planned = [("1", "a"), ("10", "b"), ("11", "c"), ("2", "d"), ("3", "e")]
+    now_read = [("1", "a"), ("11", "c"), ("12", "f"), ("2", "changed"), ("3", "e")]
+    comparer = BlockComparer(iter(planned))
+    for key, digest in now_read:
+        comparer(key, digest)
+    comparer.finish()
+    assert comparer.count == 3
+    assert sorted((d.key, d.actual) for d in comparer.shown) == [
+        ("10", "removed since"),
+        ("12", "added since"),
+        ("2", "changed since"),
+    ]

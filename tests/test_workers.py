@@ -16,14 +16,22 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Column, Engine, MetaData, PrimaryKeyConstraint, Table, func, select
 
 from hukou_convert import schema
 from hukou_convert.cli import cli
+from hukou_convert.conversion import convert_batches
 from hukou_convert.cutover import run_cutover
 from hukou_convert.db import make_engine, parse_url
+from hukou_convert.errors import RegisterStateError
 from hukou_convert.ingest import import_register
-from hukou_convert.partitions import claim_partition
+from hukou_convert.partitions import (
+    as_worker,
+    claim_and_convert,
+    claim_partition,
+    mark_done,
+    run_conversion,
+)
 from hukou_convert.profiles import BUILTIN_PROFILES, resolve_cutoff
 from hukou_convert.progress import Advance
 from hukou_convert.sample import SampleOptions, write_sample
@@ -143,6 +151,17 @@ def _wait(check: Any, proc: subprocess.Popen[str], what: str) -> None:
     raise AssertionError(f"no {what} within 120 s")
 
 
+def _batches_by_partition(engine: Engine) -> dict[int, int]:
+    B = schema.run_batches
+    with engine.connect() as conn:
+        return {
+            int(no): int(n)
+            for no, n in conn.execute(
+                select(B.c.partition_no, func.count()).group_by(B.c.partition_no)
+            )
+        }
+
+
 def _committed(engine: Engine) -> int:
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(schema.run_batches)).scalar_one())
@@ -212,19 +231,26 @@ def test_a_killed_run_resumes_partition_by_partition_and_join_helps(
     run_id = _killed_after_first_commit(url, engine)
     pending = [no for no, state, _ in _partitions(engine) if state == "pending"]
     assert pending  # really killed mid-run
+    # the partition the run's own process was converting is no worker's to claim
+    started = [no for no, state, _ in _partitions(engine) if state == "started"]
+    assert started == [1]
 
     joined = _cli(url, "join", "-q")
     out, err = joined.communicate(timeout=300)
     assert joined.returncode == 0, err
     assert f"joined run {run_id}" in out
-    assert {state for _, state, _ in _partitions(engine)} == {"done"}
-    batches = _committed(engine)
+    assert {no for no, state, _ in _partitions(engine) if state != "done"} == {1}
+    after_join = _batches_by_partition(engine)
 
     again = _cli(url, *CUTOVER)
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
     assert "resumed and completed" in out
-    assert _committed(engine) == batches  # join had converted everything
+    assert {state for _, state, _ in _partitions(engine)} == {"done"}
+    resumed = _batches_by_partition(engine)
+    assert resumed[1] > after_join[1]  # the rest of partition 1, resumed by the run
+    del resumed[1], after_join[1]
+    assert resumed == after_join  # join had converted every other partition
     assert conversion_state(engine) == expected
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(schema.runs)).scalar_one() == 1
@@ -248,4 +274,112 @@ def test_join_without_a_partitioned_run_exits_5(db_url: str, register_csv: Path)
     result = CliRunner().invoke(cli, ["join", "-q", "--db", db_url])
     assert result.exit_code == 5
     assert "not an unfinished run split into partitions" in result.stderr
+    engine.dispose()
+
+
+def _register_state(engine: Engine) -> list[tuple[Any, ...]]:
+    R = schema.register
+    with engine.connect() as conn:
+        return [
+            tuple(r)
+            for r in conn.execute(
+                select(R.c.record_id, R.c.hukou_type, R.c.household_category).order_by(
+                    R.c.record_id
+                )
+            )
+        ]
+
+
+def _status(engine: Engine, run_id: str) -> str:
+    with engine.connect() as conn:
+        return str(
+            conn.execute(
+                select(schema.runs.c.status).where(schema.runs.c.run_id == run_id)
+            ).scalar_one()
+        )
+
+
+def test_the_run_completes_only_once_a_partition_another_process_holds_is_done(
+    two_db_urls: tuple[str, str], register_csv: Path
+) -> None:
+    """A killed run resumed while a ``join`` (here: a claim held on a connection of the test)
+    still holds a partition: the run waits for it rather than complete without it, and converts
+    it when its holder lets it go undone."""
+    url, straight_url = two_db_urls
+    _servers_only(url)
+    expected = _straight(straight_url, register_csv)
+    engine = make_engine(parse_url(url))
+    import_register(engine, register_csv)
+    run_id = _killed_after_first_commit(url, engine)
+    with engine.connect() as conn:
+        holder = as_worker(conn)
+        held = claim_partition(holder, run_id)
+        assert held is not None
+        again = _cli(url, *CUTOVER)
+
+        def others() -> bool:
+            return {no for no, st, _ in _partitions(engine) if st != "done"} == {held.partition_no}
+
+        _wait(others, again, "every other partition done")
+        time.sleep(1.0)
+        assert again.poll() is None  # waiting for the held partition
+        assert _status(engine, run_id) == "running"
+        holder.rollback()  # its holder ends without converting it
+    _out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert {state for _, state, _ in _partitions(engine)} == {"done"}
+    assert conversion_state(engine) == expected
+    assert verify_run(engine).ok
+    engine.dispose()
+
+
+def test_a_rollback_waits_for_a_worker_and_no_worker_claims_after_it(
+    db_url: str, register_csv: Path, tmp_path: Path
+) -> None:
+    """A run whose own process died, rolled back while a worker (``join``) still converts a
+    partition: the rollback waits for it and restores its records too; a worker that claims
+    afterwards finds the run no longer running and converts nothing."""
+    _servers_only(db_url)
+    engine = make_engine(parse_url(db_url))
+    import_register(engine, register_csv)
+    before = _register_state(engine)
+    run_id = _killed_after_first_commit(db_url, engine)
+    conversion = run_conversion(engine, run_id)
+    with engine.connect() as claim_conn, engine.connect() as work_conn:
+        claim, work = as_worker(claim_conn), as_worker(work_conn)
+        held = claim_partition(claim, run_id)
+        assert held is not None
+        rollback = _cli(db_url, "rollback", "--run", run_id, "--yes", "-q", "--out", str(tmp_path))
+        _wait(lambda: _status(engine, run_id) == "rolling_back", rollback, "the rollback's start")
+        # the worker converts its partition after the rollback began
+        assert convert_batches(work, conversion, held, lambda _n: None) > 0
+        mark_done(claim, run_id, held)
+        claim.commit()
+    _out, err = rollback.communicate(timeout=300)
+    assert rollback.returncode == 0, err
+    assert _status(engine, run_id) == "reverted"
+    assert _register_state(engine) == before  # the worker's records restored too
+    assert [no for no, state, _ in _partitions(engine) if state == "pending"]  # left pending
+    assert claim_and_convert(engine, conversion, lambda _n: None) == 0
+    assert _register_state(engine) == before
+    engine.dispose()
+
+
+def test_a_ledger_of_batches_keyed_as_before_partitions_is_refused(db_url: str) -> None:
+    """An earlier hukou-convert's ledger of batches, keyed (run_id, batch_no): a run split into
+    partitions numbers batches within each, so the database is refused before any run."""
+    engine = make_engine(parse_url(db_url))
+    schema.ensure_schema(engine)
+    old = MetaData()
+    Table(
+        schema.run_batches.name,
+        old,
+        *(Column(c.name, c.type, nullable=c.nullable) for c in schema.run_batches.columns),
+        PrimaryKeyConstraint("run_id", "batch_no"),
+    )
+    with engine.begin() as conn:
+        schema.run_batches.drop(conn)
+    old.create_all(engine)
+    with pytest.raises(RegisterStateError, match=r"primary key is \(run_id, batch_no\)"):
+        schema.ensure_schema(engine)
     engine.dispose()
