@@ -277,7 +277,11 @@ def partitions_held(engine: Engine, run_id: str) -> Iterator[None]:
         yield
         return
     with _waiting(engine) as conn:
-        conn.execute(select(P.c.partition_no).where(P.c.run_id == run_id).with_for_update()).all()
+        query = select(P.c.partition_no).where(P.c.run_id == run_id).with_for_update()
+        if not conn.execute(query).all():  # a run not split: nothing to hold
+            conn.rollback()
+            yield
+            return
         try:
             yield
         finally:
