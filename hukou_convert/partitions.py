@@ -121,9 +121,8 @@ def mark_started(conn: Connection, run_id: str, part: KeyRange) -> None:
 def release_started(engine: Engine, run_id: str) -> None:
     """A resumed run (holding the run's lock: the process that started these is gone): the
     partitions it left ``started`` are pending again, resumed from their last batch."""
-    with engine.connect() as conn:
-        if _mysql(engine):  # passes over the rows workers hold rather than wait for them
-            conn = conn.execution_options(isolation_level="READ COMMITTED")
+    with engine.connect() as opened:
+        conn = as_worker(opened)  # passes over the rows workers hold rather than wait for them
         conn.execute(
             update(P).where(P.c.run_id == run_id, P.c.state == "started").values(state="pending")
         )
@@ -235,7 +234,7 @@ def _waiting(engine: Engine) -> Iterator[Connection]:
         if not _mysql(engine):
             yield conn
             return
-        conn = conn.execution_options(isolation_level="READ COMMITTED")
+        conn = as_worker(conn)
         conn.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = 86400")
         try:
             yield conn

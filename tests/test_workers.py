@@ -179,6 +179,18 @@ def _killed_after_first_commit(url: str, engine: Engine) -> str:
     return str(run.run_id)
 
 
+def _killed_run(two_db_urls: tuple[str, str], register_csv: Path) -> tuple[str, str, Engine, str]:
+    """The register converted by one process on the second database (its conversion state), and
+    on the first a run with workers killed after its first commit: (url, expected state, engine,
+    run id)."""
+    url, straight_url = two_db_urls
+    _servers_only(url)
+    expected = _straight(straight_url, register_csv)
+    engine = make_engine(parse_url(url))
+    import_register(engine, register_csv)
+    return url, expected, engine, _killed_after_first_commit(url, engine)
+
+
 def _worker_pids(coordinator: int) -> list[int]:
     """The worker processes of a run: in its process group, children of its forkserver (the
     forkserver and the resource tracker are the run's own children)."""
@@ -221,14 +233,10 @@ def test_a_killed_worker_leaves_its_partitions_to_the_others(
 def test_a_killed_run_resumes_partition_by_partition_and_join_helps(
     two_db_urls: tuple[str, str], register_csv: Path
 ) -> None:
-    """Every process of a run killed; ``join`` (as from another machine) converts the partitions
-    left; the cutover run again completes the same run with nothing left to convert."""
-    url, straight_url = two_db_urls
-    _servers_only(url)
-    expected = _straight(straight_url, register_csv)
-    engine = make_engine(parse_url(url))
-    import_register(engine, register_csv)
-    run_id = _killed_after_first_commit(url, engine)
+    """Every process of a run killed; ``join`` (as from another machine) converts the pending
+    partitions; the cutover run again completes the same run, converting only the rest of the
+    partition its own process had started."""
+    url, expected, engine, run_id = _killed_run(two_db_urls, register_csv)
     pending = [no for no, state, _ in _partitions(engine) if state == "pending"]
     assert pending  # really killed mid-run
     # the partition the run's own process was converting is no worker's to claim
@@ -305,12 +313,7 @@ def test_the_run_completes_only_once_a_partition_another_process_holds_is_done(
     """A killed run resumed while a ``join`` (here: a claim held on a connection of the test)
     still holds a partition: the run waits for it rather than complete without it, and converts
     it when its holder lets it go undone."""
-    url, straight_url = two_db_urls
-    _servers_only(url)
-    expected = _straight(straight_url, register_csv)
-    engine = make_engine(parse_url(url))
-    import_register(engine, register_csv)
-    run_id = _killed_after_first_commit(url, engine)
+    url, expected, engine, run_id = _killed_run(two_db_urls, register_csv)
     with engine.connect() as conn:
         holder = as_worker(conn)
         held = claim_partition(holder, run_id)
