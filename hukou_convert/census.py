@@ -10,11 +10,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Select,
     Table,
+    and_,
     case,
     false,
     func,
@@ -27,6 +30,33 @@ from .codes import CATEGORY_OF_LABEL, Action, Category, CodeTable, Nature
 from .errors import UnmappedValue
 from .profiles import Profile
 from .register import RegisterMap
+
+# SQLite groups by sorting every row (it has no hash aggregation), and sorting 10M rows costs more
+# per row than sorting 1M (the census of a 10M register: 21.6 s, of 1M: 1.6 s). Grouped a range of
+# keys at a time, the counts added up in Python, each sort stays small: 16.3 s, and 1.4 s at 1M.
+GROUP_RANGE = 1_000_000
+_MAX_RANGES = 10_000  # keys spread thinner than that: one grouped scan
+
+
+def key_ranges(conn: Connection, key: ColumnElement[Any]) -> list[ColumnElement[bool] | None]:
+    """Conditions splitting an integer key into ranges of :data:`GROUP_RANGE` values, to group
+    range by range on SQLite; [None] for one grouped scan (other databases group by hashing; a
+    text key). ``key`` must be the table's rowid (an INTEGER PRIMARY KEY, as in the tool's own
+    tables): a range is then a seek and a contiguous read. Each record falls in one range: counted
+    once, whatever changes between the ranges."""
+    if conn.dialect.name != "sqlite":
+        return [None]
+    # each bound on its own: SQLite reads one end of the rowid for a lone min() or max() only
+    low, high = conn.execute(
+        select(select(func.min(key)).scalar_subquery(), select(func.max(key)).scalar_subquery())
+    ).one()
+    if not isinstance(low, int) or not isinstance(high, int):
+        return [None]
+    if not 2 <= (high - low) // GROUP_RANGE + 1 <= _MAX_RANGES:
+        return [None]
+    return [
+        and_(key >= start, key < start + GROUP_RANGE) for start in range(low, high + 1, GROUP_RANGE)
+    ]
 
 
 def in_scope(table: Table, scope: Iterable[str]) -> ColumnElement[bool]:
@@ -135,27 +165,32 @@ class Census:
 
 
 def take_census(conn: Connection, register: RegisterMap, profile: Profile) -> Census:
-    """One grouped scan of the register."""
+    """One grouped scan of the register (on SQLite, one per range of keys: :func:`key_ranges`)."""
     table = register.table
-    flags = select(
-        case((in_scope(table, profile.scope), literal(1)), else_=literal(0)).label("in_scope"),
-        case((is_active(table, profile.active_statuses), literal(1)), else_=literal(0)).label(
-            "active"
-        ),
-        register.column("hukou_type").label("raw_code"),
-        register.column("household_category").label("category_label"),
-    ).subquery("flags")
-    query = select(
-        flags.c.in_scope,
-        flags.c.active,
-        flags.c.raw_code,
-        flags.c.category_label,
-        func.count().label("records"),
-    ).group_by(flags.c.in_scope, flags.c.active, flags.c.raw_code, flags.c.category_label)
-    lines = [
-        CensusLine(bool(r.in_scope), bool(r.active), r.raw_code, r.category_label, int(r.records))
-        for r in conn.execute(query)
-    ]
+
+    def grouped(within: ColumnElement[bool] | None) -> Select[Any]:
+        flags = select(
+            case((in_scope(table, profile.scope), literal(1)), else_=literal(0)).label("in_scope"),
+            case((is_active(table, profile.active_statuses), literal(1)), else_=literal(0)).label(
+                "active"
+            ),
+            register.column("hukou_type").label("raw_code"),
+            register.column("household_category").label("category_label"),
+        )
+        if within is not None:
+            flags = flags.where(within)
+        sub = flags.subquery("flags")
+        return select(
+            sub.c.in_scope, sub.c.active, sub.c.raw_code, sub.c.category_label, func.count()
+        ).group_by(sub.c.in_scope, sub.c.active, sub.c.raw_code, sub.c.category_label)
+
+    counts: Counter[tuple[bool, bool, str | None, str | None]] = Counter()
+    # a legacy table's key need not be its rowid: grouped in one scan
+    ranges = key_ranges(conn, register.key_column) if register.builtin else [None]
+    for within in ranges:
+        for scoped, active, raw, label, records in conn.execute(grouped(within)):
+            counts[(bool(scoped), bool(active), raw, label)] += int(records)
+    lines = [CensusLine(*line, records) for line, records in counts.items()]
     lines.sort(
         key=lambda x: (not x.in_scope, not x.active, x.raw_code or "", x.category_label or "")
     )

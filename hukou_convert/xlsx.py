@@ -41,11 +41,12 @@ from openpyxl.worksheet.worksheet import Worksheet
 from openpyxl.writer.excel import ExcelWriter
 
 from .instants import to_cst
-from .sheetrows import SheetRows, discard_all, inline_string, moment, number, splice_all
+from .sheetrows import SheetRows, SplicingZipFile, discard_all, inline_string, moment, number
 
 # Excel's limit per sheet, header row included. Tests monkeypatch it to exercise the rollover.
 MAX_SHEET_ROWS = 1_048_576
 MAX_CELL_CHARS = 32_767
+ZIP_LEVEL = 1
 
 RISKY_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n", "＝", "＋", "－", "＠")
 
@@ -379,14 +380,20 @@ def _save(wb: Workbook, fh: Any) -> None:
     collected later, it would try to finish the archive in a closed file and print a traceback."""
     if wb.write_only and not wb.worksheets:
         wb.create_sheet()
-    splice_all(wb.worksheets)
-    archive = zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED, allowZip64=True)
+    # Deflate's fastest level: 3.5x the speed of the default on sheet XML for a file 30 % larger
+    # (at 10M persons, 6 GB of XML: 20 s of compression instead of 75 s).
+    archive = SplicingZipFile(
+        fh, "w", zipfile.ZIP_DEFLATED, allowZip64=True, compresslevel=ZIP_LEVEL
+    )
     try:
+        archive.take_rows(wb.worksheets)
         wb.properties.modified = datetime.now(tz=UTC).replace(tzinfo=None)
         ExcelWriter(wb, archive).save()
     except BaseException:
         archive.fp = None  # ZipFile.close() and __del__ then do nothing
         raise
+    finally:
+        archive.discard_rows()
 
 
 def _naming(err: OSError, target: Path) -> OSError:
