@@ -8,7 +8,8 @@ real run exactly. Classification (action, nature, category) happens in Python ov
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,8 +43,8 @@ def key_ranges(conn: Connection, key: ColumnElement[Any]) -> list[ColumnElement[
     """Conditions splitting an integer key into ranges of :data:`GROUP_RANGE` values, to group
     range by range on SQLite; [None] for one grouped scan (other databases group by hashing; a
     text key). ``key`` must be the table's rowid (an INTEGER PRIMARY KEY, as in the tool's own
-    tables): a range is then a seek and a contiguous read. Each record falls in one range: counted
-    once, whatever changes between the ranges."""
+    tables): a range is then a seek and a contiguous read. Read them in one transaction
+    (:func:`one_read`), as one statement would be."""
     if conn.dialect.name != "sqlite":
         return [None]
     # each bound on its own: SQLite reads one end of the rowid for a lone min() or max() only
@@ -54,9 +55,30 @@ def key_ranges(conn: Connection, key: ColumnElement[Any]) -> list[ColumnElement[
         return [None]
     if not 2 <= (high - low) // GROUP_RANGE + 1 <= _MAX_RANGES:
         return [None]
+    starts = range(low, high + 1, GROUP_RANGE)
+    # the first and last ranges open-ended: every key falls in one, whatever its value
     return [
-        and_(key >= start, key < start + GROUP_RANGE) for start in range(low, high + 1, GROUP_RANGE)
+        and_(
+            *([key >= start] if start != low else []),
+            *([key < start + GROUP_RANGE] if start != starts[-1] else []),
+        )
+        for start in starts
     ]
+
+
+@contextmanager
+def one_read(conn: Connection) -> Iterator[None]:
+    """Several SELECTs of SQLite in one read transaction, as one statement would read: its driver
+    begins none for a SELECT. Within the caller's transaction when one is open."""
+    raw = conn.connection.driver_connection
+    if conn.dialect.name != "sqlite" or raw is None or raw.in_transaction:
+        yield
+        return
+    raw.execute("BEGIN")
+    try:
+        yield
+    finally:
+        raw.rollback()  # read only: nothing to keep
 
 
 def in_scope(table: Table, scope: Iterable[str]) -> ColumnElement[bool]:
@@ -185,11 +207,12 @@ def take_census(conn: Connection, register: RegisterMap, profile: Profile) -> Ce
         ).group_by(sub.c.in_scope, sub.c.active, sub.c.raw_code, sub.c.category_label)
 
     counts: Counter[tuple[bool, bool, str | None, str | None]] = Counter()
-    # a legacy table's key need not be its rowid: grouped in one scan
-    ranges = key_ranges(conn, register.key_column) if register.builtin else [None]
-    for within in ranges:
-        for scoped, active, raw, label, records in conn.execute(grouped(within)):
-            counts[(bool(scoped), bool(active), raw, label)] += int(records)
+    with one_read(conn):
+        # a legacy table's key need not be its rowid: grouped in one scan
+        ranges = key_ranges(conn, register.key_column) if register.builtin else [None]
+        for within in ranges:
+            for scoped, active, raw, label, records in conn.execute(grouped(within)):
+                counts[(bool(scoped), bool(active), raw, label)] += int(records)
     lines = [CensusLine(*line, records) for line, records in counts.items()]
     lines.sort(
         key=lambda x: (not x.in_scope, not x.active, x.raw_code or "", x.category_label or "")

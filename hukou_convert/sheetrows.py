@@ -22,7 +22,7 @@ import weakref
 import zipfile
 from collections.abc import Sequence
 from datetime import date, datetime
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from openpyxl.cell.cell import Cell
 from openpyxl.utils import get_column_letter
@@ -160,22 +160,32 @@ class SplicingZipFile(zipfile.ZipFile):
     written first: at 10M persons the change list is 6 GB of XML, and every extra gigabyte
     written to disk is time once the page cache stops absorbing the writes."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._splices: dict[str, SheetRows] = {}  # openpyxl's file of a sheet -> its rows
+        self._taken: list[SheetRows] = []
+
     def take_rows(self, sheets: Sequence[object]) -> None:
         """Before the save: every sheet's rows closed and waiting for the sheet to be stored. The
         rows files are the archive's from here: removed once stored, or by :meth:`discard_rows`."""
-        self._splices: dict[str, SheetRows] = getattr(self, "_splices", {})
         for ws in sheets:
             if isinstance(ws, WriteOnlyWorksheet) and (rows := _PENDING.pop(ws, None)) is not None:
-                try:
-                    rows.close(ws)
-                finally:
-                    self._splices[ws._writer.out] = rows  # type: ignore[attr-defined]
+                self._taken.append(rows)  # first: whatever fails next, discard_rows removes it
+                rows.close(ws)
+                self._splices[ws._writer.out] = rows  # type: ignore[attr-defined]
+
+    def check_stored(self) -> None:
+        """After the save: every sheet's rows went into the archive (a sheet stored some other
+        way would have lost them)."""
+        if self._splices:
+            raise AssertionError(f"{len(self._splices)} sheet(s) stored without their rows")
 
     def discard_rows(self) -> None:
         """After the save, or a failed one: no rows file left."""
-        for rows in getattr(self, "_splices", {}).values():
+        for rows in self._taken:
             rows.discard()
-        self._splices = {}
+        self._taken.clear()
+        self._splices.clear()
 
     def write(
         self,
@@ -184,7 +194,7 @@ class SplicingZipFile(zipfile.ZipFile):
         compress_type: int | None = None,
         compresslevel: int | None = None,
     ) -> None:
-        rows = getattr(self, "_splices", {}).pop(os.fspath(filename), None)
+        rows = self._splices.pop(os.fspath(filename), None)
         if rows is None:
             super().write(filename, arcname, compress_type, compresslevel)
             return
@@ -196,10 +206,9 @@ class SplicingZipFile(zipfile.ZipFile):
                 raise AssertionError(f"{arcname}: no </sheetData> in the sheet openpyxl wrote")
             size = len(sheet) + os.path.getsize(rows.path)
             name = os.fspath(arcname if arcname is not None else filename)
-            with (
-                self.open(name, "w", force_zip64=size > zipfile.ZIP64_LIMIT) as out,
-                open(rows.path, "rb") as body,
-            ):
+            # as ZipFile.write decides: data that does not compress may come out larger
+            zip64 = size * 1.05 > zipfile.ZIP64_LIMIT
+            with self.open(name, "w", force_zip64=zip64) as out, open(rows.path, "rb") as body:
                 out.write(sheet[:at])
                 shutil.copyfileobj(body, out, 1 << 20)
                 out.write(sheet[at:])

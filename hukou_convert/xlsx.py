@@ -389,6 +389,7 @@ def _save(wb: Workbook, fh: Any) -> None:
         archive.take_rows(wb.worksheets)
         wb.properties.modified = datetime.now(tz=UTC).replace(tzinfo=None)
         ExcelWriter(wb, archive).save()
+        archive.check_stored()
     except BaseException:
         archive.fp = None  # ZipFile.close() and __del__ then do nothing
         raise

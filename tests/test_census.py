@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import func, insert, literal, select, update
 
 from hukou_convert import census, schema
 from hukou_convert.census import key_ranges, take_census
@@ -23,19 +23,38 @@ def test_census_by_ranges_of_keys_equals_one_grouped_scan(
     engine = make_engine(parse_url(sqlite_url))
     import_register(engine, sample_csv)
     with engine.begin() as conn:
-        # a gap in the keys: a range with no record in it counts nothing
+        # negative keys, and a gap: ranges with no record in them count nothing
         conn.execute(
             update(schema.register)
             .where(schema.register.c.record_id > 300)
-            .values(record_id=schema.register.c.record_id + 1000)
+            .values(record_id=schema.register.c.record_id - 1000)
         )
     with engine.connect() as conn:
         whole = take_census(conn, BUILTIN_REGISTER, ZHENHAI)
-        assert key_ranges(conn, BUILTIN_REGISTER.key_column) == [None]  # 1,328 keys: one range
+        assert key_ranges(conn, BUILTIN_REGISTER.key_column) == [None]  # -699 … 300: one range
         monkeypatch.setattr(census, "GROUP_RANGE", 7)
         ranges = key_ranges(conn, BUILTIN_REGISTER.key_column)
-        assert len(ranges) == (1328 - 1) // 7 + 1
+        assert len(ranges) == (300 - -699) // 7 + 1
         ranged = take_census(conn, BUILTIN_REGISTER, ZHENHAI)
+    with engine.begin() as conn:
+        # keys beyond the bounds the ranges were cut from (a record added since) fall in one too
+        R = schema.register
+        for key in (-(10**6), 10**6):
+            conn.execute(
+                insert(R).from_select(
+                    [c.name for c in R.columns],
+                    select(literal(key), *[c for c in R.columns if c.name != "record_id"]).where(
+                        R.c.record_id == 1
+                    ),
+                )
+            )
+        covered = [
+            conn.execute(select(func.count()).select_from(R).where(within)).scalar_one()
+            for within in ranges
+            if within is not None
+        ]
+    assert len(covered) == len(ranges) and sum(covered) == 330
+    assert max(covered[1:-1]) <= 7 and covered[0] <= 8 and covered[-1] <= 8
     engine.dispose()
     assert whole.total == 328 and whole.to_convert > 0
     assert ranged.lines == whole.lines

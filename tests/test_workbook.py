@@ -595,3 +595,55 @@ def test_table_rows_written_as_xml_read_back_exactly(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         xlsx.write_workbook(tmp_path / "f.xlsx", failing)
     assert _rows_files() == before and not (tmp_path / "f.xlsx").exists()
+
+
+def _two_sheet_table(wb: Any) -> None:
+    table = xlsx.TableWriter(wb, "表", [xlsx.Column("记录号", 8, "int")], xlsx.PageSetup("测试"))
+    for n in range(1, 6):
+        table.append([n])
+    table.finish()
+
+
+def test_rows_streamed_into_the_archive_as_zip64_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sheet too large for a plain ZIP entry (here: the limit lowered) is stored as ZIP64, and
+    its rows are all there; each table sheet's rows file is used and removed."""
+    monkeypatch.setattr(xlsx, "MAX_SHEET_ROWS", 4)  # rows on 表 and 表2: two rows files
+    monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 100)
+    before = _rows_files()
+    _, saved = xlsx.write_workbook(tmp_path / "z.xlsx", _two_sheet_table)
+    assert _rows_files() == before
+    with zipfile.ZipFile(saved.path) as archive:
+        assert archive.testzip() is None
+    wb = openpyxl.load_workbook(saved.path)
+    values = [c.value for name in ("表", "表2") for (c,) in wb[name].iter_rows(min_row=2)]
+    assert values == [1, 2, 3, 4, 5]
+
+
+def test_a_failure_while_the_rows_stream_into_the_archive_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = _rows_files()
+
+    def disk_full(*_args: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfileobj", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        xlsx.write_workbook(tmp_path / "f.xlsx", _two_sheet_table)
+    assert _rows_files() == before and not list(tmp_path.iterdir())
+
+
+def test_a_sheet_stored_without_its_rows_is_an_error_not_an_empty_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should openpyxl store a sheet some other way than through ZipFile.write, the save fails
+    rather than writing a workbook whose tables hold their headers only."""
+    from hukou_convert import sheetrows
+
+    monkeypatch.setattr(sheetrows.SplicingZipFile, "write", zipfile.ZipFile.write)
+    before = _rows_files()
+    with pytest.raises(AssertionError, match="without their rows"):
+        xlsx.write_workbook(tmp_path / "e.xlsx", _two_sheet_table)
+    assert _rows_files() == before and not list(tmp_path.iterdir())
