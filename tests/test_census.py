@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, literal, select, update
+from sqlalchemy import Engine, func, insert, literal, select, update
 
 from hukou_convert import census, schema
 from hukou_convert.census import key_ranges, take_census
@@ -17,18 +18,21 @@ from hukou_convert.register import BUILTIN_REGISTER
 ZHENHAI = BUILTIN_PROFILES["zhenhai"]
 
 
+def _sample_keyed(url: str, sample_csv: Path, which: Any, key: Any) -> Engine:
+    """The sample register (keys 1 … 328) imported, the keys of ``which`` records set to ``key``."""
+    engine = make_engine(parse_url(url))
+    import_register(engine, sample_csv)
+    with engine.begin() as conn:
+        conn.execute(update(schema.register).where(which).values(record_id=key))
+    return engine
+
+
 def test_census_by_ranges_of_keys_equals_one_grouped_scan(
     sqlite_url: str, sample_csv: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = make_engine(parse_url(sqlite_url))
-    import_register(engine, sample_csv)
-    with engine.begin() as conn:
-        # negative keys, and a gap: ranges with no record in them count nothing
-        conn.execute(
-            update(schema.register)
-            .where(schema.register.c.record_id > 300)
-            .values(record_id=schema.register.c.record_id - 1000)
-        )
+    # negative keys, and a gap: ranges with no record in them count nothing
+    R = schema.register
+    engine = _sample_keyed(sqlite_url, sample_csv, R.c.record_id > 300, R.c.record_id - 1000)
     with engine.connect() as conn:
         whole = take_census(conn, BUILTIN_REGISTER, ZHENHAI)
         assert key_ranges(conn, BUILTIN_REGISTER.key_column) == [None]  # -699 … 300: one range
@@ -38,7 +42,6 @@ def test_census_by_ranges_of_keys_equals_one_grouped_scan(
         ranged = take_census(conn, BUILTIN_REGISTER, ZHENHAI)
     with engine.begin() as conn:
         # keys beyond the bounds the ranges were cut from (a record added since) fall in one too
-        R = schema.register
         for key in (-(10**6), 10**6):
             conn.execute(
                 insert(R).from_select(
@@ -63,14 +66,8 @@ def test_census_by_ranges_of_keys_equals_one_grouped_scan(
 def test_keys_spread_too_thin_are_grouped_in_one_scan(
     sqlite_url: str, sample_csv: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = make_engine(parse_url(sqlite_url))
-    import_register(engine, sample_csv)
-    with engine.begin() as conn:
-        conn.execute(
-            update(schema.register)
-            .where(schema.register.c.record_id == 328)
-            .values(record_id=10**12)
-        )
+    R = schema.register
+    engine = _sample_keyed(sqlite_url, sample_csv, R.c.record_id == 328, 10**12)
     monkeypatch.setattr(census, "GROUP_RANGE", 7)
     with engine.connect() as conn:
         assert key_ranges(conn, BUILTIN_REGISTER.key_column) == [None]
