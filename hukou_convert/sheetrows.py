@@ -157,8 +157,8 @@ class SheetRows:
 class SplicingZipFile(zipfile.ZipFile):
     """The workbook's archive: a sheet with rows of ours is stored as openpyxl's head of the sheet,
     the rows file, openpyxl's tail, streamed into the archive. No joined copy of the sheet is
-    written first: at 10M persons the change list is 6 GB of XML, and every extra gigabyte
-    written to disk is time once the page cache stops absorbing the writes."""
+    written first: at 10M persons the change list is 6 GB of XML, which the copy wrote and read
+    once more (with deflate's fastest level, the 10M workbooks by township: 411 s -> 348 s)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
