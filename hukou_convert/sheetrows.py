@@ -124,6 +124,18 @@ class SheetRows:
         if len(self._buffer) >= _FLUSH_ROWS:
             self._flush()
 
+    def append_tails(self, tails: Sequence[str]) -> None:
+        """A row whose cells are rendered but for their reference (``tails[i]``: column i's cell
+        after ``<c r="REF"``, "" for none)."""
+        n = self.next_row
+        cells = "".join(
+            [f'<c r="{c}{n}"{t}' for c, t in zip(self.letters, tails, strict=True) if t]
+        )
+        self._buffer.append(f'<row r="{n}">{cells}</row>')
+        self.next_row = n + 1
+        if len(self._buffer) >= _FLUSH_ROWS:
+            self._flush()
+
     def append(self, values: Sequence[object]) -> None:
         """A row of plain values and configured openpyxl cells (totals, notes below a table)."""
         n = self.next_row

@@ -517,6 +517,8 @@ def write_detail_rows(
     moved = _moved_codes(result)
     # a rehearsal lists what the run will convert: records held back for review are not
     held = set(result.held) if result.rehearsal else set()
+    natures = {n.value: n for n in Nature}  # a lookup: Nature(value) per row is measurable
+    categories = {c.value: c for c in Category}
     with (
         progress("工作簿 workbook", result.converted, "行") as advance,
         engine.connect() as conn,
@@ -532,14 +534,16 @@ def write_detail_rows(
                 if division not in label_cache:
                     label_cache[division] = places.label(division)
                 raw = r[5]
-                nature = Nature(r[6])
+                nature = natures[r[6]]
                 if r[0] in moved:  # rehearsal: an approved 农转非/非转农 applied first
                     raw = moved[r[0]]
                     entry = codes.get(raw)
                     assert entry is not None and entry.nature is not None
                     nature = entry.nature
-                category = Category(r[7]) if r[7] else None
-                by_division.setdefault(division or "", Counter())[nature] += 1
+                category = categories[r[7]] if r[7] else None
+                if (counts := by_division.get(division or "")) is None:
+                    counts = by_division[division or ""] = Counter()
+                counts[nature] += 1
                 table.append(
                     [
                         r[0],

@@ -76,6 +76,18 @@ class Column:
 _NOT_XML = re.compile(ILLEGAL_CHARACTERS_RE.pattern + "|[\ud800-\udfff\ufffe\uffff]")
 
 
+# Text that :meth:`_ColumnCells.tail` may write as it is: nothing to drop or escape, no leading
+# character a spreadsheet could read as a formula or an error value (#…), no surrounding space.
+# Whatever matches here takes the general path, so a false alarm costs only time.
+_NEEDS_CARE = re.compile(r"[\x00-\x1f&<>\ud800-\udfff\ufffe\uffff]|^[=+\-@#＝＋－＠\s]|\s\Z")
+_REF_LEN = len('<c r=""')
+_CACHED_VALUES = 4096  # per column: the low-cardinality ones fit, memory stays bounded
+
+
+def _is_ordinary(text: str) -> bool:
+    return 0 < len(text) <= MAX_CELL_CHARS and not _NEEDS_CARE.search(text)
+
+
 def clean_text(value: object) -> str:
     """Any value as text a cell can hold: no XML-illegal characters, at most 32,767 characters."""
     text = value if isinstance(value, str) else str(value)
@@ -129,6 +141,30 @@ class _ColumnCells:
         self.plain_style = self.plain.style_id if self.plain.has_style else None
         self.quoted_style = self.quoted.style_id
         self.date_style = self.date.style_id
+        # what :meth:`tail` writes for ordinary text (a code column's text is formatted as text)
+        style = self.plain_style if column.kind == "code" else None
+        self._text_style = f' s="{style}"' if style else ""
+        self._tails: dict[object, str] = {}
+
+    def tail(self, value: object) -> str:
+        """The cell :meth:`xml` gives, without its opening ``<c r="REF"`` ("" for no cell).
+
+        A city's change list is millions of rows of a dozen cells, most of them one of a few
+        hundred values (division codes and names, labels, the cutoff): those are rendered once per
+        column and kept (up to :data:`_CACHED_VALUES`); other ordinary text is written directly.
+        Anything else takes :meth:`xml`."""
+        cached = self._tails.get(value)  # keys are text and instants only: True never finds 1
+        if cached is not None:
+            return cached
+        if value is None:
+            return ""
+        if type(value) is str and _is_ordinary(value):
+            tail = f'{self._text_style} t="inlineStr"><is><t>{value}</t></is></c>'
+        else:
+            tail = self.xml("", value)[_REF_LEN:]
+        if (type(value) is str or type(value) is datetime) and len(self._tails) < _CACHED_VALUES:
+            self._tails[value] = tail
+        return tail
 
     def xml(self, ref: str, value: object) -> str:
         """The cell ``convert`` gives, as sheet XML (the rows of a table are written as XML)."""
@@ -281,13 +317,8 @@ class TableWriter:
     def append(self, values: Sequence[object]) -> None:
         if self._sheet_rows >= MAX_SHEET_ROWS:
             self._open_sheet()
-        rows = self._rows
-        n, letters = rows.next_row, rows.letters
-        rows.append_xml(
-            [
-                cells.xml(f"{letters[i]}{n}", v)
-                for i, (cells, v) in enumerate(zip(self._cells, values, strict=True))
-            ]
+        self._rows.append_tails(
+            [cells.tail(v) for cells, v in zip(self._cells, values, strict=True)]
         )
         self._sheet_rows += 1
         self.data_rows += 1

@@ -13,13 +13,15 @@ import stat
 import subprocess
 import zipfile
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import openpyxl
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openpyxl.worksheet.worksheet import Worksheet
 from openpyxl.writer.excel import ExcelWriter
 from sqlalchemy import Engine, select, update
@@ -33,6 +35,7 @@ from hukou_convert.divisions import by_code
 from hukou_convert.findings import Finding
 from hukou_convert.idnumbers import mask_id, mask_name
 from hukou_convert.ingest import import_applications, import_register
+from hukou_convert.instants import CST
 from hukou_convert.profiles import BUILTIN_PROFILES, resolve_cutoff
 from hukou_convert.workbook import WorkbookResult, rewrite_report, write_run_workbook
 
@@ -595,6 +598,38 @@ def test_table_rows_written_as_xml_read_back_exactly(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         xlsx.write_workbook(tmp_path / "f.xlsx", failing)
     assert _rows_files() == before and not (tmp_path / "f.xlsx").exists()
+
+
+_CELL_VALUES = st.one_of(
+    st.none(),
+    st.text(),
+    st.text(alphabet="=+-@#＝＋－＠ \t\r\n&<>王五\uffff\ud800a1", max_size=6),
+    st.sampled_from(["#N/A", "#DIV/0!", " x", "x ", "\u3000x", "", "330211001001", "居民户口"]),
+    st.sampled_from([f"{prefix}x" for prefix in xlsx.RISKY_PREFIXES]),
+    st.integers(-(10**16), 10**16),
+    st.booleans(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.dates(),
+    st.datetimes(timezones=st.sampled_from([None, UTC, CST])),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(["text", "code", "int", "datetime", "percent"]),
+    values=st.lists(_CELL_VALUES, max_size=12),
+)
+def test_cells_written_fast_are_the_cells_of_the_general_path(
+    kind: xlsx.Kind, values: list[object]
+) -> None:
+    """A table's rows take a fast path (ordinary text written as it is, repeated text and instants
+    rendered once per column): every cell is the one the general path writes, in any order of
+    values, repeats included (True is not 1 to the cache, nor a date its midnight)."""
+    ws = openpyxl.Workbook(write_only=True).create_sheet("t")
+    cells = xlsx._ColumnCells(ws, xlsx.Column("列", 10, kind))
+    for value in [*values, *values]:
+        general = cells.xml("", value)
+        assert cells.tail(value) == general[len('<c r=""') :], repr(value)
 
 
 def _two_sheet_table(wb: Any) -> None:
