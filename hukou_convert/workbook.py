@@ -534,15 +534,16 @@ def write_detail_rows(
                 if division not in label_cache:
                     label_cache[division] = places.label(division)
                 raw = r[5]
-                nature = natures[r[6]]
+                nature = natures.get(r[6]) or Nature(r[6])  # Nature(): the error names it
                 if r[0] in moved:  # rehearsal: an approved 农转非/非转农 applied first
                     raw = moved[r[0]]
                     entry = codes.get(raw)
                     assert entry is not None and entry.nature is not None
                     nature = entry.nature
-                category = categories[r[7]] if r[7] else None
-                if (counts := by_division.get(division or "")) is None:
-                    counts = by_division[division or ""] = Counter()
+                category = (categories.get(r[7]) or Category(r[7])) if r[7] else None
+                area = division or ""
+                if (counts := by_division.get(area)) is None:
+                    counts = by_division[area] = Counter()
                 counts[nature] += 1
                 table.append(
                     [

@@ -15,7 +15,8 @@ Rules every cell follows, whatever the data holds:
 
 Memory stays flat: each row is written to a temporary file as it is appended (the rows below a
 header as XML by sheetrows.py, spliced into openpyxl's sheet at save), and strings are written inline,
-with no shared-string table growing with the rows.
+with no shared-string table growing with the rows; each column keeps at most 4,096 short values'
+cells, rendered once (:meth:`_ColumnCells.tail`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import re
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -82,6 +83,13 @@ _NOT_XML = re.compile(ILLEGAL_CHARACTERS_RE.pattern + "|[\ud800-\udfff\ufffe\uff
 _NEEDS_CARE = re.compile(r"[\x00-\x1f&<>\ud800-\udfff\ufffe\uffff]|^[=+\-@#＝＋－＠\s]|\s\Z")
 _REF_LEN = len('<c r=""')
 _CACHED_VALUES = 4096  # per column: the low-cardinality ones fit, memory stays bounded
+_CACHED_CHARS = 64  # longer text is not kept (names of places fit)
+
+
+def _fixed_offset(moment: datetime) -> bool:
+    """Naive or at a fixed offset: equal instants are the same wall clock in CST. (Two times of a
+    zone's repeated hour compare equal whatever their ``fold``, and are an hour apart.)"""
+    return moment.tzinfo is None or type(moment.tzinfo) is timezone
 
 
 def _is_ordinary(text: str) -> bool:
@@ -144,7 +152,7 @@ class _ColumnCells:
         # what :meth:`tail` writes for ordinary text (a code column's text is formatted as text)
         style = self.plain_style if column.kind == "code" else None
         self._text_style = f' s="{style}"' if style else ""
-        self._tails: dict[object, str] = {}
+        self._tails: dict[str | datetime, str] = {}
 
     def tail(self, value: object) -> str:
         """The cell :meth:`xml` gives, without its opening ``<c r="REF"`` ("" for no cell).
@@ -153,17 +161,24 @@ class _ColumnCells:
         hundred values (division codes and names, labels, the cutoff): those are rendered once per
         column and kept (up to :data:`_CACHED_VALUES`); other ordinary text is written directly.
         Anything else takes :meth:`xml`."""
-        cached = self._tails.get(value)  # keys are text and instants only: True never finds 1
-        if cached is not None:
-            return cached
-        if value is None:
+        # exact types only: a str subclass (an enum) or a datetime subclass takes the general path
+        key: str | datetime | None = None
+        if type(value) is str:
+            if len(value) <= _CACHED_CHARS:
+                key = value
+        elif type(value) is datetime:
+            if _fixed_offset(value):
+                key = value
+        elif value is None:
             return ""
+        if key is not None and (cached := self._tails.get(key)) is not None:
+            return cached
         if type(value) is str and _is_ordinary(value):
             tail = f'{self._text_style} t="inlineStr"><is><t>{value}</t></is></c>'
         else:
             tail = self.xml("", value)[_REF_LEN:]
-        if (type(value) is str or type(value) is datetime) and len(self._tails) < _CACHED_VALUES:
-            self._tails[value] = tail
+        if key is not None and len(self._tails) < _CACHED_VALUES:
+            self._tails[key] = tail
         return tail
 
     def xml(self, ref: str, value: object) -> str:

@@ -16,6 +16,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import openpyxl
 import pytest
@@ -606,6 +607,16 @@ _CELL_VALUES = st.one_of(
     st.text(alphabet="=+-@#＝＋－＠ \t\r\n&<>王五\uffff\ud800a1", max_size=6),
     st.sampled_from(["#N/A", "#DIV/0!", " x", "x ", "\u3000x", "", "330211001001", "居民户口"]),
     st.sampled_from([f"{prefix}x" for prefix in xlsx.RISKY_PREFIXES]),
+    # space a strip() removes beyond ASCII; past the length a cell holds; not a plain str
+    st.sampled_from(["x\u3000", "\xa0x", "x\x85", "a" * 32_768, " " + "a" * 32_767, "b" * 65]),
+    st.sampled_from([Nature.AGRICULTURAL, Category.FAMILY, [1], ("元组",)]),
+    # the repeated hour of a zone: equal, an hour apart
+    st.sampled_from(
+        [
+            datetime(2023, 11, 5, 1, 30, tzinfo=ZoneInfo("America/New_York"), fold=fold)
+            for fold in (0, 1)
+        ]
+    ),
     st.integers(-(10**16), 10**16),
     st.booleans(),
     st.floats(allow_nan=True, allow_infinity=True),
