@@ -45,10 +45,13 @@ class BulkInserter:
         driver = dialect.driver
         self.mode = "sqlalchemy"
         self.statement = ""
+        self.text_statement = ""
         marks = ""
         if dialect.name == "postgresql" and driver == "psycopg":
             self.mode = "copy"
             self.statement = f"COPY {table_name} ({quoted}) FROM STDIN"
+            # rows already written as COPY text, every value text and an empty one a NULL
+            self.text_statement = f"COPY {table_name} ({quoted}) FROM STDIN (NULL '')"
         elif dialect.name == "sqlite" and driver == "pysqlite":
             self.mode = "executemany"
             marks = ", ".join("?" for _ in columns)
@@ -68,20 +71,35 @@ class BulkInserter:
                 insert(self.target), [dict(zip(self.columns, r, strict=True)) for r in rows]
             )
             return
+        self._through_driver(self.statement, rows, None)
+
+    def copy_text(self, text: str) -> None:
+        """Rows written as PostgreSQL's COPY text, each value escaped and an empty one a NULL
+        (:mod:`parsing`): the driver sends them as they are (mode "copy" only)."""
+        if self.mode != "copy":
+            raise AssertionError("COPY text is for PostgreSQL through psycopg")
+        self._through_driver(self.text_statement, [], text)
+
+    def _through_driver(
+        self, statement: str, rows: list[tuple[Any, ...]], text: str | None
+    ) -> None:
         raw = self.conn.connection.driver_connection
         assert raw is not None
         dbapi = self.dialect.loaded_dbapi
         cursor = raw.cursor()
         try:
-            if self.mode == "copy":
-                with cursor.copy(self.statement) as copy:
+            if text is not None:
+                with cursor.copy(statement) as copy:
+                    copy.write(text)
+            elif self.mode == "copy":
+                with cursor.copy(statement) as copy:
                     for row in rows:
                         copy.write_row(row)
             else:
-                cursor.executemany(self.statement, rows)
+                cursor.executemany(statement, rows)
         except dbapi.Error as err:
             raise exc.DBAPIError.instance(
-                self.statement,
+                statement,
                 None,
                 err,
                 dbapi.Error,
@@ -105,7 +123,7 @@ class InsertPipeline:
 
     def __init__(self, writer: BulkInserter) -> None:
         self.writer = writer
-        self._queue: queue.Queue[list[tuple[Any, ...]] | None] = queue.Queue(maxsize=1)
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         if writer.mode == "copy":
@@ -113,19 +131,26 @@ class InsertPipeline:
             self._thread.start()
 
     def _run(self) -> None:
-        while (rows := self._queue.get()) is not None:
+        while (insert := self._queue.get()) is not None:
             if self._error is None:
                 try:
-                    self.writer.insert(rows)
+                    insert()
                 except BaseException as err:  # handed to the caller's thread
                     self._error = err
 
     def put(self, rows: list[tuple[Any, ...]]) -> None:
+        self._hand_over(lambda: self.writer.insert(rows))
+
+    def put_text(self, text: str) -> None:
+        """Rows as COPY text (:meth:`BulkInserter.copy_text`)."""
+        self._hand_over(lambda: self.writer.copy_text(text))
+
+    def _hand_over(self, insert: Callable[[], None]) -> None:
         self._raise()
         if self._thread is None:
-            self.writer.insert(rows)
+            insert()
         else:
-            self._queue.put(rows)
+            self._queue.put(insert)
 
     def close(self) -> None:
         """Wait for the last insert; raise its error, if any."""

@@ -69,6 +69,11 @@ def _code_text(cell: Cell) -> str | None:
     return parse_text(cell)
 
 
+# The parsers that read a text cell (every CSV cell) as the text stripped, an empty one as None:
+# the import's fast path reads such a column without calling them.
+TEXT_PARSERS: frozenset[Parser] = frozenset({parse_text, _code_text})
+
+
 def parse_id_number(cell: Cell) -> str | None:
     text = _code_text(cell)
     return None if text is None else "".join(text.split()).upper()

@@ -28,16 +28,16 @@ from .errors import InputFileError, RegisterStateError
 from .fields import (
     APPLICATION_FIELDS,
     PERSON_FIELDS,
+    TEXT_PARSERS,
     FieldSpec,
     Parser,
     Reject,
     column_letter,
     map_header,
     parse_id_number,
-    parse_text,
 )
 from .instants import now
-from .parsing import PARALLEL_FROM_BYTES, ParsingProcess
+from .parsing import PARALLEL_FROM_BYTES, ParsingProcesses
 from .progress import Progress, no_progress
 from .readers import (
     Cell,
@@ -98,11 +98,11 @@ _MISS = object()
 
 
 def _compile_fast_row(
-    cells: list[tuple[int, _FastCell]], defaults: tuple[Any, ...]
+    cells: list[tuple[int, _FastCell]], defaults: tuple[Any, ...], empty: str | None
 ) -> Callable[[list[Cell]], tuple[Any, ...]]:
     """One function reading a CSV row's cells into values, its statements written for the file's
     columns: no call per cell but on a cache miss. Raises _Slow as the cell functions would."""
-    env: dict[str, Any] = {"_Slow": _Slow, "_MISS": _MISS, "_defaults": defaults}
+    env: dict[str, Any] = {"_Slow": _Slow, "_MISS": _MISS, "_defaults": defaults, "_empty": empty}
     body = []
     values = []
     for n, (index, cell) in enumerate(cells):
@@ -111,12 +111,12 @@ def _compile_fast_row(
             env[f"cap{n}"] = cell[1]
             body.append(f"v{n} = c[{index}].strip()")
             body.append(f"if len(v{n}) > cap{n}: raise _Slow")
-            values.append(f"v{n} or None")
+            values.append(f"v{n} or _empty")
         elif kind == "id":
             env[f"cap{n}"] = cell[1]
             body.append(f"v{n} = ''.join(c[{index}].split()).upper()")
             body.append(f"if len(v{n}) > cap{n}: raise _Slow")
-            values.append(f"v{n} or None")
+            values.append(f"v{n} or _empty")
         else:
             env[f"cache{n}"], env[f"fill{n}"] = cell[1], cell[2]
             body.append(f"v{n} = cache{n}.get(c[{index}], _MISS)")
@@ -135,6 +135,8 @@ class RowPlan:
     Each row becomes a tuple in the order of ``columns`` (the fields the file gives, then the ones it
     lacks with their defaults), or a Reject naming the column. ``convert`` maps a column to a
     function applied to its non-empty values after parsing (the driver's bind processing).
+    ``empty`` is what an empty value becomes: None, or "" for rows written as PostgreSQL's COPY
+    text with ``NULL ''`` (:mod:`parsing`), where every value is text and none is "" but a NULL.
 
     CSV rows take a fast path: since a cell parser is pure, the value of a text seen before (a
     date, a code, a 户别) comes from a bounded cache instead of being parsed again, and the row's
@@ -151,8 +153,10 @@ class RowPlan:
         fields: list[FieldSpec],
         target: Table,
         convert: dict[str, Convert] | None = None,
+        empty: str | None = None,
     ) -> None:
         positions = map_header(table, fields)
+        self._empty = empty
         lengths = _lengths(target)
         convert = convert or {}
         self.width = len(table.header)
@@ -180,7 +184,7 @@ class RowPlan:
         # a column the file lacks gets its default (status: 正常)
         defaults = [s.parse(None) for s in absent]
         self._defaults = tuple(
-            convert[s.name](v) if v is not None and s.name in convert else v
+            empty if v is None else convert[s.name](v) if s.name in convert else v
             for s, v in zip(absent, defaults, strict=True)
         )
         self.columns: tuple[str, ...] = tuple(names) + tuple(s.name for s in absent)
@@ -192,17 +196,20 @@ class RowPlan:
                     starts, ranges = self._merged.setdefault(index, ([], []))
                     starts.append(merged.min_row)
                     ranges.append(merged)
-        self._fast_row = _compile_fast_row(fast, self._defaults)
+        self._fast_row = _compile_fast_row(fast, self._defaults, empty)
 
     def _fast_cell(self, spec: FieldSpec, limit: int | None, conv: Convert | None) -> _FastCell:
         cap = limit if limit is not None else 1 << 62
-        if spec.parse is parse_text and conv is None:
-            return ("text", cap)  # free text (names, addresses) rarely repeats: no cache
+        if spec.parse in TEXT_PARSERS and conv is None:
+            # no cache: free text (names, addresses) and household numbers rarely repeat, and
+            # stripping a short code costs no more than looking it up
+            return ("text", cap)
         if spec.parse is parse_id_number and conv is None:
             return ("id", cap)
         cache: dict[str, Any] = {}
         parse = spec.parse
         limit_ = self._CACHE_LIMIT
+        empty = self._empty
 
         def fill(cell: str) -> Any:
             try:
@@ -211,7 +218,9 @@ class RowPlan:
                 raise _Slow from None
             if isinstance(value, str) and len(value) > cap:
                 raise _Slow
-            if value is not None and conv is not None:
+            if value is None:
+                value = empty
+            elif conv is not None:
                 value = conv(value)
             if len(cache) >= limit_:
                 cache.clear()  # the same dict: the compiled row function holds it
@@ -261,7 +270,9 @@ class RowPlan:
                 return Reject(label, reason)
             if isinstance(value, str) and limit is not None and len(value) > limit:
                 return Reject(label, f"longer than {limit} characters")
-            if value is not None and conv is not None:
+            if value is None:
+                value = self._empty
+            elif conv is not None:
                 value = conv(value)
             values.append(value)
         return (*values, *self._defaults)
@@ -707,19 +718,22 @@ def _parse_beside(
     rejects: RejectWriter,
     progress: Progress,
 ) -> int:
-    """:func:`_parse_into`, the parsing in a process of its own while this one inserts (a large
+    """:func:`_parse_into`, the parsing in processes of their own while this one inserts (a large
     CSV file: :mod:`parsing`). The number of rows handed over."""
     loaded = 0
+    as_copy_text = inserts.writer.mode == "copy"
     with (
         progress("读取 " + table.path.name, table.size, "B") as advance,
-        ParsingProcess(table, kind, driver, import_id) as parsing,
+        ParsingProcesses(table, kind, driver, import_id, as_copy_text=as_copy_text) as parsing,
     ):
         for parsed in parsing.chunks():
             for line, original, column, reason in parsed.rejects:
                 rejects.add(Row(line, [], original), Reject(column, reason))
-            if parsed.rows:
+            if parsed.text:
+                inserts.put_text(parsed.text)
+            elif parsed.rows:
                 inserts.put(parsed.rows)
-                loaded += len(parsed.rows)
+            loaded += parsed.count
             advance(parsed.read)
     return loaded
 

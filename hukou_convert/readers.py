@@ -226,18 +226,22 @@ class _LineWindow:
 
     _BLOCK = 1 << 20  # characters per block, roughly
 
-    def __init__(self, fh: io.TextIOBase, advance: Callable[[int], None]) -> None:
+    def __init__(
+        self, fh: io.TextIOBase, advance: Callable[[int], None], first_line: int = 1
+    ) -> None:
         self._fh = fh
         self._advance = advance
         self.lines: list[str] = []
-        self.base = 1  # line number of lines[0]
-        self.keep_from = 1  # first line of the record being read: kept across blocks
+        self.base = first_line  # line number of lines[0]
+        self.keep_from = first_line  # first line of the record being read: kept across blocks
         self._position = 0
+        self.exhausted = False  # every line handed over: the reader asked past the last
 
     def _blocks(self) -> Iterator[list[str]]:
         while True:
             block = self._fh.readlines(self._BLOCK)
             if not block:
+                self.exhausted = True
                 return
             drop = self.keep_from - self.base
             if drop > 0:
@@ -267,26 +271,56 @@ def _csv_rows(table: TableFile, progress: Progress) -> Iterator[Row]:
         table.path.open("r", encoding=encoding, newline="") as fh,
         progress("读取 " + table.path.name, table.size, "B") as advance,
     ):
-        window = _LineWindow(fh, advance)
-        reader = csv.reader(window, delimiter=table.delimiter, strict=True)
-        first = True
-        while True:
-            start_line = reader.line_num + 1
-            window.keep_from = start_line
-            try:
-                cells = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as exc:
-                original = window.text(start_line, reader.line_num)
-                yield Row(start_line, [_BadRecord(str(exc))], original)
-                continue
-            if first:
-                first = False  # the header, already read by open_table
-                continue
-            if not cells or (not cells[0].strip() and all(c.strip() == "" for c in cells)):
-                continue  # blank line
-            yield Row(start_line, cast("list[Cell]", cells), window=window, last=reader.line_num)
+        yield from csv_records(fh, table.delimiter, advance, after_header=True)
+
+
+class RecordCutOff(Exception):
+    """A part of a CSV file ended inside a record (a quoted field running on past it): the part
+    was cut at the wrong place. ``line`` is the line the record starts on."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+def csv_records(
+    fh: io.TextIOBase,
+    delimiter: str,
+    advance: Callable[[int], None],
+    *,
+    first_line: int = 1,
+    after_header: bool = False,
+    to_the_end: bool = True,
+) -> Iterator[Row]:
+    """The records of a CSV text opened with ``newline=""``, which holds the file from the start
+    of line ``first_line``: from its start (``after_header``: the header skipped) or from a record
+    boundary. ``to_the_end=False``: the text is a part that stops before the file does, and a record
+    it leaves unfinished raises RecordCutOff instead of being read as one cut short."""
+    window = _LineWindow(fh, advance, first_line)
+    reader = csv.reader(window, delimiter=delimiter, strict=True)
+    before = first_line - 1  # lines of the file before the text
+    first = after_header
+    while True:
+        start_line = before + reader.line_num + 1
+        window.keep_from = start_line
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            if window.exhausted and not to_the_end:
+                raise RecordCutOff(start_line) from None
+            original = window.text(start_line, before + reader.line_num)
+            yield Row(start_line, [_BadRecord(str(exc))], original)
+            continue
+        if first:
+            first = False  # the header, already read by open_table
+            continue
+        if not cells or (not cells[0].strip() and all(c.strip() == "" for c in cells)):
+            continue  # blank line
+        yield Row(
+            start_line, cast("list[Cell]", cells), window=window, last=before + reader.line_num
+        )
 
 
 class _BadRecord(str):

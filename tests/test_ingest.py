@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import stat
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 from openpyxl import Workbook
@@ -244,7 +246,6 @@ def test_import_waits_for_an_unfinished_run(
 def test_insert_pipeline_hands_the_insert_error_over_and_stops() -> None:
     """The thread that inserts beside the parsing (COPY on PostgreSQL): its error comes out of the
     caller's next put or of close, and nothing after it is inserted."""
-    from typing import Any
 
     from hukou_convert.bulk import InsertPipeline
 
@@ -267,36 +268,36 @@ def test_insert_pipeline_hands_the_insert_error_over_and_stops() -> None:
     assert inserted == [1]  # the chunks after the failed one were not inserted
 
 
-def test_a_large_csv_is_parsed_beside_the_inserts_with_the_same_result(
-    two_db_urls: tuple[str, str], sample_csv: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A large CSV file is parsed by a process of its own (here the sample register, made
-    "large" for the test): the register, every value's type as stored, the rejects and their
-    file are those of an import parsed in one process."""
-    from hukou_convert import ingest
+def _import_both_ways(
+    two_db_urls: tuple[str, str], path: Path, monkeypatch: pytest.MonkeyPatch, part_bytes: int
+) -> tuple[list[Any], Engine, Engine]:
+    """``path`` imported in one process, and by three parsing processes in parts of about
+    ``part_bytes``: the register, every value's type as stored, the result and the reject file
+    must be the same. The ParsingProcesses used are returned."""
+    from hukou_convert import ingest, parsing
     from hukou_convert.db import make_engine, parse_url
 
     one_url, beside_url = two_db_urls
     one, beside = make_engine(parse_url(one_url)), make_engine(parse_url(beside_url))
-    alone = import_register(one, sample_csv, reject_path=sample_csv.with_name("one.rejects.csv"))
-    started: list[object] = []
+    alone = import_register(one, path, reject_path=path.with_name("one.rejects.csv"))
+    started: list[Any] = []
 
-    class Counted(ingest.ParsingProcess):
-        def __enter__(self) -> ingest.ParsingProcess:
+    class Counted(ingest.ParsingProcesses):
+        def __enter__(self) -> ingest.ParsingProcesses:
             started.append(self)
             return super().__enter__()
 
     monkeypatch.setattr(ingest, "PARALLEL_FROM_BYTES", 0)
-    monkeypatch.setattr(ingest, "ParsingProcess", Counted)
-    parallel = import_register(
-        beside, sample_csv, reject_path=sample_csv.with_name("beside.rejects.csv")
-    )
+    monkeypatch.setattr(ingest, "ParsingProcesses", Counted)
+    monkeypatch.setattr(parsing, "PART_BYTES", part_bytes)
+    monkeypatch.setattr(parsing, "parsing_processes", lambda _as_copy_text: 3)
+    parallel = import_register(beside, path, reject_path=path.with_name("beside.rejects.csv"))
     assert len(started) == 1
-    assert (parallel.loaded, parallel.rejected) == (alone.loaded, alone.rejected) == (328, 3)
+    assert (parallel.loaded, parallel.rejected) == (alone.loaded, alone.rejected)
     assert parallel.rejects_by_reason == alone.rejects_by_reason
     assert (
-        sample_csv.with_name("beside.rejects.csv").read_bytes()
-        == sample_csv.with_name("one.rejects.csv").read_bytes()
+        path.with_name("beside.rejects.csv").read_bytes()
+        == path.with_name("one.rejects.csv").read_bytes()
     )
     R = schema.register
     rows = select(*[c for c in R.c if c.name != "import_id"]).order_by(R.c.record_id)
@@ -304,6 +305,66 @@ def test_a_large_csv_is_parsed_beside_the_inserts_with_the_same_result(
         expected, actual = a.execute(rows).all(), b.execute(rows).all()
     assert actual == expected
     assert [tuple(map(type, r)) for r in actual] == [tuple(map(type, r)) for r in expected]
+    return started, one, beside
+
+
+def test_a_large_csv_is_parsed_beside_the_inserts_with_the_same_result(
+    two_db_urls: tuple[str, str], sample_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large CSV file is parsed by processes of their own (here the sample register, made
+    "large" for the test and cut into parts of a few lines): the same import as in one process."""
+    started, one, beside = _import_both_ways(two_db_urls, sample_csv, monkeypatch, 500)
+    with beside.connect() as conn:
+        loaded = conn.execute(select(func.count()).select_from(schema.register)).scalar_one()
+    assert loaded == 328
+    assert started[0].restarts == 0
+    one.dispose()
+    beside.dispose()
+
+
+def test_a_large_csv_cut_inside_a_quoted_field_is_read_as_in_one_process(
+    two_db_urls: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Quoted fields running over lines after a stray quote (which misleads the count of quotes
+    the parts are cut by), every kind of line break, blank and bad records, and values COPY reads
+    specially (a backslash, a tab, line breaks, "\\N"): the parts cut inside a record are read
+    again from the record's first line, and the import is the one made in one process."""
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(PERSON_HEADER)
+
+    def row(seq: int, **fields: str) -> list[str]:
+        values = person(ident("330211", "19800101", seq), "2", **fields)
+        return [values.get(h, "") for h in PERSON_HEADER]
+
+    for seq in range(1, 8):
+        writer.writerow(row(seq))
+    writer.writerow(row(8, name="反\\斜杠\t制表", address="\\N"))
+    long_line = "很长的第二行" * 12  # the quoted field's closing line lies beyond the part
+    writer.writerow(row(9, address=f"第一行\n{long_line}"))
+    out.write(",".join(row(10, name='张"三')) + "\n")  # a stray quote, read as it is
+    for seq in range(11, 15):
+        writer.writerow(row(seq, address=f"回车换行\r\n{long_line}", name=f"甲{seq}"))
+        writer.writerow(row(seq + 10, address=f"换行\n{long_line}\r独回车"))
+    out.write("\n   ,  ,\n")  # a blank line, a row of blanks
+    out.write(",".join(row(30))[:-3] + "\r")  # fewer fields, and a lone carriage return
+    out.write(",".join(row(31)) + "\r\n")
+    writer.writerow(row(32, name="超长" * 60))  # longer than the column: rejected
+    for seq in range(33, 40):
+        writer.writerow(row(seq, address=f"{seq}号\n{long_line}"))
+    out.write(",".join(row(40)) + ',"unclosed\n')  # an unbalanced quote to the end of the file
+    out.write(",".join(row(41)) + "\n")
+    path = tmp_path / "hard.csv"
+    path.write_text(out.getvalue(), encoding="utf-8")
+
+    started, one, beside = _import_both_ways(two_db_urls, path, monkeypatch, 64)
+    assert started[0].restarts >= 1  # the case this test is for did happen
+    with beside.connect() as conn:
+        R = schema.register
+        names = dict(conn.execute(select(R.c.source_line, R.c.name)).all())
+        lines = set(conn.execute(select(R.c.source_line)).scalars())
+    assert '张"三' in names.values() and "反\\斜杠\t制表" in names.values()
+    assert len(lines) == 26  # every record but the blank ones, the bad ones and the long name
     one.dispose()
     beside.dispose()
 
