@@ -136,7 +136,8 @@ class RowPlan:
     lacks with their defaults), or a Reject naming the column. ``convert`` maps a column to a
     function applied to its non-empty values after parsing (the driver's bind processing).
     ``empty`` is what an empty value becomes: None, or "" for rows written as PostgreSQL's COPY
-    text with ``NULL ''`` (:mod:`parsing`), where every value is text and none is "" but a NULL.
+    text with ``NULL ''`` (:mod:`parsing`: the register's values are text there, dates and
+    instants converted to ISO text, and no parser gives "" for a value).
 
     CSV rows take a fast path: since a cell parser is pure, the value of a text seen before (a
     date, a code, a 户别) comes from a bounded cache instead of being parsed again, and the row's

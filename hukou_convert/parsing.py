@@ -1,19 +1,24 @@
 """A large CSV export parsed by processes of their own, beside the inserts.
 
 Parsing is Python's work (every cell checked and converted, rejected rows named), inserting is the
-database driver's: on two cores they need not take turns, and the parsing, the longer of the two,
-is shared. The file is cut into parts of about a megabyte, each ending with a line; the parsing
-processes take the parts in turn (with two: one the even parts, the other the odd), parse each row
-exactly as the import does in one process (:class:`ingest.RowPlan`) and hand the rows over a chunk
-at a time through a pipe, rejects with their line and original text. This process takes the parts'
-rows in the file's order, so the register's rows are in the file's order as in one process. Each
-pipe holds a chunk or two: memory stays flat.
+database driver's: on two cores they need not take turns. One process parses the whole file while
+this one inserts (SQLite, MySQL/MariaDB: this process binds every value itself and is the slower
+of the two). On PostgreSQL the parsing is the longer work and is shared: the file is cut into
+parts of about a megabyte, each ending with a line; a process per core takes the parts in turn
+(with two: one the even parts, the other the odd) and writes their rows as COPY text, which this
+process hands to the server as it is. Every row is parsed exactly as the import does in one
+process (:class:`ingest.RowPlan`) and handed over a chunk at a time through a pipe, rejects with
+their line and original text; this process takes the parts' rows in the file's order, so the
+register's rows are in the file's order as in one process. Each pipe holds a chunk or two:
+memory stays flat.
 
 A part must end where a record does: a quoted field may hold a line break. A part ends after a
-line break with an even number of double quotes before it in the file, which is where a record
-ends in a well-formed file; a stray quote can mislead that count, so a part that ends inside a
-record says so (:class:`readers.RecordCutOff`), and the parsing starts again, cut afresh, from that
-record's first line: everything before it was read right.
+line break with an even number of double quotes since the part began, which is where a record
+ends in a well-formed file. A stray quote in an unquoted field misleads that count: a part grown
+to four times its size without an even count ends at its last line break anyway, and a part that
+ends inside a record says so (:class:`readers.RecordCutOff`): the parsing starts again, cut
+afresh, from that record's first line, everything before it having been read right. The same
+record cut again, or a fourth cut, and the rest of the file is read as one part.
 
 The processes get the file's description and the database's driver name, never a password: they
 need the driver only to convert values the way it would (its bind processors). Dates and instants
@@ -52,8 +57,10 @@ if TYPE_CHECKING:
 
 PARALLEL_FROM_BYTES = 16 << 20  # a smaller file parses in less time than a process takes to start
 PART_BYTES = 1 << 20  # the parts the parsing processes take in turn
-_CHUNK_ROWS = 5_000
+_CHUNK_ROWS = 5_000  # rows handed over at a time (a part: ~6,000 in a message or two)
 _MOST_PROCESSES = 4  # beyond, the server cannot keep up
+_LONGEST_PART = 4  # times PART_BYTES: a part ends then even if its quotes are odd
+_MOST_RESTARTS = 3  # parts cut inside a record; after that, the rest of the file is one part
 
 
 def parsing_processes(as_copy_text: bool) -> int:
@@ -63,7 +70,7 @@ def parsing_processes(as_copy_text: bool) -> int:
     only takes the cores it needs (SQLite, 1M persons: 8.1 s either way, or 10.0 s against 8.6 s)."""
     if not as_copy_text:
         return 1
-    return max(1, min(os.cpu_count() or 1, _MOST_PROCESSES))
+    return max(1, min(len(os.sched_getaffinity(0)), _MOST_PROCESSES))
 
 
 @dataclass(frozen=True)
@@ -87,13 +94,16 @@ def cut_into_parts(
     path: Path, start: int, first_line: int, part_bytes: int
 ) -> Generator[Part, None, None]:
     """The file from byte ``start`` (the start of a record, on line ``first_line``) cut into parts
-    of about ``part_bytes``, each ending after a line break preceded by an even number of double
-    quotes counted from ``start``. Line breaks and quotes are single bytes in UTF-8, GBK and
-    GB18030 alike (no byte of a multi-byte character is below 0x40 but in GB18030's four-byte
-    forms, whose digits 0x30-0x39 are neither)."""
+    of about ``part_bytes``, each ending after a line break with an even number of double quotes
+    since the part began: where a record ends in a well-formed file. A part grown to
+    ``_LONGEST_PART`` times that without one (a stray quote: the count never comes back even)
+    ends after its last line break anyway: a record is far shorter, and a wrong guess is noticed.
+    Line breaks and quotes are single bytes in UTF-8, GBK and GB18030 alike (no byte of a
+    multi-byte character is below 0x40 but in GB18030's four-byte forms, whose digits 0x30-0x39
+    are neither)."""
     part_start, line = start, first_line
     position = start  # of the chunk read next
-    quotes = 0  # in the file from ``start`` to ``position``
+    quotes = 0  # from ``part_start`` to ``position``
     lines = 0  # line breaks from ``part_start`` to ``position``
     pending_cr = False  # the last chunk ended with \\r: a \\n opening the next one is its pair
     with path.open("rb") as fh:
@@ -104,16 +114,22 @@ def cut_into_parts(
             pending_cr = chunk[-1:] == b"\r"
             cut = chunk.rfind(b"\n") + 1
             quoted = quotes + chunk.count(b'"', 0, cut)
-            if cut and quoted % 2 == 0:
+            grown = position + cut - part_start >= _LONGEST_PART * part_bytes
+            if cut and (quoted % 2 == 0 or grown):
                 yield Part(part_start, position + cut, line)
                 line += lines + _line_breaks(chunk, 0, cut)
-                part_start, lines = position + cut, _line_breaks(chunk, cut)
+                part_start, lines, quotes = position + cut, _line_breaks(chunk, cut), 0
             else:
                 lines += _line_breaks(chunk)
-            quotes = quoted + chunk.count(b'"', cut)
+                quotes = quoted
+            quotes += chunk.count(b'"', cut)
             position += len(chunk)
     if position > part_start:
         yield Part(part_start, position, line)
+
+
+def _one_part(part: Part) -> Generator[Part, None, None]:
+    yield part
 
 
 def start_of_line(path: Path, part: Part, line: int, block_bytes: int = PART_BYTES) -> int:
@@ -295,18 +311,26 @@ class ParsingProcesses:
         self._children, self._inboxes, self._outboxes = [], [], []
 
     def chunks(self) -> Iterator[Parsed]:
-        path, start, line = self._table.path, 0, 1
+        path, size = self._table.path, self._table.size
+        start, line, last_cut = 0, 1, 0
         while True:
             self._start()
-            with contextlib.closing(cut_into_parts(path, start, line, self._part_bytes)) as parts:
+            if self._processes == 1 or self.restarts >= _MOST_RESTARTS:
+                parts = _one_part(Part(start, size, line))  # to the end: never cut
+            else:
+                parts = cut_into_parts(path, start, line, self._part_bytes)
+            with contextlib.closing(parts):
                 cut = yield from self._parse_parts(parts)
             self._stop()
             if cut is None:
                 return
-            part, line, read = cut
-            start = start_of_line(path, part, line)
             self.restarts += 1
-            yield Parsed(read=max(0, start - part.start - read))  # the rest is read again
+            if cut.line == last_cut:  # the same record cut again: it runs on past its part
+                self.restarts = _MOST_RESTARTS
+            start, line, last_cut = start_of_line(path, cut.part, cut.line), cut.line, cut.line
+            # the bytes of the cut part before its record, less those already counted (they
+            # can be more: negative)
+            yield Parsed(read=start - cut.part.start - cut.read)
 
     def _parse_parts(self, parts: Iterator[Part]) -> Generator[Parsed, None, _Cut | None]:
         """The rows of ``parts`` in order, or where the first part cut inside a record was."""
@@ -348,6 +372,7 @@ class ParsingProcesses:
         try:
             message = marshal.loads(self._outboxes[n].recv_bytes())
         except EOFError:
+            self._children[n].join(timeout=1)  # its exit code, once it is known
             raise InputFileError(
                 str(self._table.path),
                 f"the process parsing the file ended (exit code {self._children[n].exitcode})"

@@ -322,8 +322,9 @@ def test_a_large_csv_is_parsed_beside_the_inserts_with_the_same_result(
     beside.dispose()
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "gbk"])
 def test_a_large_csv_cut_inside_a_quoted_field_is_read_as_in_one_process(
-    two_db_urls: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    two_db_urls: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encoding: str
 ) -> None:
     """Quoted fields running over lines after a stray quote (which misleads the count of quotes
     the parts are cut by), every kind of line break, blank and bad records, and values COPY reads
@@ -355,7 +356,7 @@ def test_a_large_csv_cut_inside_a_quoted_field_is_read_as_in_one_process(
     out.write(",".join(row(40)) + ',"unclosed\n')  # an unbalanced quote to the end of the file
     out.write(",".join(row(41)) + "\n")
     path = tmp_path / "hard.csv"
-    path.write_text(out.getvalue(), encoding="utf-8")
+    path.write_text(out.getvalue(), encoding=encoding)
 
     started, one, beside = _import_both_ways(two_db_urls, path, monkeypatch, 64)
     assert started[0].restarts >= 1  # the case this test is for did happen
@@ -365,6 +366,31 @@ def test_a_large_csv_cut_inside_a_quoted_field_is_read_as_in_one_process(
         lines = set(conn.execute(select(R.c.source_line)).scalars())
     assert '张"三' in names.values() and "反\\斜杠\t制表" in names.values()
     assert len(lines) == 26  # every record but the blank ones, the bad ones and the long name
+    one.dispose()
+    beside.dispose()
+
+
+def test_a_record_cut_again_at_its_first_line_ends_the_cutting(
+    two_db_urls: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stray quote and a quoted field never closed in one record: its part ends with an even
+    count of quotes but inside the record, and cut again from the record's line it would end
+    there again. The rest of the file is read as one part: the import ends, as in one process
+    (the unclosed field takes the rest of the file into one bad record)."""
+    lines = [",".join(PERSON_HEADER)]
+    for seq in range(1, 60):
+        values = person(ident("330211", "19800101", seq), "2")
+        cells = [values.get(h, "") for h in PERSON_HEADER]
+        if seq == 6:
+            cells[1] = '张"三'
+            cells[-1] = '"备注'
+        lines.append(",".join(cells))
+    path = tmp_path / "unclosed.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    started, one, beside = _import_both_ways(two_db_urls, path, monkeypatch, 200)
+    assert started[0].restarts >= 1
+    with beside.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(schema.register)).scalar_one() == 5
     one.dispose()
     beside.dispose()
 
