@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 PARALLEL_FROM_BYTES = 16 << 20  # a smaller file parses in less time than a process takes to start
 PART_BYTES = 1 << 20  # the parts the parsing processes take in turn
 _CHUNK_ROWS = 5_000  # rows handed over at a time (a part: ~6,000 in a message or two)
-_MOST_PROCESSES = 4  # beyond, the server cannot keep up
+_MOST_PROCESSES = 4  # a bound, not measured: this machine has 2 cores, and one COPY connection
 _LONGEST_PART = 4  # times PART_BYTES: a part ends then even if its quotes are odd
 _MOST_RESTARTS = 3  # parts cut inside a record; after that, the rest of the file is one part
 
