@@ -196,14 +196,15 @@ def copy_text(rows: list[tuple[str, ...]], width: int) -> str:
     a value has its values escaped one by one."""
     try:
         text = "\n".join(map("\t".join, rows))
+        plain = not (
+            "\\" in text
+            or "\r" in text
+            or text.count("\n") != len(rows) - 1
+            or text.count("\t") != len(rows) * (width - 1)
+        )
     except TypeError:  # a value that is not text: never from the import's row plan
-        text = "\\"
-    if (
-        "\\" in text
-        or "\r" in text
-        or text.count("\n") != len(rows) - 1
-        or text.count("\t") != len(rows) * (width - 1)
-    ):
+        plain = False
+    if not plain:
         text = "\n".join("\t".join(map(_escaped, row)) for row in rows)
     return text + "\n" if rows else ""
 
@@ -256,15 +257,13 @@ class ParsingProcesses:
         kind: str,
         driver: str,
         import_id: int,
-        processes: int | None = None,
-        part_bytes: int | None = None,
         *,
         as_copy_text: bool = False,
     ) -> None:
         self._table = table
         self._job = (kind, driver, import_id, as_copy_text)
-        self._processes = processes or parsing_processes(as_copy_text)
-        self._part_bytes = part_bytes or PART_BYTES
+        self._processes = parsing_processes(as_copy_text)
+        self._part_bytes = PART_BYTES
         self._children: list[Any] = []
         self._inboxes: list[multiprocessing.connection.Connection] = []
         self._outboxes: list[multiprocessing.connection.Connection] = []
@@ -282,9 +281,9 @@ class ParsingProcesses:
     ) -> None:
         self._stop()
 
-    def _start(self) -> None:
+    def _start(self, processes: int) -> None:
         context = multiprocessing.get_context("forkserver")
-        for n in range(self._processes):
+        for n in range(processes):
             parts_in, parts_out = context.Pipe(duplex=False)
             rows_in, rows_out = context.Pipe(duplex=False)
             child = context.Process(
@@ -314,10 +313,11 @@ class ParsingProcesses:
         path, size = self._table.path, self._table.size
         start, line, last_cut = 0, 1, 0
         while True:
-            self._start()
             if self._processes == 1 or self.restarts >= _MOST_RESTARTS:
+                self._start(1)
                 parts = _one_part(Part(start, size, line))  # to the end: never cut
             else:
+                self._start(self._processes)
                 parts = cut_into_parts(path, start, line, self._part_bytes)
             with contextlib.closing(parts):
                 cut = yield from self._parse_parts(parts)
@@ -335,11 +335,12 @@ class ParsingProcesses:
     def _parse_parts(self, parts: Iterator[Part]) -> Generator[Parsed, None, _Cut | None]:
         """The rows of ``parts`` in order, or where the first part cut inside a record was."""
         handed: collections.deque[Part] = collections.deque()  # in order, not yet taken
-        for _ in range(self._processes * (1 + self._AHEAD)):
+        processes = len(self._children)  # part i went to process i mod processes
+        for _ in range(processes * (1 + self._AHEAD)):
             self._hand(next(parts, None), handed)
         taken = 0
         while handed:
-            part, n, read = handed.popleft(), taken % self._processes, 0
+            part, n, read = handed.popleft(), taken % processes, 0
             while True:
                 message = self._receive(n)
                 if message[0] == "cut":  # ("cut", the first line of the record cut)
@@ -362,7 +363,7 @@ class ParsingProcesses:
                         inbox.send_bytes(marshal.dumps(None))
                     inbox.close()
             return
-        inbox = self._inboxes[self._handed % self._processes]
+        inbox = self._inboxes[self._handed % len(self._inboxes)]
         with contextlib.suppress(BrokenPipeError):  # it ended: its outbox says why, in turn
             inbox.send_bytes(marshal.dumps((part.start, part.end, part.first_line)))
         self._handed += 1
