@@ -27,7 +27,8 @@ does), and after verify the run's workbooks are written by township on ``--proce
 the last line adds the steps up (the issue's target: 10M persons on SQLite in 15 minutes).
 
 Every step shows its time per person (the linearity target compares it at 1M and 10M) and its
-peak memory: its process's, plus the peaks of the processes it starts, added up.
+memory: what its processes held at once (their PSS added up, sampled every 0.1 s), and beside it
+an upper bound, the peaks of its process and of the processes it starts added up.
 Prints one table; figures vary from machine to machine, ratios much less.
 """
 
@@ -65,8 +66,12 @@ def child(code: str, *args: str) -> dict[str, Any]:
     VmHWM, which exec resets (its ru_maxrss would keep this process's size at the fork, and the
     children's ru_maxrss here would be the largest of all children so far); and the largest
     peaks of the processes it starts (an import's parsing processes and their forkserver, a
-    cutover's workers), sampled from its process group every 0.1 s and added up: ``helpers_mb``
-    (an upper bound: their peaks need not coincide)."""
+    cutover's workers, the area workbooks' writers), sampled from its process group every 0.1 s
+    and added up: ``helpers_mb`` (an upper bound: their peaks need not coincide, and pages shared
+    between processes, such as the interpreter's, count in each). ``together_mb``: the memory
+    the step's processes held at once, their proportional set sizes (PSS: a page shared by n
+    processes counts 1/n in each) added up at each sample, the largest sum (never less than the
+    step's own peak)."""
     peak = (
         "\nimport re as _re\nprint(_re.search(r'VmHWM:\\s*(\\d+)',"
         " open('/proc/self/status').read()).group(1))\n"
@@ -79,12 +84,15 @@ def child(code: str, *args: str) -> dict[str, Any]:
         start_new_session=True,  # its helpers in its process group
     )
     helpers: dict[int, int] = {}
+    together = [0]
     done = threading.Event()
 
     def sample() -> None:
         while not done.wait(0.1):
-            for pid, kb in _group_peaks(proc.pid).items():
+            peaks, shares = _group_memory(proc.pid)
+            for pid, kb in peaks.items():
                 helpers[pid] = max(helpers.get(pid, 0), kb)
+            together[0] = max(together[0], shares)
 
     sampling = threading.Thread(target=sample, daemon=True)
     sampling.start()
@@ -97,26 +105,33 @@ def child(code: str, *args: str) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(lines[-2])
     result["peak_mb"] = int(lines[-1]) / 1024
     result["helpers_mb"] = sum(helpers.values()) / 1024
+    result["together_mb"] = max(together[0] / 1024, result["peak_mb"])
     return result
 
 
-def _group_peaks(group: int) -> dict[int, int]:
-    """VmHWM (kB) of each process of a process group but its leader."""
+def _group_memory(group: int) -> tuple[dict[int, int], int]:
+    """VmHWM (kB) of each process of a process group but its leader; and the PSS (kB) of all of
+    them, the leader's included, added up."""
     peaks = {}
+    shares = 0
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == group:
+        if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat", encoding="ascii") as fh:
                 if int(fh.read().rsplit(")", 1)[1].split()[2]) != group:
                     continue
+            with open(f"/proc/{entry}/smaps_rollup", encoding="ascii") as fh:
+                pss = re.search(r"^Pss:\s*(\d+)", fh.read(), re.MULTILINE)
             with open(f"/proc/{entry}/status", encoding="ascii") as fh:
                 found = re.search(r"VmHWM:\s*(\d+)", fh.read())
         except OSError:
             continue  # ended meanwhile
-        if found:
+        if pss:
+            shares += int(pss.group(1))
+        if found and int(entry) != group:
             peaks[int(entry)] = int(found.group(1))
-    return peaks
+    return peaks, shares
 
 
 IMPORT = r"""
@@ -250,10 +265,7 @@ engine = make_engine(parse_url(url))
 t = time.perf_counter()
 w = write_run_workbook(engine, load_run_result(engine, None), out, split_by="township",
     processes=processes)
-# the largest peaks, as many as processes ran at once, added up (an upper bound)
-workers = sum(sorted(a.peak_rss_mb for a in w.areas)[-processes:])
-print(json.dumps({"seconds": time.perf_counter() - t, "rows": w.detail_rows,
-    "workers_mb": workers}))
+print(json.dumps({"seconds": time.perf_counter() - t, "rows": w.detail_rows}))
 """
 
 VERIFY = r"""
@@ -360,6 +372,14 @@ def fresh_url(kind: str, work: Path, template: str | None = None) -> tuple[str, 
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def memory(steps: list[dict[str, Any]]) -> tuple[float, float]:
+    """The largest memory of the steps' runs: held at once, and the sum of the peaks."""
+    return (
+        max(s["together_mb"] for s in steps),
+        max(s["peak_mb"] + s["helpers_mb"] for s in steps),
+    )
 
 
 def main() -> None:
@@ -474,7 +494,7 @@ def main() -> None:
             "import",
             median([i["seconds"] for i in imports]),
             median([f["seconds"] for f in import_floors]),
-            max(i["peak_mb"] + i["helpers_mb"] for i in imports),
+            memory(imports),
         ),
         (
             "  (reference: a floor keeping its indexes row by row)",
@@ -488,13 +508,13 @@ def main() -> None:
             else "rehearsal (checks and plan digests, no workbook)",
             rehearsal["seconds"],
             None,
-            rehearsal["peak_mb"],
+            memory([rehearsal]),
         ),
         (
             "cutover: closed window (to the last batch's commit)",
             window,
             closed_floor,
-            max(c["peak_mb"] + c["helpers_mb"] for c in cuts),
+            memory(cuts),
         ),
         ("cutover: conversion batches alone", batches, closed_floor, None),
         *(
@@ -516,7 +536,7 @@ def main() -> None:
             None,
         ),
         ("cutover: whole command (with checks after the commit)", whole, None, None),
-        ("verify", ver["seconds"], None, ver["peak_mb"]),
+        ("verify", ver["seconds"], None, memory([ver])),
     ]
     if args.night:
         assert report is not None
@@ -525,7 +545,7 @@ def main() -> None:
                 f"workbooks by township, {args.processes} processes",
                 report["seconds"],
                 None,
-                report["peak_mb"] + report["workers_mb"],
+                memory([report]),
             )
         )
         night = sum(r[1] for r in rows if not r[0].startswith(("cutover: ", " "))) + whole
@@ -547,13 +567,23 @@ def main() -> None:
         f"cutover and its floor: medians of {args.repeat}"
         f" (closed windows {windows} s; floors {floor_runs} s)"
     )
-    print(f"{'step':<55} {'seconds':>9} {'floor':>9} {'ratio':>7} {'µs/person':>10} {'peak MB':>8}")
+    print(
+        "MB at once: the step's processes' memory held at the same time (PSS, added up, the"
+        " largest sum); sum of peaks: each process's own peak added up, an upper bound"
+    )
+    print(
+        f"{'step':<55} {'seconds':>9} {'floor':>9} {'ratio':>7} {'µs/person':>10}"
+        f" {'MB at once':>10} {'sum of peaks':>12}"
+    )
     for name, seconds, floor, peak in rows:
         ratio = f"{seconds / floor:.2f}" if floor else ""
         floor_s = f"{floor:.1f}" if floor else ""
-        peak_s = f"{peak:.0f}" if peak else ""
+        at_once, bound = (f"{peak[0]:.0f}", f"{peak[1]:.0f}") if peak else ("", "")
         per = seconds / n * 1e6
-        print(f"{name:<55} {seconds:>9.1f} {floor_s:>9} {ratio:>7} {per:>10.2f} {peak_s:>8}")
+        print(
+            f"{name:<55} {seconds:>9.1f} {floor_s:>9} {ratio:>7} {per:>10.2f}"
+            f" {at_once:>10} {bound:>12}"
+        )
     print("phases of the cutover (the median run):")
     for name, seconds in cut["phases"].items():
         if not name.startswith("_end_"):
