@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Table, exc, insert
@@ -71,44 +72,70 @@ class BulkInserter:
                 insert(self.target), [dict(zip(self.columns, r, strict=True)) for r in rows]
             )
             return
-        self._through_driver(self.statement, rows, None)
+        self._through_driver(self.statement, rows)
 
-    def copy_text(self, text: str) -> None:
-        """Rows written as PostgreSQL's COPY text, each value escaped and an empty one a NULL
-        (:mod:`parsing`): the driver sends them as they are (mode "copy" only)."""
+    def text_encoding(self) -> str:
+        """The Python codec of the connection's client encoding: COPY text is sent in it."""
+        raw = self.conn.connection.driver_connection
+        return str(getattr(getattr(raw, "info", None), "encoding", "utf-8"))
+
+    @contextlib.contextmanager
+    def copy_stream(self) -> Iterator[Callable[[bytes | str], None]]:
+        """One COPY of rows written as COPY text, each value escaped and an empty one a NULL
+        (:mod:`parsing`), open for as long as the block lasts: the driver sends what it is given
+        as it is (mode "copy" only). One statement for the whole file, not one per chunk."""
         if self.mode != "copy":
             raise AssertionError("COPY text is for PostgreSQL through psycopg")
-        self._through_driver(self.text_statement, [], text)
+        with (
+            self._translated(self.text_statement) as cursor,
+            cursor.copy(self.text_statement) as copy,
+        ):
+            dbapi = self.dialect.loaded_dbapi
 
-    def _through_driver(
-        self, statement: str, rows: list[tuple[Any, ...]], text: str | None
-    ) -> None:
-        raw = self.conn.connection.driver_connection
-        assert raw is not None
-        dbapi = self.dialect.loaded_dbapi
-        cursor = raw.cursor()
-        try:
-            if text is not None:
-                with cursor.copy(statement) as copy:
-                    copy.write(text)
-            elif self.mode == "copy":
+            def write(data: bytes | str) -> None:
+                try:
+                    copy.write(data)
+                except dbapi.Error as err:  # the server's error on rows sent before
+                    raise self._error(self.text_statement, err, cursor) from err
+
+            yield write
+
+    def _through_driver(self, statement: str, rows: list[tuple[Any, ...]]) -> None:
+        with self._translated(statement) as cursor:
+            if self.mode == "copy":
                 with cursor.copy(statement) as copy:
                     for row in rows:
                         copy.write_row(row)
             else:
                 cursor.executemany(statement, rows)
+
+    @contextlib.contextmanager
+    def _translated(self, statement: str) -> Iterator[Any]:
+        """A cursor of the driver; its errors come out as SQLAlchemy's, without the values."""
+        raw = self.conn.connection.driver_connection
+        assert raw is not None
+        dbapi = self.dialect.loaded_dbapi
+        cursor = raw.cursor()
+        try:
+            yield cursor
         except dbapi.Error as err:
-            raise exc.DBAPIError.instance(
-                statement,
-                None,
-                err,
-                dbapi.Error,
-                hide_parameters=True,
-                connection_invalidated=self.dialect.is_disconnect(err, raw, cursor),
-                dialect=self.dialect,
-            ) from err
+            raise self._error(statement, err, cursor) from err
         finally:
             cursor.close()
+
+    def _error(self, statement: str, err: Any, cursor: Any) -> exc.StatementError:
+        dbapi = self.dialect.loaded_dbapi
+        raw = self.conn.connection.driver_connection
+        error: exc.StatementError = exc.DBAPIError.instance(
+            statement,
+            None,
+            err,
+            dbapi.Error,
+            hide_parameters=True,
+            connection_invalidated=self.dialect.is_disconnect(err, raw, cursor),
+            dialect=self.dialect,
+        )
+        return error
 
 
 class InsertPipeline:
@@ -123,7 +150,8 @@ class InsertPipeline:
 
     def __init__(self, writer: BulkInserter) -> None:
         self.writer = writer
-        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=1)
+        # an insert to run, or COPY text for the one COPY the thread holds open
+        self._queue: queue.Queue[Callable[[], None] | bytes | str | None] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         if writer.mode == "copy":
@@ -131,19 +159,50 @@ class InsertPipeline:
             self._thread.start()
 
     def _run(self) -> None:
-        while (insert := self._queue.get()) is not None:
+        stream: contextlib.ExitStack | None = None  # the COPY open for put_text's chunks
+        write: Callable[[bytes | str], None] | None = None
+        while (item := self._queue.get()) is not None:
+            if self._error is not None:
+                continue
+            try:
+                if isinstance(item, (bytes, str)):
+                    if write is None:
+                        stream = contextlib.ExitStack()
+                        write = stream.enter_context(self.writer.copy_stream())
+                    write(item)
+                    continue
+                if stream is not None:
+                    self._end(stream)
+                    stream = write = None
+                item()
+            except BaseException as err:  # handed to the caller's thread
+                self._error = err
+        if stream is not None:
+            self._end(stream)
+
+    def _end(self, stream: contextlib.ExitStack) -> None:
+        """The open COPY completed (the server's error on its rows, if any, comes now), or after
+        an error abandoned (the transaction is rolled back)."""
+        error = self._error
+        try:
+            if error is None:
+                stream.close()
+            else:
+                stream.__exit__(type(error), error, error.__traceback__)
+        except BaseException as err:
             if self._error is None:
-                try:
-                    insert()
-                except BaseException as err:  # handed to the caller's thread
-                    self._error = err
+                self._error = err
 
     def put(self, rows: list[tuple[Any, ...]]) -> None:
         self._hand_over(lambda: self.writer.insert(rows))
 
-    def put_text(self, text: str) -> None:
-        """Rows as COPY text (:meth:`BulkInserter.copy_text`)."""
-        self._hand_over(lambda: self.writer.copy_text(text))
+    def put_text(self, text: bytes | str) -> None:
+        """Rows as COPY text (:meth:`BulkInserter.copy_stream`), in the client encoding if bytes:
+        every chunk into one COPY."""
+        self._raise()
+        if self._thread is None:
+            raise AssertionError("COPY text is for PostgreSQL through psycopg")
+        self._queue.put(text)
 
     def _hand_over(self, insert: Callable[[], None]) -> None:
         self._raise()

@@ -723,9 +723,12 @@ def _parse_beside(
     CSV file: :mod:`parsing`). The number of rows handed over."""
     loaded = 0
     as_copy_text = inserts.writer.mode == "copy"
+    encoding = inserts.writer.text_encoding() if as_copy_text else "utf-8"
     with (
         progress("读取 " + table.path.name, table.size, "B") as advance,
-        ParsingProcesses(table, kind, driver, import_id, as_copy_text=as_copy_text) as parsing,
+        ParsingProcesses(
+            table, kind, driver, import_id, as_copy_text=as_copy_text, copy_encoding=encoding
+        ) as parsing,
     ):
         for parsed in parsing.chunks():
             for line, original, column, reason in parsed.rejects:

@@ -268,6 +268,44 @@ def test_insert_pipeline_hands_the_insert_error_over_and_stops() -> None:
     assert inserted == [1]  # the chunks after the failed one were not inserted
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_copy_text_chunks_go_into_one_copy_and_a_refused_row_rolls_back(engine: Engine) -> None:
+    """COPY text handed over chunk by chunk (bytes in the client encoding, or text) goes into
+    one COPY, an empty value as NULL; a row the server refuses in a later chunk comes out as
+    SQLAlchemy's error from a later put or from close, and the transaction keeps none of it."""
+    from sqlalchemy.exc import DBAPIError
+
+    from hukou_convert.bulk import BulkInserter, InsertPipeline
+
+    schema.ensure_schema(engine)
+    R = schema.register
+    columns = ("id_number", "name", "birth_date", "import_id", "source_line")
+    with engine.begin() as conn:
+        pipeline = InsertPipeline(BulkInserter(conn, R, columns))
+        encoding = pipeline.writer.text_encoding()
+        pipeline.put_text("A1\t甲\t1980-01-01\t1\t2\n".encode(encoding))
+        pipeline.put_text("A2\t乙\t\t1\t3\nA3\t丙\t1990-12-31\t1\t4\n")
+        pipeline.close()
+    stored = select(R.c.id_number, R.c.name, R.c.birth_date, R.c.source_line)
+    with engine.connect() as conn:
+        before = conn.execute(stored.order_by(R.c.record_id)).all()
+    assert [tuple(r) for r in before] == [
+        ("A1", "甲", date(1980, 1, 1), 2),
+        ("A2", "乙", None, 3),
+        ("A3", "丙", date(1990, 12, 31), 4),
+    ]
+    with pytest.raises(DBAPIError, match="birth_date"), engine.begin() as conn:
+        pipeline = InsertPipeline(BulkInserter(conn, R, columns))
+        try:
+            for n in range(5, 40):
+                day = "1980-02-30" if n == 8 else "1980-02-28"
+                pipeline.put_text(f"B{n}\t丁\t{day}\t1\t{n}\n".encode(encoding))
+            pipeline.close()
+        finally:
+            pipeline.stop()
+    assert _count(engine) == 3
+
+
 def _import_both_ways(
     two_db_urls: tuple[str, str], path: Path, monkeypatch: pytest.MonkeyPatch, part_bytes: int
 ) -> tuple[list[Any], Engine, Engine]:
