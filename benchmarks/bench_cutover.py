@@ -125,8 +125,8 @@ def _group_memory(group: int) -> tuple[dict[int, int], int]:
                 pss = re.search(r"^Pss:\s*(\d+)", fh.read(), re.MULTILINE)
             with open(f"/proc/{entry}/status", encoding="ascii") as fh:
                 found = re.search(r"VmHWM:\s*(\d+)", fh.read())
-        except OSError:
-            continue  # ended meanwhile
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # ended meanwhile (any other error: the figure would be wrong, so raised)
         if pss:
             shares += int(pss.group(1))
         if found and int(entry) != group:

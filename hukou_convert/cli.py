@@ -247,9 +247,12 @@ def cli() -> None:
     # SQLAlchemy logs a failed reset of a dead pooled connection (server restart, session killed)
     # with its traceback; with no handler configured Python would print it to stderr beside the
     # one-line error the operator gets. The error itself still reaches the operator.
-    sqlalchemy_log = logging.getLogger("sqlalchemy")
-    if not sqlalchemy_log.handlers:
-        sqlalchemy_log.addHandler(logging.NullHandler())
+    # psycopg likewise logs a server error it ignores while abandoning a COPY, with the refused
+    # row's values in its context: never on stderr.
+    for name in ("sqlalchemy", "psycopg"):
+        log = logging.getLogger(name)
+        if not log.handlers:
+            log.addHandler(logging.NullHandler())
 
 
 def ask_to_write(what: str) -> bool:

@@ -187,7 +187,8 @@ class Parsed:
     # line, original text, column, reason
     rejects: list[tuple[int, str, str | None, str]] = field(default_factory=list)
     read: int = 0  # bytes of the file read since the chunk before
-    text: bytes | str = b""  # copy_text: the rows as COPY text, in the client encoding
+    # the rows as COPY text in the client encoding (str: a value it cannot hold)
+    text: bytes | str = b""
     count: int = 0  # rows handed over
 
 
