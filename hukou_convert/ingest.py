@@ -722,13 +722,11 @@ def _parse_beside(
     """:func:`_parse_into`, the parsing in processes of their own while this one inserts (a large
     CSV file: :mod:`parsing`). The number of rows handed over."""
     loaded = 0
-    as_copy_text = inserts.writer.mode == "copy"
-    encoding = inserts.writer.text_encoding() if as_copy_text else "utf-8"
+    # COPY on PostgreSQL: the rows as COPY text in the connection's encoding
+    encoding = inserts.writer.text_encoding() if inserts.writer.mode == "copy" else None
     with (
         progress("读取 " + table.path.name, table.size, "B") as advance,
-        ParsingProcesses(
-            table, kind, driver, import_id, as_copy_text=as_copy_text, copy_encoding=encoding
-        ) as parsing,
+        ParsingProcesses(table, kind, driver, import_id, copy_encoding=encoding) as parsing,
     ):
         for parsed in parsing.chunks():
             for line, original, column, reason in parsed.rejects:

@@ -260,12 +260,11 @@ class ParsingProcesses:
         driver: str,
         import_id: int,
         *,
-        as_copy_text: bool = False,
-        copy_encoding: str = "utf-8",
+        copy_encoding: str | None = None,
     ) -> None:
         self._table = table
-        self._job = (kind, driver, import_id, copy_encoding if as_copy_text else "")
-        self._processes = parsing_processes(as_copy_text)
+        self._job = (kind, driver, import_id, copy_encoding)
+        self._processes = parsing_processes(copy_encoding is not None)
         self._part_bytes = PART_BYTES
         self._children: list[Any] = []
         self._inboxes: list[multiprocessing.connection.Connection] = []
@@ -401,12 +400,12 @@ def _parse(
     kind: str,
     driver: str,
     import_id: int,
-    copy_encoding: str,
+    copy_encoding: str | None,
     parts: Any,
     out: Any,
 ) -> None:
     """A child: the rows of each part it is handed, a chunk at a time into ``out``; each part's
-    last chunk says so. ``copy_encoding``: as COPY text in that encoding ("": as values)."""
+    last chunk says so. ``copy_encoding``: as COPY text in that encoding (None: as values)."""
     from .ingest import RowPlan  # the one row parser of the import, in this process too
 
     try:
@@ -418,9 +417,10 @@ def _parse(
             column_type = target.c[name].type
             if isinstance(getattr(column_type, "impl_instance", column_type), (Date, DateTime)):
                 converters[name] = _as_text(converters.get(name))
-        plan = RowPlan(table, fields, target, converters, "" if copy_encoding else None)
-        # the columns, the import id, the line
-        as_text = _CopyText(len(plan.columns) + 2, copy_encoding) if copy_encoding else None
+        plan = RowPlan(table, fields, target, converters, None if copy_encoding is None else "")
+        as_text = (  # the columns, the import id, the line
+            None if copy_encoding is None else _CopyText(len(plan.columns) + 2, copy_encoding)
+        )
         cut = False
         with table.path.open("rb") as fh:
             while (handed := marshal.loads(parts.recv_bytes())) is not None:
