@@ -140,8 +140,8 @@ def start_of_line(path: Path, part: Part, line: int, block_bytes: int = PART_BYT
     with path.open("rb") as fh:
         fh.seek(part.start)
         while wanted > 0 and (block := fh.read(block_bytes)):
-            if block.endswith(b"\r"):
-                block += fh.read(1)  # a \r\n stays in one block
+            while block.endswith(b"\r") and (more := fh.read(1)):
+                block += more  # a \r\n stays in one block, after any number of lone \r
             at, cr = 0, block.find(b"\r")
             while wanted > 0:
                 lf = block.find(b"\n", at)
