@@ -291,11 +291,15 @@ def csv_records(
     first_line: int = 1,
     after_header: bool = False,
     to_the_end: bool = True,
+    take: Callable[[list[str], int], bool] | None = None,
 ) -> Iterator[Row]:
     """The records of a CSV text opened with ``newline=""``, which holds the file from the start
     of line ``first_line``: from its start (``after_header``: the header skipped) or from a record
     boundary. ``to_the_end=False``: the text is a part that stops before the file does, and a record
-    it leaves unfinished raises RecordCutOff instead of being read as one cut short."""
+    it leaves unfinished raises RecordCutOff instead of being read as one cut short.
+
+    ``take(cells, line)``, if given, is offered each record that is not blank first: a record it
+    takes (True) is not yielded. The import's fast path: no Row made for a record that needs none."""
     window = _LineWindow(fh, advance, first_line)
     reader = csv.reader(window, delimiter=delimiter, strict=True)
     before = first_line - 1  # lines of the file before the text
@@ -318,6 +322,8 @@ def csv_records(
             continue
         if not cells or (not cells[0].strip() and all(c.strip() == "" for c in cells)):
             continue  # blank line
+        if take is not None and take(cells, start_line):
+            continue
         yield Row(
             start_line, cast("list[Cell]", cells), window=window, last=before + reader.line_num
         )

@@ -9,7 +9,12 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hukou_convert import schema
+from hukou_convert.fields import PERSON_FIELDS, Reject
+from hukou_convert.ingest import RowPlan, _Slow
 from hukou_convert.parsing import Part, copy_text, cut_into_parts, start_of_line
+from hukou_convert.readers import open_table
+from hukou_convert.sample import PERSON_HEADER
 
 # the bytes that matter to the cutting, and a character of several bytes in each encoding
 _PIECES = st.sampled_from(["a", ",", '"', "\n", "\r", "\r\n", "中", "𠀀"])
@@ -88,3 +93,80 @@ def test_copy_text_writes_plain_rows_as_they_are_and_escapes_the_rest() -> None:
     assert copy_text([], 3) == ""
     # a value that is not text (never from the import's rows): written as text, None as NULL
     assert copy_text([("a", None, 7)], 3) == "a\t\t7\n"  # type: ignore[list-item]
+
+
+# cells as an export may hold them: values that COPY reads specially, spaces around a value,
+# dates and codes good and bad, empty cells, a value too long for its column
+_CELLS = st.sampled_from(
+    [
+        "",
+        "  ",
+        "330211003009",
+        " 甲乙 ",
+        "a\tb",
+        "back\\slash",
+        "line\nbreak",
+        "carriage\rreturn",
+        "\\N",
+        "1980-02-29",
+        "1981-02-29",
+        "19900101",
+        "2016-01-03 10:00:00",
+        "男",
+        "2",
+        "x",
+        "长" * 250,
+        "33021119300101001X",
+    ]
+)
+_WIDTH = len(PERSON_HEADER)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.lists(st.lists(_CELLS, min_size=_WIDTH - 1, max_size=_WIDTH + 1), max_size=10))
+def test_rows_taken_as_copy_lines_are_the_lines_copy_text_writes_of_the_parsed_values(
+    rows: list[list[str]],
+) -> None:
+    """The fast path of the COPY text (``RowPlan.copy_take``) writes a row exactly as the
+    careful path's values are written by copy_text, and leaves to that path only the rows it
+    must: a row refused or of the wrong width, or one whose values need escaping. Its lines are
+    handed over (``flush``) each time they reach the chunk's size."""
+    import csv
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "r.csv"
+        with path.open("w", encoding="utf-8", newline="") as fh:
+            csv.writer(fh).writerow(PERSON_HEADER)
+        table = open_table(path)
+    plan = RowPlan(table, PERSON_FIELDS, schema.register, {}, "")
+    lines: list[str] = []
+    sent: list[str] = []
+
+    def flush() -> None:
+        assert len(lines) == 3
+        sent.extend(lines)
+        lines.clear()
+
+    take = plan.copy_take("7", lines, 3, flush)
+    width = len(plan.columns) + 2
+    fast = 0
+    for line, cells in enumerate(rows, start=2):
+        held = len(sent) + len(lines)
+        taken = take(cells, line)
+        written = sent + lines
+        parsed = plan.parse(list(cells), line)
+        values = None if isinstance(parsed, Reject) or parsed is None else (*parsed, "7", str(line))
+        if taken:
+            assert values is not None
+            assert written[held:] == [copy_text([values], width)]
+            fast += 1
+            continue
+        assert len(written) == held
+        if values is not None and len(cells) == _WIDTH:
+            try:
+                plan._fast_row(list(cells))
+            except _Slow:
+                continue  # a row the careful path reads
+            assert copy_text([values], width) != "\t".join(map(str, values)) + "\n"  # escaped
+    assert len(lines) < 3 and len(sent) + len(lines) == fast
