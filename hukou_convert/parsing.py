@@ -8,7 +8,7 @@ parts of about a megabyte, each ending with a line; a process per core takes the
 (with two: one the even parts, the other the odd) and writes their rows as COPY text, encoded in
 the connection's client encoding, which this process hands to the server as it is, every chunk
 into one COPY. Every row is parsed exactly as the import does in one
-process (:class:`ingest.RowPlan`) and handed over a chunk at a time through a pipe, rejects with
+process (:class:`rowplan.RowPlan`) and handed over a chunk at a time through a pipe, rejects with
 their line and original text; this process takes the parts' rows in the file's order, so the
 register's rows are in the file's order as in one process. Each pipe holds a chunk or two:
 memory stays flat.
@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import Date, DateTime, Table
 from sqlalchemy.engine import make_url
@@ -52,9 +52,7 @@ from .bulk import Convert, bind_converters
 from .errors import HukouError, InputFileError
 from .fields import APPLICATION_FIELDS, PERSON_FIELDS, Reject
 from .readers import RecordCutOff, TableFile, csv_records
-
-if TYPE_CHECKING:
-    from .ingest import RowPlan
+from .rowplan import RowPlan  # the one row parser of the import, in the parsing processes too
 
 PARALLEL_FROM_BYTES = 16 << 20  # a smaller file parses in less time than a process takes to start
 PART_BYTES = 1 << 20  # the parts the parsing processes take in turn
@@ -406,8 +404,6 @@ def _parse(
 ) -> None:
     """A child: the rows of each part it is handed, a chunk at a time into ``out``; each part's
     last chunk says so. ``copy_encoding``: as COPY text in that encoding (None: as values)."""
-    from .ingest import RowPlan  # the one row parser of the import, in this process too
-
     try:
         fields, target = _targets(kind)
         dialect = make_url(f"{driver}://").get_dialect()()

@@ -22,7 +22,8 @@ from sqlalchemy import select
 from hukou_convert import schema
 from hukou_convert.cli import cli
 from hukou_convert.db import make_engine, parse_url
-from hukou_convert.ingest import NO_CACHED_VALUE, import_applications, import_register
+from hukou_convert.ingest import import_applications, import_register
+from hukou_convert.rowplan import NO_CACHED_VALUE
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 R = schema.register

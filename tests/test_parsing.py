@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from hukou_convert import schema
 from hukou_convert.fields import PERSON_FIELDS, Reject
-from hukou_convert.ingest import RowPlan, _Slow
 from hukou_convert.parsing import Part, copy_text, cut_into_parts, start_of_line
 from hukou_convert.readers import open_table
+from hukou_convert.rowplan import RowPlan, _Slow
 from hukou_convert.sample import PERSON_HEADER
 
 # the bytes that matter to the cutting, and a character of several bytes in each encoding
