@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import CodeType
 from typing import Any
 
@@ -24,8 +24,7 @@ from .fields import (
     map_header,
     parse_id_number,
 )
-from .progress import Progress
-from .readers import Cell, FormulaCell, MergedRange, Row, TableFile, is_bad_record
+from .readers import Cell, FormulaCell, MergedRange, TableFile, is_bad_record
 
 
 def _lengths(table: Table) -> dict[str, int]:
@@ -325,23 +324,3 @@ _EXCEL_ERRORS = {
     "#NULL!",
     "#GETTING_DATA",
 }
-
-
-def parse_rows(
-    table: TableFile,
-    fields: list[FieldSpec],
-    target: Table,
-    progress: Progress,
-) -> Iterator[tuple[Row, dict[str, Any] | Reject]]:
-    """Each row with its values by field name, or the Reject that keeps it out."""
-    plan = RowPlan(table, fields, target)
-    for row in table.rows(progress):
-        outcome = plan.parse(row.cells, row.line, row.formulas)
-        if outcome is None:
-            continue
-        yield (
-            row,
-            outcome
-            if isinstance(outcome, Reject)
-            else dict(zip(plan.columns, outcome, strict=True)),
-        )
