@@ -21,6 +21,12 @@ ends inside a record says so (:class:`readers.RecordCutOff`): the parsing starts
 afresh, from that record's first line, everything before it having been read right. The same
 record cut again, or a fourth cut, and the rest of the file is read as one part.
 
+Most parts of an export are plain: no double quote, backslash, tab or NUL byte. Each of their
+lines is a record, split at its delimiters as the CSV reader would, and no value needs escaping as
+COPY text: such a part is written line after line by one compiled function, only the lines it
+does not take going through the CSV reader and the careful parsing (1M persons: the parsing's
+CPU 3.7 s -> 2.7 s, the import 7.2 s -> 5.9 s).
+
 The processes get the file's description and the database's driver name, never a password: they
 need the driver only to convert values the way it would (its bind processors). Dates and instants
 cross the pipe as ISO text, which every driver stores as it would the value, and chunks are
@@ -42,7 +48,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Date, DateTime, Table
 from sqlalchemy.engine import make_url
@@ -51,12 +57,20 @@ from . import schema
 from .bulk import Convert, bind_converters
 from .errors import HukouError, InputFileError
 from .fields import APPLICATION_FIELDS, PERSON_FIELDS, Reject
-from .readers import RecordCutOff, TableFile, csv_records
+from .readers import (
+    Cell,
+    RecordCutOff,
+    TableFile,
+    csv_records,
+    is_blank_record,
+    line_record,
+)
 from .rowplan import RowPlan  # the one row parser of the import, in the parsing processes too
 
 PARALLEL_FROM_BYTES = 16 << 20  # a smaller file parses in less time than a process takes to start
 PART_BYTES = 1 << 20  # the parts the parsing processes take in turn
 _CHUNK_ROWS = 5_000  # rows handed over at a time (a part: ~6,000 in a message or two)
+_BLOCK_CHARS = 1 << 19  # a plain part's lines read at a time (a hint: whole lines)
 _MOST_PROCESSES = 4  # a bound, not measured: this machine has 2 cores, and one COPY connection
 _LONGEST_PART = 4  # times PART_BYTES: a part ends then even if its quotes are odd
 _MOST_RESTARTS = 3  # parts cut inside a record; after that, the rest of the file is one part
@@ -74,11 +88,14 @@ def parsing_processes(as_copy_text: bool) -> int:
 
 @dataclass(frozen=True)
 class Part:
-    """Bytes ``start``..``end`` of the file: whole lines, the first of them line ``first_line``."""
+    """Bytes ``start``..``end`` of the file: whole lines, the first of them line ``first_line``.
+    ``plain``: they hold no double quote, backslash, NUL or tab (but a tab delimiter): each line
+    is a record, split at its delimiters, and no value needs escaping as COPY text."""
 
     start: int
     end: int
     first_line: int
+    plain: bool = False
 
 
 def _line_breaks(data: bytes, start: int = 0, end: int | None = None) -> int:
@@ -90,20 +107,23 @@ def _line_breaks(data: bytes, start: int = 0, end: int | None = None) -> int:
 
 
 def cut_into_parts(
-    path: Path, start: int, first_line: int, part_bytes: int
+    path: Path, start: int, first_line: int, part_bytes: int, delimiter: str = ","
 ) -> Generator[Part, None, None]:
     """The file from byte ``start`` (the start of a record, on line ``first_line``) cut into parts
     of about ``part_bytes``, each ending after a line break with an even number of double quotes
     since the part began: where a record ends in a well-formed file. A part grown to
     ``_LONGEST_PART`` times that without one (a stray quote: the count never comes back even)
     ends after its last line break anyway: a record is far shorter, and a wrong guess is noticed.
-    Line breaks and quotes are single bytes in UTF-8, GBK and GB18030 alike (no byte of a
+    Line breaks, quotes, tabs and NUL are single bytes in UTF-8, GBK and GB18030 alike (no byte of a
     multi-byte character is below 0x40 but in GB18030's four-byte forms, whose digits 0x30-0x39
-    are neither)."""
+    are neither); a backslash can be the second byte of a GBK character, which only makes a part
+    not plain that was. A NUL byte makes a part not plain: the CSV reader refuses its record."""
+    special = [b'"', b"\\", b"\0"] + ([] if delimiter == "\t" else [b"\t"])
     part_start, line = start, first_line
     position = start  # of the chunk read next
     quotes = 0  # from ``part_start`` to ``position``
     lines = 0  # line breaks from ``part_start`` to ``position``
+    marked = False  # a special byte from ``part_start`` to ``position``
     pending_cr = False  # the last chunk ended with \\r: a \\n opening the next one is its pair
     with path.open("rb") as fh:
         fh.seek(start)
@@ -115,16 +135,19 @@ def cut_into_parts(
             quoted = quotes + chunk.count(b'"', 0, cut)
             grown = position + cut - part_start >= _LONGEST_PART * part_bytes
             if cut and (quoted % 2 == 0 or grown):
-                yield Part(part_start, position + cut, line)
+                plain = not marked and not any(chunk.find(b, 0, cut) >= 0 for b in special)
+                yield Part(part_start, position + cut, line, plain)
                 line += lines + _line_breaks(chunk, 0, cut)
                 part_start, lines, quotes = position + cut, _line_breaks(chunk, cut), 0
+                marked = any(chunk.find(b, cut) >= 0 for b in special)
             else:
                 lines += _line_breaks(chunk)
                 quotes = quoted
+                marked = marked or any(chunk.find(b) >= 0 for b in special)
             quotes += chunk.count(b'"', cut)
             position += len(chunk)
     if position > part_start:
-        yield Part(part_start, position, line)
+        yield Part(part_start, position, line, not marked)
 
 
 def _one_part(part: Part) -> Generator[Part, None, None]:
@@ -318,7 +341,7 @@ class ParsingProcesses:
                 parts = _one_part(Part(start, size, line))  # to the end: never cut
             else:
                 self._start(self._processes)
-                parts = cut_into_parts(path, start, line, self._part_bytes)
+                parts = cut_into_parts(path, start, line, self._part_bytes, self._table.delimiter)
             with contextlib.closing(parts):
                 cut = yield from self._parse_parts(parts)
             self._stop()
@@ -365,7 +388,7 @@ class ParsingProcesses:
             return
         inbox = self._inboxes[self._handed % len(self._inboxes)]
         with contextlib.suppress(BrokenPipeError):  # it ended: its outbox says why, in turn
-            inbox.send_bytes(marshal.dumps((part.start, part.end, part.first_line)))
+            inbox.send_bytes(marshal.dumps((part.start, part.end, part.first_line, part.plain)))
         self._handed += 1
         handed.append(part)
 
@@ -451,6 +474,9 @@ def _parse_part(
     text = io.TextIOWrapper(
         io.BufferedReader(_Slice(fh, part.start, part.end)), encoding=encoding, newline=""
     )
+    if part.plain and as_text is not None:
+        _parse_plain_part(table, plan, key, as_text, text, part, out)
+        return True
     chunk = Parsed()
     lines: list[str] = []  # as COPY text: the chunk's rows as COPY lines, in the file's order
 
@@ -497,6 +523,51 @@ def _parse_part(
         return False
     send(True)
     return True
+
+
+def _parse_plain_part(
+    table: TableFile,
+    plan: RowPlan,
+    key: str,
+    as_text: _CopyText,
+    text: io.TextIOWrapper,
+    part: Part,
+    out: Any,
+) -> None:
+    """:func:`_parse_part` of a plain part as COPY text: each line is a record, and the row
+    plan's :meth:`~rowplan.RowPlan.copy_lines` writes line after line until one it leaves to
+    :meth:`~rowplan.RowPlan.parse`, read here as the CSV reader would read it."""
+    lines: list[str] = []
+    chunk = Parsed()
+    take = plan.copy_lines(key, lines, table.delimiter)
+    line = part.first_line
+    if part.start == 0:
+        text.readline()  # the header, already read by open_table (one line: no quotes)
+        line += 1
+    while block := text.readlines(_BLOCK_CHARS):
+        at, count = 0, len(block)
+        while at < count:
+            at = take(block, at, line + at)
+            if at == count:
+                break
+            original = block[at].rstrip("\r\n")
+            cells = line_record(block[at], table.delimiter)
+            number = line + at
+            at += 1
+            if is_blank_record(cells):
+                continue
+            outcome = plan.parse(cast("list[Cell]", cells), number)
+            if isinstance(outcome, Reject):
+                chunk.rejects.append((number, original, outcome.column, outcome.reason))
+            elif outcome is not None:
+                lines.append(copy_text([(*outcome, key, str(number))], as_text.width))
+        line += count
+        if len(lines) >= _CHUNK_ROWS:
+            _send(out, chunk, as_text, lines, last=False)
+            chunk = Parsed()
+            lines.clear()
+    chunk.read = part.end - part.start  # the part's bytes at once: a part is about a megabyte
+    _send(out, chunk, as_text, lines, last=True)
 
 
 class _CopyText(NamedTuple):

@@ -320,13 +320,26 @@ def csv_records(
         if first:
             first = False  # the header, already read by open_table
             continue
-        if not cells or (not cells[0].strip() and all(c.strip() == "" for c in cells)):
-            continue  # blank line
+        if is_blank_record(cells):
+            continue
         if take is not None and take(cells, start_line):
             continue
         yield Row(
             start_line, cast("list[Cell]", cells), window=window, last=before + reader.line_num
         )
+
+
+def is_blank_record(cells: list[str]) -> bool:
+    """A blank line, or one of blank cells: skipped, neither loaded nor rejected."""
+    return not cells or (not cells[0].strip() and all(c.strip() == "" for c in cells))
+
+
+def line_record(line: str, delimiter: str) -> list[str]:
+    """The cells of a record that is one line of the file, as :func:`csv_records` reads it."""
+    try:
+        return next(csv.reader([line], delimiter=delimiter, strict=True), [])
+    except csv.Error as exc:
+        return [_BadRecord(str(exc))]
 
 
 class _BadRecord(str):

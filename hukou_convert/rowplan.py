@@ -131,6 +131,35 @@ def _compile_copy_take(
     return take
 
 
+def _compile_copy_lines(
+    cells: list[tuple[int, _FastCell]], width: int, tail: str, delimiter: str, lines: list[str]
+) -> Callable[[list[str], int, int], int]:
+    """:meth:`RowPlan.copy_lines`: the fast row of each line in turn, written as its COPY line
+    without looking for characters to escape (the part holds none, and a cached value holding
+    one is not cached), until a line it does not take."""
+    env: dict[str, Any] = {
+        "_Slow": _Slow,
+        "_MISS": _MISS,
+        "_tail": tail,
+        "_delimiter": delimiter,
+        "_append": lines.append,
+    }
+    body = _cell_statements(cells, env)
+    fields = "\\t".join(f"{{v{n}}}" for n in range(len(cells)))
+    source = "def copy_lines(block, i, line):\n"
+    source += "    first, n = line - i, len(block)\n"
+    source += "    while i < n:\n"
+    source += "        c = block[i].rstrip('\\r\\n').split(_delimiter)\n"
+    source += f"        if len(c) != {width} or not c[0].strip(): return i\n"
+    source += "        try:\n" + "".join(f"            {line}\n" for line in body)
+    source += "        except _Slow:\n            return i\n"
+    source += f"        _append(f'{fields}{{_tail}}{{first + i}}\\n')\n"
+    source += "        i += 1\n"
+    source += "    return n\n"
+    copy_lines: Callable[[list[str], int, int], int] = _compile(source, env, "copy_lines")
+    return copy_lines
+
+
 class RowPlan:
     """How the rows of one file become register values, worked out once from its header.
 
@@ -226,6 +255,8 @@ class RowPlan:
                 value = empty
             elif conv is not None:
                 value = conv(value)
+            if value is not None and _needs_escaping(str(value)):
+                raise _Slow  # copy_lines writes a value as it is: let parse say what it is
             if len(cache) >= limit_:
                 cache.clear()  # the same dict: the compiled row function holds it
             cache[cell] = value
@@ -245,6 +276,23 @@ class RowPlan:
         tail = "".join(f"\t{value}" for value in (*self._defaults, key)) + "\t"
         tabs = len(self.columns) + 1
         return _compile_copy_take(self._fast, self.width, tail, tabs, lines, chunk_rows, flush)
+
+    def copy_lines(
+        self, key: str, lines: list[str], delimiter: str
+    ) -> Callable[[list[str], int, int], int]:
+        """For the lines of a plain part of a CSV file (:class:`parsing.Part`: no double quote,
+        backslash, tab or NUL, so that each line is a record split at its delimiters and no value
+        needs escaping): ``take(block, i, line)`` appends to ``lines`` the COPY line of
+        ``block[i]`` (line ``line`` of the file), then of the lines after it, as :meth:`copy_take`
+        would write them, and returns the index of the first line it does not take (``len(block)``
+        if none): one :meth:`parse` must read, as would copy_take, or one whose first cell is
+        blank (a blank record is skipped, not parsed). No call, no list of cells kept, per line
+        (1M persons: a third of the parsing's time)."""
+        assert self._empty == "" and self.is_csv, "COPY text of CSV rows only"
+        if any(_needs_escaping(str(value)) for value in (*self._defaults, key)):
+            return lambda block, i, line: i  # never from the import: every line to parse
+        tail = "".join(f"\t{value}" for value in (*self._defaults, key)) + "\t"
+        return _compile_copy_lines(self._fast, self.width, tail, delimiter, lines)
 
     def parse(
         self, cells: list[Cell], line: int = 0, formulas: tuple[FormulaCell, ...] = ()
@@ -302,6 +350,11 @@ class RowPlan:
             merged = ranges[at]
             return f" (under the merged range {merged.ref}: only {merged.first} holds its value)"
         return ""
+
+
+def _needs_escaping(text: str) -> bool:
+    """A value COPY text must escape (:func:`parsing.copy_text`)."""
+    return "\\" in text or "\t" in text or "\n" in text or "\r" in text
 
 
 NO_CACHED_VALUE = (

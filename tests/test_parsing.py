@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import itertools
+import marshal
 from pathlib import Path
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hukou_convert import schema
 from hukou_convert.fields import PERSON_FIELDS, Reject
-from hukou_convert.parsing import Part, copy_text, cut_into_parts, start_of_line
+from hukou_convert.parsing import (
+    Part,
+    _CopyText,
+    _parse_part,
+    copy_text,
+    cut_into_parts,
+    start_of_line,
+)
 from hukou_convert.readers import open_table
 from hukou_convert.rowplan import RowPlan, _Slow
-from hukou_convert.sample import PERSON_HEADER
+from hukou_convert.sample import PERSON_HEADER, person_row
 
 # the bytes that matter to the cutting, and a character of several bytes in each encoding
-_PIECES = st.sampled_from(["a", ",", '"', "\n", "\r", "\r\n", "中", "𠀀"])
+_PIECES = st.sampled_from(["a", ",", '"', "\n", "\r", "\r\n", "中", "𠀀", "\\", "\t", "\0"])
 
 
 def _lines_before(text: str, end: int) -> int:
@@ -54,6 +64,9 @@ def test_parts_tile_the_file_each_ending_a_line_with_its_first_line_counted(
             assert quotes % 2 == 0 or before.end - before.start >= 4 * part_bytes
         for part in parts:
             assert part.start < part.end
+            # plain: nothing a line split at its commas would misread, or COPY would escape
+            held = data[part.start : part.end]
+            assert part.plain == all(b not in held for b in (b'"', b"\\", b"\t", b"\0"))
             prefix = data[: part.start].decode(encoding)
             assert part.first_line == 1 + _lines_before(prefix, len(prefix))
             # and each line of the part is found where it starts
@@ -68,7 +81,7 @@ def test_parts_cut_from_a_record_inside_the_file_count_from_its_line(tmp_path: P
     path = tmp_path / "r.csv"
     path.write_bytes(b'h\r\n"a\nb"\n1\r2\n3\n')
     # the quote before the first cut is the record's own: counted from its start, not the file's
-    assert list(cut_into_parts(path, 3, 2, 4)) == [Part(3, 9, 2), Part(9, 15, 4)]
+    assert list(cut_into_parts(path, 3, 2, 4)) == [Part(3, 9, 2), Part(9, 15, 4, plain=True)]
 
 
 def test_a_stray_quote_does_not_keep_the_rest_of_the_file_in_one_part(tmp_path: Path) -> None:
@@ -97,28 +110,27 @@ def test_copy_text_writes_plain_rows_as_they_are_and_escapes_the_rest() -> None:
 
 # cells as an export may hold them: values that COPY reads specially, spaces around a value,
 # dates and codes good and bad, empty cells, a value too long for its column
-_CELLS = st.sampled_from(
-    [
-        "",
-        "  ",
-        "330211003009",
-        " 甲乙 ",
-        "a\tb",
-        "back\\slash",
-        "line\nbreak",
-        "carriage\rreturn",
-        "\\N",
-        "1980-02-29",
-        "1981-02-29",
-        "19900101",
-        "2016-01-03 10:00:00",
-        "男",
-        "2",
-        "x",
-        "长" * 250,
-        "33021119300101001X",
-    ]
-)
+_CELL_TEXTS = [
+    "",
+    "  ",
+    "330211003009",
+    " 甲乙 ",
+    "a\tb",
+    "back\\slash",
+    "line\nbreak",
+    "carriage\rreturn",
+    "\\N",
+    "1980-02-29",
+    "1981-02-29",
+    "19900101",
+    "2016-01-03 10:00:00",
+    "男",
+    "2",
+    "x",
+    "长" * 250,
+    "33021119300101001X",
+]
+_CELLS = st.sampled_from(_CELL_TEXTS)
 _WIDTH = len(PERSON_HEADER)
 
 
@@ -170,3 +182,130 @@ def test_rows_taken_as_copy_lines_are_the_lines_copy_text_writes_of_the_parsed_v
                 continue  # a row the careful path reads
             assert copy_text([values], width) != "\t".join(map(str, values)) + "\n"  # escaped
     assert len(lines) < 3 and len(sent) + len(lines) == fast
+
+
+# cells a plain part may hold (no quote, backslash, tab or NUL; a comma splits a cell in two)
+_PLAIN_CELLS = st.sampled_from(
+    [c for c in _CELL_TEXTS if not any(x in c for x in "\t\\\n\r")] + ["a,b", " ", "　甲　"]
+)
+
+
+class _Out:
+    """The pipe a parsing process writes to: its messages, unmarshalled."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    def send_bytes(self, data: bytes) -> None:
+        self.messages.append(marshal.loads(data))
+
+    def text(self) -> bytes:
+        return b"".join(m[2] for m in self.messages)
+
+    def rejects(self) -> list[Any]:
+        return [r for m in self.messages for r in m[4]]
+
+
+_GOOD_ROW = [
+    person_row("330211198001010017", "2", address="骆驼街道锦华社区112号").get(h, "")
+    for h in PERSON_HEADER
+]
+
+
+def _changed(cells: list[str], at: int, cell: str) -> list[str]:
+    return [*cells[:at], cell, *cells[at + 1 :]]
+
+
+# a good row as it is or with one cell changed, rows of blank cells, rows of any plain cells
+_PLAIN_ROWS = st.one_of(
+    st.just(_GOOD_ROW),
+    st.builds(_changed, st.just(_GOOD_ROW), st.integers(0, _WIDTH - 1), _PLAIN_CELLS),
+    st.lists(st.sampled_from(["", " ", "　"]), min_size=_WIDTH, max_size=_WIDTH),
+    st.lists(_PLAIN_CELLS, max_size=_WIDTH + 1),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    records=st.lists(
+        st.tuples(_PLAIN_ROWS, st.sampled_from(["\n", "\r\n", "\r"])),
+        max_size=12,
+    ),
+    last_ended=st.booleans(),
+)
+def test_a_plain_part_is_written_line_by_line_as_the_csv_reader_would_read_it(
+    records: list[tuple[list[str], str]], last_ended: bool
+) -> None:
+    """A plain part (no quote, backslash, tab or NUL) is written a line at a time by the row
+    plan's copy_lines, each line it does not take read by the CSV reader: the same COPY text and
+    the same rejects, with their lines and original text, as the part read by the CSV reader
+    throughout; blank lines and lines of blank cells skipped, rows of the wrong width, refused
+    values, values too long and a last line without its line break among them."""
+    import tempfile
+
+    body = "".join(",".join(cells) + end for cells, end in records)
+    if records and not last_ended:
+        body = body[: -len(records[-1][1])]
+    data = (",".join(PERSON_HEADER) + "\n" + body).encode("utf-8")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "r.csv"
+        path.write_bytes(data)
+        table = open_table(path)
+        plan = RowPlan(table, PERSON_FIELDS, schema.register, {}, "")
+        as_text = _CopyText(len(plan.columns) + 2, "utf-8")
+        outs = []
+        for plain in (True, False):
+            out = _Out()
+            with path.open("rb") as fh:
+                assert _parse_part(table, plan, 7, as_text, fh, Part(0, len(data), 1, plain), out)
+            outs.append(out)
+    lines, careful = outs
+    assert lines.text() == careful.text()
+    assert lines.rejects() == careful.rejects()
+    assert lines.messages[-1][6] and sum(m[5] for m in lines.messages) == len(data)
+
+
+def test_copy_lines_takes_the_good_lines_and_leaves_the_others_to_parse(tmp_path: Path) -> None:
+    """The lines copy_lines takes are not parsed one by one: of a plain part of good rows, a
+    refused one, one of the wrong width, one whose first cell is blank and a blank one, only the
+    first three reach RowPlan.parse (the blank line is skipped), and every row is written as
+    parse would write it."""
+    from tests.helpers import ident, person
+
+    def line(seq: int, **fields: str) -> str:
+        values = person(ident("330211", "19800101", seq), "2", **fields)
+        return ",".join(values.get(h, "") for h in PERSON_HEADER)
+
+    lines = [",".join(PERSON_HEADER)] + [line(seq) for seq in range(1, 30)]
+    lines[5] = line(5, birth="1981-02-29")  # refused
+    lines[9] = line(9) + ",extra"  # the wrong width, its extra cell not blank
+    lines[12] = ""  # blank
+    lines[15] = "  " + line(15)[18:]  # no ID number: left to parse (the checks report it)
+    lines[20] = " " + line(20)  # a space before the ID number: taken all the same
+    data = ("\r\n".join(lines) + "\r\n").encode("utf-8")
+    path = tmp_path / "r.csv"
+    path.write_bytes(data)
+    table = open_table(path)
+    plan = RowPlan(table, PERSON_FIELDS, schema.register, {}, "")
+    parsed: list[int] = []
+    careful = plan.parse
+
+    def counted(cells: list[Any], line: int = 0, formulas: Any = ()) -> Any:
+        parsed.append(line)
+        return careful(cells, line, formulas)
+
+    plan.parse = counted  # type: ignore[method-assign]
+    out = _Out()
+    with path.open("rb") as fh:
+        part = Part(0, len(data), 1, plain=True)
+        _parse_part(table, plan, 7, _CopyText(len(plan.columns) + 2, "utf-8"), fh, part, out)
+    assert parsed == [6, 10, 16]  # the blank line skipped without parsing; the space taken
+    assert [(r[0], r[2]) for r in out.rejects()] == [(6, "D (出生日期)"), (10, None)]
+    written = out.text().decode("utf-8").splitlines()
+    assert len(written) == 29 - 3
+    for number in (2, 16, 21, 30):
+        values = careful(next(csv.reader([lines[number - 1]])), number)
+        assert isinstance(values, tuple)
+        assert copy_text([(*values, "7", str(number))], len(plan.columns) + 2).rstrip("\n") in (
+            written
+        )
