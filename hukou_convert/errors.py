@@ -49,6 +49,14 @@ class InputFileError(HukouError):
         return f"{where}: {self.reason}"
 
 
+class UnprovenBytes(InputFileError):
+    """A large CSV file opened on its first megabyte (:func:`readers.open_table` with
+    ``whole=False``) held a byte further on that its encoding does not decode, or a NUL byte,
+    found while it was being loaded: nothing was imported. The import then checks the whole file
+    first, as it does any other, and loads it again in the encoding that reads it all, or stops
+    with that check's message; this reaches the operator only if the file changed in between."""
+
+
 class ProfileError(HukouError):
     """A jurisdiction profile, profile file or cutoff is missing or invalid."""
 

@@ -55,7 +55,7 @@ from sqlalchemy.engine import make_url
 
 from . import schema
 from .bulk import Convert, bind_converters
-from .errors import HukouError, InputFileError
+from .errors import HukouError, InputFileError, UnprovenBytes
 from .fields import APPLICATION_FIELDS, PERSON_FIELDS, Reject
 from .readers import (
     Cell,
@@ -402,6 +402,14 @@ class ParsingProcesses:
                 f"the process parsing the file ended (exit code {self._children[n].exitcode})"
                 " before the end of the file; nothing was imported",
             ) from None
+        if message[0] == "undecodable":  # ("undecodable", the part's first line, why)
+            _, line, reason = message
+            raise UnprovenBytes(
+                str(self._table.path),
+                f"cannot be decoded as {self._table.encoding} ({reason}) in the lines from this"
+                " one; nothing was imported",
+                int(line),
+            )
         if message[0] == "error":  # ("error", exit code, message)
             _, code, text = message
             error = HukouError(text)
@@ -443,10 +451,13 @@ def _parse(
         cut = False
         with table.path.open("rb") as fh:
             while (handed := marshal.loads(parts.recv_bytes())) is not None:
-                # after a cut the parts handed since are not read: the parsing starts again
-                cut = cut or not _parse_part(
-                    table, plan, import_id, as_text, fh, Part(*handed), out
-                )
+                part = Part(*handed)
+                try:
+                    # after a cut the parts handed since are not read: the parsing starts again
+                    cut = cut or not _parse_part(table, plan, import_id, as_text, fh, part, out)
+                except UnicodeDecodeError as err:  # a file opened on its first lines only
+                    out.send_bytes(marshal.dumps(("undecodable", part.first_line, err.reason)))
+                    return
     except HukouError as err:
         out.send_bytes(marshal.dumps(("error", err.exit_code, err.message())))
     except Exception as err:  # never a value in the message: the type only

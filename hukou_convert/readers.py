@@ -1,7 +1,9 @@
 """Reading exported tables, streaming: CSV (UTF-8 with or without BOM, GBK, GB18030) and .xlsx.
 
 A file is checked in full before anything is loaded from it (encoding, NUL bytes, format), so that a
-file that cannot be read loads nothing. Each data row comes with its line number and the original text
+file that cannot be read loads nothing; or, a large CSV file that an import loads in one
+transaction, as it is loaded (``open_table(whole=False)``, :class:`ByteProof`): the transaction
+rolls back if any byte fails. Each data row comes with its line number and the original text
 as read, for the reject file.
 
 An xlsx is read by openpyxl in read-only mode, which gives a formula's cached value or its text but
@@ -19,6 +21,7 @@ import hashlib
 import io
 import itertools
 import re
+import threading
 import zipfile
 from collections.abc import Callable, Generator, Iterator
 from contextlib import closing
@@ -116,6 +119,8 @@ class TableFile:
     has_formulas: bool = False  # xlsx: the sheet holds at least one formula
     merged: tuple[MergedRange, ...] = ()  # xlsx: merged ranges below the header, the first few
     merged_unlisted: int = 0  # xlsx: merged ranges below the header beyond those kept
+    # CSV: every byte decoded and the SHA-256 taken; False: only its first lines were (``whole=False``)
+    checked: bool = True
 
     def rows(self, progress: Progress) -> Iterator[Row]:
         if self.kind == "xlsx":
@@ -124,8 +129,14 @@ class TableFile:
             yield from _csv_rows(self, progress)
 
 
-def open_table(path: Path, encoding: str | None = None) -> TableFile:
-    """Check the whole file and read its header; raise InputFileError if it cannot be read."""
+def open_table(path: Path, encoding: str | None = None, *, whole: bool = True) -> TableFile:
+    """Check the whole file and read its header; raise InputFileError if it cannot be read.
+
+    ``whole=False``: a CSV file larger than a megabyte has only its first lines decoded, to choose
+    its encoding (the first that reads them, as the whole file's check would choose but for a
+    byte further on), and is not ``checked``: its SHA-256 is empty. Whoever loads it must prove
+    the rest, decoding every line strictly and taking the rest from :class:`ByteProof`, and load
+    nothing if that fails."""
     name = str(path)
     try:
         size = path.stat().st_size
@@ -153,10 +164,10 @@ def open_table(path: Path, encoding: str | None = None) -> TableFile:
         raise InputFileError(name, "not a readable .xlsx workbook (not a ZIP container)")
     if path.suffix.lower() == ".xls":
         raise InputFileError(name, "old binary .xls is not supported: save it as .xlsx or CSV")
-    return _open_csv(path, size, encoding)
+    return _open_csv(path, size, encoding, whole)
 
 
-def _open_csv(path: Path, size: int, forced: str | None) -> TableFile:
+def _open_csv(path: Path, size: int, forced: str | None, whole: bool = True) -> TableFile:
     name = str(path)
     if forced is not None:
         codec = _ENCODING_NAMES.get(forced.lower().replace("_", "-"))
@@ -166,11 +177,12 @@ def _open_csv(path: Path, size: int, forced: str | None) -> TableFile:
     else:
         # GBK before GB18030 only to name the encoding precisely: GB18030 reads every GBK file.
         candidates = ["utf-8", "gbk", "gb18030"]
+    head = None if whole else _head(path)
     failures: list[tuple[str, int | None]] = []
     chosen: str | None = None
     digest = ""
     for codec in candidates:
-        reason, line, digest = _scan(path, codec)
+        reason, line, digest = _scan(path, codec, head)
         if reason is None:
             chosen = codec
             break
@@ -187,23 +199,47 @@ def _open_csv(path: Path, size: int, forced: str | None) -> TableFile:
             failures[0][1],
         )
     text_encoding = "utf-8-sig" if chosen == "utf-8" else chosen
-    with path.open("r", encoding=text_encoding, newline="") as fh:
+    # read from the head when there is one: the bytes after it are not known to decode
+    raw = io.BufferedReader(io.BytesIO(head)) if head is not None else path.open("rb")
+    with io.TextIOWrapper(raw, encoding=text_encoding, newline="") as fh:
         first = fh.readline()
     delimiter = "\t" if first.count("\t") > first.count(",") else ","
     try:
         header = next(csv.reader([first], delimiter=delimiter))
     except (csv.Error, StopIteration):
         raise InputFileError(name, "the header line cannot be parsed", 1) from None
-    return TableFile(path, "csv", chosen, digest, [h.strip() for h in header], 1, size, delimiter)
+    header = [h.strip() for h in header]
+    return TableFile(path, "csv", chosen, digest, header, 1, size, delimiter, checked=head is None)
 
 
-def _scan(path: Path, codec: str) -> tuple[str | None, int | None, str]:
-    """Decode the whole file strictly: (failure reason, its line, sha256 of the file)."""
+def _head(path: Path) -> bytes | None:
+    """The file's first lines, about a megabyte of them; None if that is the whole file."""
+    with path.open("rb") as fh:
+        data = fh.read(_CHUNK + 1)
+    if len(data) <= _CHUNK:
+        return None
+    end = data.rfind(b"\n", 0, _CHUNK) + 1  # a line break is never inside a character
+    return data[:end] if end else None
+
+
+def _one(data: bytes) -> Generator[bytes]:
+    yield data
+
+
+def _chunks(path: Path) -> Generator[bytes]:
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            yield chunk
+
+
+def _scan(path: Path, codec: str, head: bytes | None = None) -> tuple[str | None, int | None, str]:
+    """Decode the whole file strictly, or only its ``head``: (failure reason, its line, sha256 of
+    the file, or "" for a head)."""
     decoder = codecs.getincrementaldecoder(codec)(errors="strict")
     sha = hashlib.sha256()
     line = 1
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
+    with closing(_chunks(path) if head is None else _one(head)) as chunks:
+        for chunk in chunks:
             sha.update(chunk)
             nul = chunk.find(b"\0")
             if nul >= 0:
@@ -217,7 +253,49 @@ def _scan(path: Path, codec: str) -> tuple[str | None, int | None, str]:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
             return "truncated multibyte character at the end of the file", line, ""
-    return None, None, sha.hexdigest()
+    return None, None, sha.hexdigest() if head is None else ""
+
+
+class ByteProof:
+    """The SHA-256 of a file and the line of its first NUL byte, if any, taken by a thread of its
+    own while the file is loaded (hashing and reading release the interpreter): what
+    ``open_table(whole=False)`` leaves to prove besides the decoding."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stop = threading.Event()
+        self._sha = ""
+        self._nul_line: int | None = None
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._read, name="hukou-byte-proof", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        sha, line = hashlib.sha256(), 1
+        try:
+            for chunk in _chunks(self._path):
+                if self._stop.is_set():
+                    return
+                sha.update(chunk)
+                nul = chunk.find(b"\0")
+                if nul >= 0:
+                    self._nul_line = line + chunk.count(b"\n", 0, nul)
+                    return
+                line += chunk.count(b"\n")
+        except OSError as exc:
+            self._error = exc
+            return
+        self._sha = sha.hexdigest()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def result(self) -> tuple[str, int | None]:
+        """(SHA-256, None), or ("", the line of the first NUL byte); waits for the thread."""
+        self._thread.join()
+        if self._error is not None:
+            raise InputFileError(str(self._path), f"cannot read: {self._error.strerror}")
+        return self._sha, self._nul_line
 
 
 class _LineWindow:

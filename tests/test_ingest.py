@@ -460,3 +460,95 @@ def test_the_register_keeps_its_indexes_through_an_import_and_a_failed_one(
     import_register(engine, sample_csv, mode=ImportMode.REPLACE)
     assert indexes() == expected
     assert _count(engine) == 328
+
+
+@pytest.fixture
+def loaded_as_proven(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Every person file "large": parsed beside the inserts and opened on its first lines (here
+    256 bytes of them), the rest proven as it is loaded. Lists each open_table's ``whole``."""
+    from hukou_convert import ingest, readers
+
+    wholes: list[bool] = []
+    opened = readers.open_table
+
+    def counted(path: Path, encoding: str | None = None, *, whole: bool = True) -> Any:
+        wholes.append(whole)
+        return opened(path, encoding, whole=whole)
+
+    monkeypatch.setattr(ingest, "PARALLEL_FROM_BYTES", 0)
+    monkeypatch.setattr(ingest, "open_table", counted)
+    monkeypatch.setattr(readers, "_CHUNK", 256)
+    return wholes
+
+
+def _rows_then(tmp_path: Path, tail: bytes, encoding: str = "utf-8") -> Path:
+    rows = [person(ident("330211", "19800101", n), "2", name=f"P{n}") for n in range(1, 20)]
+    path = write_register(tmp_path / "r.csv", rows, encoding)
+    with path.open("ab") as fh:
+        fh.write(tail)
+    return path
+
+
+def _imports(engine: Engine) -> list[Any]:
+    if not schema.has_register(engine):
+        return []
+    with engine.connect() as conn:
+        return list(conn.execute(select(schema.imports)).all())
+
+
+def test_a_large_file_proven_as_it_loads_gets_its_sha256_and_appending_it_again_is_refused(
+    engine: Engine, tmp_path: Path, loaded_as_proven: list[bool]
+) -> None:
+    """The SHA-256 of a file proven as it is loaded is the file's, taken beside the load: the
+    same file appended again is refused (appending checks the whole file first)."""
+    import hashlib
+
+    path = _rows_then(tmp_path, b"")
+    result = import_register(engine, path)
+    assert (result.loaded, result.encoding) == (19, "utf-8")
+    assert [i.file_sha256 for i in _imports(engine)] == [
+        hashlib.sha256(path.read_bytes()).hexdigest()
+    ]
+    with pytest.raises(RegisterStateError, match="same SHA-256"):
+        import_register(engine, path, mode=ImportMode.APPEND)
+    assert loaded_as_proven == [False, True]
+
+
+@pytest.mark.parametrize(
+    ("tail", "expected"),
+    [
+        (b"330211198001010999,\xff\xfe broken\n", "line 21: cannot be decoded as utf-8 or gbk or"),
+        (b"330211198001010999,\x00\n", "line 21: contains NUL bytes"),
+    ],
+)
+def test_a_large_file_failing_beyond_its_first_lines_loads_nothing_and_names_the_line(
+    engine: Engine, tmp_path: Path, loaded_as_proven: list[bool], tail: bytes, expected: str
+) -> None:
+    """A byte beyond the lines the encoding was chosen by that no encoding decodes, or a NUL
+    byte: the load rolls back, the whole file is checked and that check's message names the
+    line; nothing is imported, no reject file is left."""
+    path = _rows_then(tmp_path, tail)
+    with pytest.raises(InputFileError) as err:
+        import_register(engine, path)
+    assert expected in err.value.message()
+    assert loaded_as_proven == [False, True]
+    assert _imports(engine) == [] and (not schema.has_register(engine) or _count(engine) == 0)
+    assert not path.with_name("r.csv.rejects.csv").exists()
+
+
+def test_a_large_gbk_file_looking_like_utf8_at_first_is_loaded_again_as_gbk(
+    engine: Engine, tmp_path: Path, loaded_as_proven: list[bool]
+) -> None:
+    """Its first lines read as UTF-8 (all ASCII), a GBK name further on: the load as UTF-8 rolls
+    back and the file is loaded again in the encoding its whole-file check chooses."""
+    lines = ["id_number,name,sex,birth_date,household_id,hukou_type,division_code"]
+    for n in range(1, 20):
+        lines.append(f"{ident('330211', '19800101', n)},P{n},1,1980-01-01,H{n},2,330211001001")
+    lines.append(f"{ident('330211', '19800101', 20)},张三,1,1980-01-01,H20,2,330211001001")
+    path = tmp_path / "r.csv"
+    path.write_bytes("\n".join(lines).encode("gbk") + b"\n")
+    result = import_register(engine, path)
+    assert loaded_as_proven == [False, True]
+    assert (result.encoding, result.loaded, result.rejected) == ("gbk", 20, 0)
+    assert [(i.encoding, i.loaded) for i in _imports(engine)] == [("gbk", 20)]
+    assert "张三" in _names(engine)
