@@ -400,8 +400,10 @@ def _load(
             + (f", see {where}" if where else "")
             + "); nothing was imported",
         ) from None
-    except BaseException:
+    except BaseException as failure:
         rejects.discard()
+        if proof is not None and isinstance(failure, Exception):
+            _refuse_nul(proof, path, failure)
         raise
     finally:
         if proof is not None:
@@ -506,6 +508,21 @@ def _parse_beside(
             loaded += parsed.count
             advance(parsed.read)
     return loaded
+
+
+def _refuse_nul(proof: ByteProof, path: Path, failure: Exception) -> None:
+    """A load that failed on a file proven as it loaded: if the file holds a NUL byte, that is the
+    error to give (PostgreSQL refuses a NUL in COPY text, before the proof is asked)."""
+    if isinstance(failure, UnprovenBytes):
+        return
+    try:
+        _, nul_line = proof.result()
+    except Exception:
+        return  # the load's own error stands
+    if nul_line is not None:
+        raise UnprovenBytes(
+            str(path), "contains NUL bytes; nothing was imported", nul_line
+        ) from failure
 
 
 class _NothingLoaded(Exception):

@@ -117,7 +117,7 @@ def cut_into_parts(
     Line breaks, quotes, tabs and NUL are single bytes in UTF-8, GBK and GB18030 alike (no byte of a
     multi-byte character is below 0x40 but in GB18030's four-byte forms, whose digits 0x30-0x39
     are neither); a backslash can be the second byte of a GBK character, which only makes a part
-    not plain that was. A NUL byte makes a part not plain: the CSV reader refuses its record."""
+    not plain that was. A NUL byte makes a part not plain (the import refuses a file holding one)."""
     special = [b'"', b"\\", b"\0"] + ([] if delimiter == "\t" else [b"\t"])
     part_start, line = start, first_line
     position = start  # of the chunk read next

@@ -266,7 +266,7 @@ class ByteProof:
         self._stop = threading.Event()
         self._sha = ""
         self._nul_line: int | None = None
-        self._error: OSError | None = None
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._read, name="hukou-byte-proof", daemon=True)
         self._thread.start()
 
@@ -282,7 +282,7 @@ class ByteProof:
                     self._nul_line = line + chunk.count(b"\n", 0, nul)
                     return
                 line += chunk.count(b"\n")
-        except OSError as exc:
+        except BaseException as exc:  # given to whoever asks for the result
             self._error = exc
             return
         self._sha = sha.hexdigest()
@@ -293,8 +293,12 @@ class ByteProof:
     def result(self) -> tuple[str, int | None]:
         """(SHA-256, None), or ("", the line of the first NUL byte); waits for the thread."""
         self._thread.join()
-        if self._error is not None:
+        if isinstance(self._error, OSError):
             raise InputFileError(str(self._path), f"cannot read: {self._error.strerror}")
+        if self._error is not None:
+            raise self._error
+        if not self._sha and self._nul_line is None:
+            raise AssertionError("the proof was stopped before the file was read")
         return self._sha, self._nul_line
 
 

@@ -7,6 +7,7 @@ PostgreSQL's COPY text, a faster one writing each row straight as its COPY line.
 from __future__ import annotations
 
 import bisect
+import csv
 import functools
 from collections.abc import Callable
 from types import CodeType
@@ -146,10 +147,14 @@ def _compile_copy_lines(
     }
     body = _cell_statements(cells, env)
     fields = "\\t".join(f"{{v{n}}}" for n in range(len(cells)))
+    # a line longer than the CSV reader's limit for a field may hold a field it refuses
+    env["_longest"] = csv.field_size_limit()
     source = "def copy_lines(block, i, line):\n"
     source += "    first, n = line - i, len(block)\n"
     source += "    while i < n:\n"
-    source += "        c = block[i].rstrip('\\r\\n').split(_delimiter)\n"
+    source += "        c = block[i]\n"
+    source += "        if len(c) > _longest: return i\n"
+    source += "        c = c.rstrip('\\r\\n').split(_delimiter)\n"
     source += f"        if len(c) != {width} or not c[0].strip(): return i\n"
     source += "        try:\n" + "".join(f"            {line}\n" for line in body)
     source += "        except _Slow:\n            return i\n"
@@ -285,7 +290,8 @@ class RowPlan:
         needs escaping): ``take(block, i, line)`` appends to ``lines`` the COPY line of
         ``block[i]`` (line ``line`` of the file), then of the lines after it, as :meth:`copy_take`
         would write them, and returns the index of the first line it does not take (``len(block)``
-        if none): one :meth:`parse` must read, as would copy_take, or one whose first cell is
+        if none): one :meth:`parse` must read, as would copy_take, one longer than the CSV
+        reader's limit for a field, or one whose first cell is
         blank (a blank record is skipped, not parsed). No call, no list of cells kept, per line
         (1M persons: a third of the parsing's time)."""
         assert self._empty == "" and self.is_csv, "COPY text of CSV rows only"

@@ -232,25 +232,27 @@ _PLAIN_ROWS = st.one_of(
         max_size=12,
     ),
     last_ended=st.booleans(),
+    delimiter=st.sampled_from([",", "\t"]),
 )
 def test_a_plain_part_is_written_line_by_line_as_the_csv_reader_would_read_it(
-    records: list[tuple[list[str], str]], last_ended: bool
+    records: list[tuple[list[str], str]], last_ended: bool, delimiter: str
 ) -> None:
-    """A plain part (no quote, backslash, tab or NUL) is written a line at a time by the row
-    plan's copy_lines, each line it does not take read by the CSV reader: the same COPY text and
-    the same rejects, with their lines and original text, as the part read by the CSV reader
-    throughout; blank lines and lines of blank cells skipped, rows of the wrong width, refused
-    values, values too long and a last line without its line break among them."""
+    """A plain part (no quote, backslash, NUL, or tab but as the delimiter) is written a line at a
+    time by the row plan's copy_lines, each line it does not take read by the CSV reader: the
+    same COPY text and the same rejects, with their lines and original text, as the part read by
+    the CSV reader throughout; blank lines and lines of blank cells skipped, rows of the wrong
+    width, refused values, values too long and a last line without its line break among them."""
     import tempfile
 
-    body = "".join(",".join(cells) + end for cells, end in records)
+    body = "".join(delimiter.join(cells) + end for cells, end in records)
     if records and not last_ended:
         body = body[: -len(records[-1][1])]
-    data = (",".join(PERSON_HEADER) + "\n" + body).encode("utf-8")
+    data = (delimiter.join(PERSON_HEADER) + "\n" + body).encode("utf-8")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "r.csv"
         path.write_bytes(data)
         table = open_table(path)
+        assert table.delimiter == delimiter
         plan = RowPlan(table, PERSON_FIELDS, schema.register, {}, "")
         as_text = _CopyText(len(plan.columns) + 2, "utf-8")
         outs = []
@@ -309,3 +311,34 @@ def test_copy_lines_takes_the_good_lines_and_leaves_the_others_to_parse(tmp_path
         assert copy_text([(*values, "7", str(number))], len(plan.columns) + 2).rstrip("\n") in (
             written
         )
+
+
+def test_a_line_longer_than_the_csv_field_limit_is_left_to_the_csv_reader(tmp_path: Path) -> None:
+    """A column the import does not read (here 备注) holding more than the CSV reader's limit for
+    a field: the reader refuses the record, and so does a plain part, which leaves such a line
+    to it; the line before and after it are loaded either way."""
+    from tests.helpers import ident, person
+
+    header = [*PERSON_HEADER, "备注"]
+    rows = [[*person(ident("330211", "19800101", n), "2").values(), "短"] for n in (1, 2, 3)]
+    rows[1][-1] = "长" * (csv.field_size_limit() + 1)
+    data = "\n".join(",".join(cells) for cells in [header, *rows]).encode("utf-8") + b"\n"
+    path = tmp_path / "r.csv"
+    path.write_bytes(data)
+    table = open_table(path)
+    plan = RowPlan(table, PERSON_FIELDS, schema.register, {}, "")
+    outs = []
+    for plain in (True, False):
+        out = _Out()
+        with path.open("rb") as fh:
+            part = Part(0, len(data), 1, plain)
+            _parse_part(table, plan, 7, _CopyText(len(plan.columns) + 2, "utf-8"), fh, part, out)
+        outs.append(out)
+    assert outs[0].text() == outs[1].text() and outs[0].text().count(b"\n") == 2
+    assert outs[0].rejects() == outs[1].rejects()
+    assert [(r[0], r[3]) for r in outs[0].rejects()] == [
+        (
+            3,
+            f"cannot be split into fields: field larger than field limit ({csv.field_size_limit()})",
+        )
+    ]
