@@ -286,14 +286,14 @@ class RowPlan:
         self, key: str, lines: list[str], delimiter: str
     ) -> Callable[[list[str], int, int], int]:
         """For the lines of a plain part of a CSV file (:class:`parsing.Part`: no double quote,
-        backslash, tab or NUL, so that each line is a record split at its delimiters and no value
-        needs escaping): ``take(block, i, line)`` appends to ``lines`` the COPY line of
-        ``block[i]`` (line ``line`` of the file), then of the lines after it, as :meth:`copy_take`
-        would write them, and returns the index of the first line it does not take (``len(block)``
-        if none): one :meth:`parse` must read, as would copy_take, one longer than the CSV
-        reader's limit for a field, or one whose first cell is
-        blank (a blank record is skipped, not parsed). No call, no list of cells kept, per line
-        (1M persons: a third of the parsing's time)."""
+        backslash or NUL, no tab but as the delimiter, so that each line is a record split at its
+        delimiters and no value needs escaping): ``take(block, i, line)`` appends to ``lines``
+        the COPY line of ``block[i]`` (line ``line`` of the file), then of the lines after it, as
+        :meth:`copy_take` would write them, and returns the index of the first line it does not
+        take (``len(block)`` if none): one :meth:`parse` must read, as would copy_take, one
+        longer than the CSV reader's limit for a field, or one whose first cell is blank (a blank
+        record is skipped, not parsed). No call, no list of cells kept, per line (1M persons: a
+        third of the parsing's time)."""
         assert self._empty == "" and self.is_csv, "COPY text of CSV rows only"
         if any(_needs_escaping(str(value)) for value in (*self._defaults, key)):
             return lambda block, i, line: i  # never from the import: every line to parse
