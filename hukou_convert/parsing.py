@@ -60,6 +60,7 @@ from .fields import APPLICATION_FIELDS, PERSON_FIELDS, Reject
 from .readers import (
     Cell,
     RecordCutOff,
+    Row,
     TableFile,
     csv_records,
     is_blank_record,
@@ -516,19 +517,7 @@ def _parse_part(
     )
     try:
         for row in records:
-            outcome = plan.parse(row.cells, row.line, row.formulas)
-            if outcome is None:
-                continue
-            if isinstance(outcome, Reject):
-                chunk.rejects.append((row.line, row.original, outcome.column, outcome.reason))
-                continue
-            if as_text is None:
-                chunk.rows.append((*outcome, key, row.line))
-                held = len(chunk.rows)
-            else:
-                lines.append(copy_text([(*outcome, key, str(row.line))], as_text.width))
-                held = len(lines)
-            if held >= _CHUNK_ROWS:
+            if _parse_row(plan, row, key, as_text, chunk, lines) >= _CHUNK_ROWS:
                 send(False)
     except RecordCutOff as cut:
         chunk.read = 0  # the process taking the rows counts the part up to the record cut
@@ -564,17 +553,11 @@ def _parse_plain_part(
             at = take(block, at, line + at)
             if at == count:
                 break
-            original = block[at].rstrip("\r\n")
             cells = line_record(block[at], table.delimiter)
-            number = line + at
+            if not is_blank_record(cells):
+                row = Row(line + at, cast("list[Cell]", cells), block[at].rstrip("\r\n"))
+                _parse_row(plan, row, key, as_text, chunk, lines)
             at += 1
-            if is_blank_record(cells):
-                continue
-            outcome = plan.parse(cast("list[Cell]", cells), number)
-            if isinstance(outcome, Reject):
-                chunk.rejects.append((number, original, outcome.column, outcome.reason))
-            elif outcome is not None:
-                lines.append(copy_text([(*outcome, key, str(number))], as_text.width))
         line += count
         if len(lines) >= _CHUNK_ROWS:
             _send(out, chunk, as_text, lines, last=False)
@@ -582,6 +565,23 @@ def _parse_plain_part(
             lines.clear()
     chunk.read = part.end - part.start  # the part's bytes at once: a part is about a megabyte
     _send(out, chunk, as_text, lines, last=True)
+
+
+def _parse_row(
+    plan: RowPlan, row: Row, key: Any, as_text: _CopyText | None, chunk: Parsed, lines: list[str]
+) -> int:
+    """The careful path for one record: its values into ``chunk`` (as COPY text: its line into
+    ``lines``), or its reject; the rows now held, to hand them over at ``_CHUNK_ROWS``."""
+    outcome = plan.parse(row.cells, row.line, row.formulas)
+    if isinstance(outcome, Reject):
+        chunk.rejects.append((row.line, row.original, outcome.column, outcome.reason))
+    elif outcome is None:
+        pass  # nothing to load (xlsx: formulas without a value in columns not read)
+    elif as_text is None:
+        chunk.rows.append((*outcome, key, row.line))
+    else:
+        lines.append(copy_text([(*outcome, key, str(row.line))], as_text.width))
+    return len(chunk.rows) if as_text is None else len(lines)
 
 
 class _CopyText(NamedTuple):
