@@ -376,13 +376,7 @@ def _load(
                 inserts.stop()  # the connection is the transaction's again before it rolls back
                 raise
             inserts.close()  # the last chunk is in before the ledger row (or its error out)
-            sha256 = table.sha256
-            if proof is not None:
-                sha256, nul_line = proof.result()
-                if nul_line is not None:
-                    raise UnprovenBytes(
-                        str(path), "contains NUL bytes; nothing was imported", nul_line
-                    )
+            sha256 = table.sha256 if proof is None else proof.sha256()
             if loaded == 0:
                 raise _NothingLoaded()
             for index in deferred:
@@ -403,7 +397,7 @@ def _load(
     except BaseException as failure:
         rejects.discard()
         if proof is not None and isinstance(failure, Exception):
-            _refuse_nul(proof, path, failure)
+            _refuse_nul(proof, failure)
         raise
     finally:
         if proof is not None:
@@ -510,19 +504,17 @@ def _parse_beside(
     return loaded
 
 
-def _refuse_nul(proof: ByteProof, path: Path, failure: Exception) -> None:
+def _refuse_nul(proof: ByteProof, failure: Exception) -> None:
     """A load that failed on a file proven as it loaded: if the file holds a NUL byte, that is the
     error to give (PostgreSQL refuses a NUL in COPY text, before the proof is asked)."""
     if isinstance(failure, UnprovenBytes):
         return
     try:
-        _, nul_line = proof.result()
+        proof.sha256()
+    except UnprovenBytes as nul:
+        raise nul from failure
     except Exception:
         return  # the load's own error stands
-    if nul_line is not None:
-        raise UnprovenBytes(
-            str(path), "contains NUL bytes; nothing was imported", nul_line
-        ) from failure
 
 
 class _NothingLoaded(Exception):

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, cast
 from xml.etree import ElementTree
 
-from .errors import InputFileError
+from .errors import InputFileError, UnprovenBytes
 from .progress import Progress
 
 Cell = str | int | float | date | datetime | bool | None
@@ -232,25 +232,35 @@ def _chunks(path: Path) -> Generator[bytes]:
             yield chunk
 
 
-def _scan(path: Path, codec: str, head: bytes | None = None) -> tuple[str | None, int | None, str]:
+def _scan(
+    path: Path,
+    codec: str | None,
+    head: bytes | None = None,
+    stop: threading.Event | None = None,
+) -> tuple[str | None, int | None, str]:
     """Decode the whole file strictly, or only its ``head``: (failure reason, its line, sha256 of
-    the file, or "" for a head)."""
-    decoder = codecs.getincrementaldecoder(codec)(errors="strict")
+    the file, or "" for a head). ``codec`` None: nothing decoded, the NUL bytes looked for and the
+    hash taken (:class:`ByteProof`), unless ``stop`` is set first (reason "stopped")."""
+    decoder = None if codec is None else codecs.getincrementaldecoder(codec)(errors="strict")
     sha = hashlib.sha256()
     line = 1
     with closing(_chunks(path) if head is None else _one(head)) as chunks:
         for chunk in chunks:
+            if stop is not None and stop.is_set():
+                return "stopped", None, ""
             sha.update(chunk)
             nul = chunk.find(b"\0")
             if nul >= 0:
                 return "NUL", line + chunk.count(b"\n", 0, nul), ""
             try:
-                decoder.decode(chunk)
+                if decoder is not None:
+                    decoder.decode(chunk)
             except UnicodeDecodeError as exc:
                 return "invalid byte sequence", line + chunk.count(b"\n", 0, max(exc.start, 0)), ""
             line += chunk.count(b"\n")
         try:
-            decoder.decode(b"", final=True)
+            if decoder is not None:
+                decoder.decode(b"", final=True)
         except UnicodeDecodeError:
             return "truncated multibyte character at the end of the file", line, ""
     return None, None, sha.hexdigest() if head is None else ""
@@ -264,42 +274,34 @@ class ByteProof:
     def __init__(self, path: Path) -> None:
         self._path = path
         self._stop = threading.Event()
-        self._sha = ""
-        self._nul_line: int | None = None
+        self._found: tuple[str | None, int | None, str] = ("stopped", None, "")
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._read, name="hukou-byte-proof", daemon=True)
         self._thread.start()
 
     def _read(self) -> None:
-        sha, line = hashlib.sha256(), 1
         try:
-            for chunk in _chunks(self._path):
-                if self._stop.is_set():
-                    return
-                sha.update(chunk)
-                nul = chunk.find(b"\0")
-                if nul >= 0:
-                    self._nul_line = line + chunk.count(b"\n", 0, nul)
-                    return
-                line += chunk.count(b"\n")
+            self._found = _scan(self._path, None, stop=self._stop)
         except BaseException as exc:  # given to whoever asks for the result
             self._error = exc
-            return
-        self._sha = sha.hexdigest()
 
     def stop(self) -> None:
         self._stop.set()
 
-    def result(self) -> tuple[str, int | None]:
-        """(SHA-256, None), or ("", the line of the first NUL byte); waits for the thread."""
+    def sha256(self) -> str:
+        """The file's SHA-256, once the thread has read it all; UnprovenBytes if it holds a NUL
+        byte (the line of the first)."""
         self._thread.join()
         if isinstance(self._error, OSError):
             raise InputFileError(str(self._path), f"cannot read: {self._error.strerror}")
         if self._error is not None:
             raise self._error
-        if not self._sha and self._nul_line is None:
+        reason, line, sha = self._found
+        if reason == "NUL":
+            raise UnprovenBytes(str(self._path), "contains NUL bytes; nothing was imported", line)
+        if reason is not None:
             raise AssertionError("the proof was stopped before the file was read")
-        return self._sha, self._nul_line
+        return sha
 
 
 class _LineWindow:
