@@ -7,7 +7,7 @@ import io
 import itertools
 import marshal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from hukou_convert import schema
 from hukou_convert.fields import PERSON_FIELDS, Reject
 from hukou_convert.parsing import (
+    ParsingProcesses,
     Part,
     _CopyText,
     _parse_part,
@@ -191,13 +192,22 @@ _PLAIN_CELLS = st.sampled_from(
 
 
 class _Out:
-    """The pipe a parsing process writes to: its messages, unmarshalled."""
+    """The pipe a parsing process writes to: its messages, unmarshalled, each chunk's COPY text
+    (sent after it as bytes of its own) in its place."""
 
     def __init__(self) -> None:
         self.messages: list[Any] = []
+        self._text_next = False
 
     def send_bytes(self, data: bytes) -> None:
-        self.messages.append(marshal.loads(data))
+        if self._text_next:
+            message = self.messages.pop()
+            self.messages.append((*message[:2], data, *message[3:]))
+            self._text_next = False
+            return
+        message = marshal.loads(data)
+        self.messages.append(message)
+        self._text_next = message[0] == "rows" and message[2] is None
 
     def text(self) -> bytes:
         return b"".join(m[2] for m in self.messages)
@@ -342,3 +352,37 @@ def test_a_line_longer_than_the_csv_field_limit_is_left_to_the_csv_reader(tmp_pa
             f"cannot be split into fields: field larger than field limit ({csv.field_size_limit()})",
         )
     ]
+
+
+def test_copy_text_crosses_from_the_parsing_processes_as_bytes_or_as_the_text_it_cannot_encode(
+    tmp_path: Path,
+) -> None:
+    """The parsing processes hand each chunk's COPY text over encoded in the client encoding, as
+    bytes of its own after the chunk's message; a chunk holding a value that encoding cannot hold
+    crosses as text, for the driver to name the problem. Either way the rows are those written in
+    the file's order."""
+    path = tmp_path / "register.csv"
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(PERSON_HEADER)
+        for n in range(40):
+            name = "𠀀明" if n == 25 else f"丁{n}"  # a character GBK has no code for
+            row = person_row(f"33021119800101{n:03d}7", "2", name=name, household=f"H{n}")
+            writer.writerow([row.get(h, "") for h in PERSON_HEADER])
+    table = open_table(path)
+
+    def texts(encoding: str) -> list[bytes | str]:
+        with ParsingProcesses(
+            table, "persons", "postgresql+psycopg", 7, copy_encoding=encoding
+        ) as p:
+            p._part_bytes = 300  # parts of a few rows each, to both processes
+            return [chunk.text for chunk in p.chunks() if chunk.count]
+
+    in_gbk, in_utf8 = texts("gbk"), texts("utf-8")
+    assert all(isinstance(text, bytes) for text in in_utf8)
+    assert [isinstance(text, str) for text in in_gbk].count(True) == 1
+    as_gbk = "".join(t if isinstance(t, str) else t.decode("gbk") for t in in_gbk)
+    assert as_gbk == b"".join(cast("list[bytes]", in_utf8)).decode("utf-8")
+    lines = as_gbk.splitlines()
+    assert [line.split("\t")[-1] for line in lines] == [str(n) for n in range(2, 42)]
+    assert "𠀀明" in lines[25]
