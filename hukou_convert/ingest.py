@@ -31,7 +31,7 @@ from .fields import (
     map_header,
 )
 from .instants import now
-from .parsing import PARALLEL_FROM_BYTES, ParsingProcesses
+from .parsing import PARALLEL_FROM_BYTES, ParsingProcesses, start_fork_server
 from .progress import Progress, no_progress
 from .readers import (
     ByteProof,
@@ -270,7 +270,10 @@ def _import(
     # A large register file is parsed beside the inserts, which decodes every line strictly: its
     # bytes are proven as it is loaded, not read once more first (1M persons: 0.4 s). Appending
     # needs the file's SHA-256 before it loads (the same file twice would double the register).
-    as_loaded = kind == "persons" and mode is not ImportMode.APPEND and _parsed_beside(path)
+    parsed_beside = kind == "persons" and _parsed_beside(path)
+    if parsed_beside:
+        start_fork_server()
+    as_loaded = parsed_beside and mode is not ImportMode.APPEND
     table = open_table(path, encoding, whole=not as_loaded)  # may load nothing
     try:
         return import_table(engine, table, kind, fields, target, mode, rejects, progress)
