@@ -46,6 +46,7 @@ import multiprocessing.connection
 import multiprocessing.context
 import multiprocessing.forkserver
 import os
+import re
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -102,10 +103,14 @@ class Part:
     plain: bool = False
 
 
+_LONE_CR = re.compile(rb"\r(?!\n)")
+
+
 def _line_breaks(data: bytes, start: int = 0, end: int | None = None) -> int:
     """Line breaks as a file opened with ``newline=""`` reads them: \\n, \\r\\n, a lone \\r."""
     breaks = data.count(b"\n", start, end)
-    if data.find(b"\r", start, end) >= 0:  # rare: count them only then
+    # a lone \r is rare, and looking for one costs half of counting \r\n (a file of \r\n lines)
+    if _LONE_CR.search(data, start, len(data) if end is None else end):
         breaks += data.count(b"\r", start, end) - data.count(b"\r\n", start, end)
     return breaks
 
@@ -136,7 +141,8 @@ def cut_into_parts(
                 lines -= 1
             pending_cr = chunk[-1:] == b"\r"
             cut = chunk.rfind(b"\n") + 1
-            quoted = quotes + chunk.count(b'"', 0, cut)
+            quoting = chunk.find(b'"') >= 0  # counting costs thirty times looking
+            quoted = quotes + (chunk.count(b'"', 0, cut) if quoting else 0)
             grown = position + cut - part_start >= _LONGEST_PART * part_bytes
             if cut and (quoted % 2 == 0 or grown):
                 plain = not marked and not any(chunk.find(b, 0, cut) >= 0 for b in special)
@@ -148,7 +154,7 @@ def cut_into_parts(
                 lines += _line_breaks(chunk)
                 quotes = quoted
                 marked = marked or any(chunk.find(b) >= 0 for b in special)
-            quotes += chunk.count(b'"', cut)
+            quotes += chunk.count(b'"', cut) if quoting else 0
             position += len(chunk)
     if position > part_start:
         yield Part(part_start, position, line, not marked)
