@@ -14,6 +14,7 @@ import os
 import secrets
 import socket
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -123,7 +124,8 @@ class CutoverResult:
     converted_by: Counter[tuple[Nature, Category | None]] = field(default_factory=Counter)
     fingerprint: str = ""  # SHA-256 of the register as read, before any write
     decisions: list[Decision] = field(default_factory=list)  # in-flight 农转非/非转农 business
-    findings: list[Finding] = field(default_factory=list)  # exceptions, for the report
+    # exceptions, for the report (a finished run's: read from the database as gone through)
+    findings: Sequence[Finding] = field(default_factory=list)
     batches: int = 0
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -215,7 +217,7 @@ def rehearse(
     )
 
 
-def _finding_keys(findings: list[Finding]) -> list[tuple[str, RecordKey | None]]:
+def _finding_keys(findings: Sequence[Finding]) -> list[tuple[str, RecordKey | None]]:
     return [(f.code, f.record_id) for f in findings]
 
 
@@ -442,7 +444,7 @@ def _finished_result(
     profile: Profile,
     cutoff: ResolvedCutoff,
     outcome: str,
-    recorded: list[Finding] | None = None,
+    recorded: Sequence[Finding] | None = None,
     decide_now: bool = True,
 ) -> CutoverResult:
     """What a finished run did; its findings are ``recorded`` ones, or found again now."""
@@ -600,7 +602,9 @@ def load_run_result(
         )
     profile = run_profile(engine, run)
     cutoff = ResolvedCutoff(run.cutoff, str(run.cutoff_source or "recorded with the run"))
-    recorded = recorded_findings(engine, str(run.run_id)) if with_findings else []
+    recorded: Sequence[Finding] | None = (
+        recorded_findings(engine, str(run.run_id)) if with_findings else []
+    )
     register = run_register(engine, run)
     return _finished_result(
         engine, register, run, profile, cutoff, "completed", recorded, decide_now=with_findings

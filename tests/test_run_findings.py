@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine, delete, func, select, update
 
-from hukou_convert import schema
+from hukou_convert import run_findings, schema
 from hukou_convert.cutover import load_run_result, run_cutover
+from hukou_convert.findings import Finding
 from hukou_convert.ingest import import_register
 from hukou_convert.profiles import BUILTIN_PROFILES, resolve_cutoff
-from hukou_convert.run_findings import recorded_findings
+from hukou_convert.run_findings import recorded_findings, store_findings
 
 from .helpers import ident, person, write_register
 
@@ -66,3 +68,55 @@ def test_a_rerun_after_completion_writes_nothing(engine: Engine, tmp_path: Path)
         assert conn.execute(select(func.count()).select_from(F)).scalar_one() == before
     assert first.run_id is not None
     assert before == len(first.findings) + 1  # row 0 marks the record
+
+
+def test_recorded_findings_are_written_and_read_a_chunk_at_a_time_in_their_order(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record is written, and read back as it is gone through, a few rows at a time (a city's
+    findings are never all held at once), and reads as the list it was: its length, its order,
+    any finding by index, each time it is gone through."""
+    monkeypatch.setattr(run_findings, "_CHUNK_ROWS", 2)
+    findings = [
+        Finding(
+            code="WRONG_CHECK_DIGIT" if n % 2 else "DUPLICATE_ID",
+            category="错" if n % 2 else "重",
+            severity="error",
+            record_id=n if n != 3 else f"legacy-{n}",  # a legacy table's text key
+            id_number=f"33021119800101{n:03d}X",
+            name=f"测试{n}",
+            explanation=f"说明 {n}",
+            action="未转换",
+            upgraded_id=None if n != 4 else "330211198001010040",
+        )
+        for n in range(1, 8)
+    ]
+    store_findings(engine, "R-chunks", findings)
+    store_findings(engine, "R-other", findings[:1])
+    recorded = recorded_findings(engine, "R-chunks")
+    assert recorded is not None
+    assert len(recorded) == 7
+    assert list(recorded) == findings
+    assert list(recorded) == findings  # again: read afresh
+    assert recorded == findings
+    assert (recorded[0], recorded[6], recorded[-1], recorded[-7]) == (
+        findings[0],
+        findings[6],
+        findings[6],
+        findings[0],
+    )
+    assert recorded[2:5] == findings[2:5]
+    left_early = iter(recorded)  # the rest of the result let go of: the connection serves again
+    assert next(left_early) == findings[0]
+    left_early.close()
+    assert list(recorded) == findings
+    with pytest.raises(IndexError):
+        recorded[7]
+    with pytest.raises(IndexError):
+        recorded[-8]
+    assert recorded_findings(engine, "R-none") is None
+    none_found = recorded_findings(engine, "R-other")
+    assert none_found is not None and list(none_found) == findings[:1]
+    store_findings(engine, "R-other", [])  # replaced: a run that found nothing
+    empty = recorded_findings(engine, "R-other")
+    assert empty is not None and len(empty) == 0 and list(empty) == []
