@@ -67,7 +67,9 @@ class StoredFindings(Sequence[Finding]):
     """The findings a run recorded, read from the database each time they are gone through, a
     batch of rows at a time: a city's can number hundreds of thousands, and its report lists
     them without holding them (PostgreSQL, 5M persons: 29,316 findings, 22 MB of the report's
-    memory). ``len()`` is counted once, when the run is loaded."""
+    memory). ``len()`` is counted once, when the run is loaded: a run's record is written once,
+    at its end (a re-run of a completed run releasing holds writes it again). Never pass one to
+    :func:`store_findings` for its own run: the record would be read while it is replaced."""
 
     def __init__(self, engine: Engine, run_id: str, count: int) -> None:
         self._engine = engine
@@ -103,12 +105,16 @@ class StoredFindings(Sequence[Finding]):
         with translate_errors(), self._engine.connect() as conn:
             row = conn.execute(
                 select(F).where(F.c.run_id == self._run_id, F.c.seq == at + 1)
-            ).one()  # recorded as 1, 2, 3… after the mark
+            ).one_or_none()  # recorded as 1, 2, 3… after the mark
+        if row is None:  # recorded again, shorter, since the run was loaded
+            raise IndexError("finding index out of range")
         return _finding(row)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, StoredFindings | list | tuple):
-            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+            # as read now, not by the lengths counted when each was loaded
+            end = object()
+            return all(a == b for a, b in itertools.zip_longest(self, other, fillvalue=end))
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]  # compared by content, as a list is

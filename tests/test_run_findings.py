@@ -99,6 +99,16 @@ def test_recorded_findings_are_written_and_read_a_chunk_at_a_time_in_their_order
     assert list(recorded) == findings
     assert list(recorded) == findings  # again: read afresh
     assert recorded == findings
+    with engine.begin() as conn:  # read as gone through: a change to the record shows
+        conn.execute(
+            update(F).where(F.c.run_id == "R-chunks", F.c.seq == 5).values(explanation="改")
+        )
+    assert [f.explanation for f in recorded][4] == "改"
+    assert recorded != findings and recorded[4].explanation == "改"
+    with engine.begin() as conn:
+        conn.execute(
+            update(F).where(F.c.run_id == "R-chunks", F.c.seq == 5).values(explanation="说明 5")
+        )
     assert (recorded[0], recorded[6], recorded[-1], recorded[-7]) == (
         findings[0],
         findings[6],
@@ -120,3 +130,6 @@ def test_recorded_findings_are_written_and_read_a_chunk_at_a_time_in_their_order
     store_findings(engine, "R-other", [])  # replaced: a run that found nothing
     empty = recorded_findings(engine, "R-other")
     assert empty is not None and len(empty) == 0 and list(empty) == []
+    assert none_found != findings[:1] and none_found == []  # read now: the record is empty
+    with pytest.raises(IndexError):
+        none_found[0]
