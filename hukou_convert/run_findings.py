@@ -66,7 +66,7 @@ def store_findings(engine: Engine, run_id: str, findings: Sequence[Finding]) -> 
 class StoredFindings(Sequence[Finding]):
     """The findings a run recorded, read from the database each time they are gone through, a
     batch of rows at a time: a city's can number hundreds of thousands, and its report lists
-    them without holding them (PostgreSQL, 5M persons: 29,316 findings, 22 MB of the report's
+    them without holding them (PostgreSQL, 5M persons: 29,316 findings, 30 MB of the report's
     memory). ``len()`` is counted once, when the run is loaded: a run's record is written once,
     at its end (a re-run of a completed run releasing holds writes it again). Never pass one to
     :func:`store_findings` for its own run: the record would be read while it is replaced."""
