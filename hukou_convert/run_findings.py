@@ -141,9 +141,9 @@ def recorded_findings(engine: Engine, run_id: str) -> StoredFindings | None:
     if F.name in schema.missing_tables(engine):
         return None
     with translate_errors(), engine.connect() as conn:
-        first, rows = conn.execute(
+        first, recorded = conn.execute(
             select(func.min(F.c.seq), func.count()).where(F.c.run_id == run_id)
         ).one()
-    if not rows or first != 0:
+    if not recorded or first != 0:
         return None
-    return StoredFindings(engine, run_id, int(rows) - 1)
+    return StoredFindings(engine, run_id, int(recorded) - 1)  # less the mark
