@@ -114,22 +114,35 @@ class CommitGate:
     """The run's first commit waits for the reading of the register as it was (its verdict):
     until ``sealable()``, the batches stay in the open transaction; then ``seal()`` completes
     that transaction's records (or raises, and the caller rolls it all back) and it commits.
-    Every commit after that is a batch's own."""
+    Every commit after that is a batch's own. What :meth:`when_open` was given is called once
+    the first commit is made (the run's workers let go)."""
 
     def __init__(self, sealable: Callable[[], bool], seal: Callable[[], None]) -> None:
         self._sealable = sealable
         self._seal = seal
+        self._on_open: list[Callable[[], None]] = []
         self.open = False
+
+    def when_open(self, call: Callable[[], None]) -> None:
+        """``call()`` once the first commit is made (now, if it is)."""
+        if self.open:
+            call()
+        else:
+            self._on_open.append(call)
 
     def commit(self, conn: Connection, force: bool = False) -> None:
         """Commit, or keep the transaction open while the verdict is not in (``force``: wait
         for it)."""
-        if not self.open:
-            if not force and not self._sealable():
-                return
-            self._seal()
-            self.open = True
+        if self.open:
+            conn.commit()
+            return
+        if not force and not self._sealable():
+            return
+        self._seal()
         conn.commit()
+        self.open = True
+        for call in self._on_open:
+            call()
 
 
 def convert_batches(

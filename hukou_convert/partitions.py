@@ -294,11 +294,13 @@ class WorkersReport:
 
 
 class Workers:
-    """``workers - 1`` worker processes besides this one, started early (a process takes a second
-    to start) and waiting until :meth:`convert` lets them claim partitions: the run's first
-    commit must come before any of theirs. Each sends its progress on a pipe of its own: a worker
-    killed in the middle of a message spoils only its own pipe (a queue shared by all would be
-    left locked)."""
+    """``workers - 1`` worker processes besides this one, started early and waiting until they are
+    let go (:meth:`let_go`, at the run's first commit, which must come before any of theirs;
+    :meth:`convert` at the latest) to claim partitions. They are started by a thread of their own:
+    a process takes a third of a second to start (the server it is forked from imports the
+    tool), which this process spends converting meanwhile. Each sends its progress on a pipe of
+    its own: a worker killed in the middle of a message spoils only its own pipe (a queue shared
+    by all would be left locked)."""
 
     def __init__(self, engine: Engine, run_id: str, workers: int, advance: Advance) -> None:
         self._engine = engine
@@ -326,23 +328,64 @@ class Workers:
             self._go.append(go_out)
             self._pipes.append(progress_in)
         self._relaying = threading.Thread(target=self._relay, name="hukou-workers", daemon=True)
+        self._starting = threading.Thread(
+            target=self._start, name="hukou-workers-start", daemon=True
+        )
+        self._start_error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._started = False  # every child started (or the starting failed)
+        self._go_asked = False  # let go: sent once they have started
+        self._gone = False  # "go" sent
 
     def __enter__(self) -> Workers:
-        for child, go_in, progress_out in self._children:
-            child.start()
-            go_in.close()  # the child's ends: its end of file is the child's end
-            progress_out.close()
-        self._relaying.start()
+        self._starting.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._starting.join()  # the children that were to start have started
         for go in self._go:
             go.close()  # a child still waiting to go ends
         for child, _, _ in self._children:
+            if child.pid is None:  # not started: the starting failed before it
+                continue
             if child.is_alive() and child.exitcode is None and exc[0] is not None:
                 child.terminate()  # its open batch rolls back with its connection
             child.join()
-        self._relaying.join()
+        if self._relaying.ident is not None:
+            self._relaying.join()
+
+    def _start(self) -> None:
+        try:
+            for child, go_in, progress_out in self._children:
+                child.start()
+                go_in.close()  # the child's ends: its end of file is the child's end
+                progress_out.close()
+            self._relaying.start()
+        except BaseException as err:  # raised in the run's thread, by convert()
+            self._start_error = err
+        with self._lock:
+            self._started = True
+            go = self._go_asked and self._start_error is None
+        if go:
+            self._send_go()
+
+    def let_go(self) -> None:
+        """The run's first commit is made: the workers may claim partitions, now if they have
+        started, as soon as they have if not (without waiting for them here)."""
+        with self._lock:
+            self._go_asked = True
+            go = self._started and self._start_error is None
+        if go:
+            self._send_go()
+
+    def _send_go(self) -> None:
+        with self._lock:
+            if self._gone:
+                return
+            self._gone = True
+            for go in self._go:
+                with contextlib.suppress(OSError):  # a child that died already
+                    go.send(True)
 
     def _relay(self) -> None:
         open_pipes: list[Any] = list(self._pipes)
@@ -363,9 +406,10 @@ class Workers:
     def convert(self, run: RunConversion) -> WorkersReport:
         """The run's pending partitions, converted by every worker, this process included; what
         a worker that failed left pending is converted here once they have all ended."""
-        for go in self._go:
-            with contextlib.suppress(OSError):  # a child that died already
-                go.send(True)
+        self._starting.join()
+        if self._start_error is not None:
+            raise self._start_error
+        self.let_go()
         self.report.batches += claim_and_convert(self._engine, run, self._advance)
         for child, _, _ in self._children:
             child.join()

@@ -249,8 +249,10 @@ def start_run(
                     if len(ranges) > 1
                     else None
                 )
+                if workers is not None:
+                    gate.when_open(workers.let_go)
                 # this process converts until the run's first commit (and to the end of the
-                # partition it is in); the workers take the partitions left
+                # partition it is in); the workers take the partitions left from that commit on
                 for part in ranges:
                     if gate.open and len(ranges) > 1:
                         break

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from sqlalchemy import Column, Engine, MetaData, PrimaryKeyConstraint, Table, fu
 
 from hukou_convert import schema
 from hukou_convert.cli import cli
-from hukou_convert.conversion import convert_batches
+from hukou_convert.conversion import CommitGate, convert_batches
 from hukou_convert.cutover import run_cutover
 from hukou_convert.db import make_engine, parse_url
 from hukou_convert.errors import RegisterStateError
@@ -80,7 +81,8 @@ def test_workers_convert_the_run_as_one_process_would(
     two_db_urls: tuple[str, str], register_csv: Path
 ) -> None:
     """The run's own process is slowed down here (each of its batches waits): the worker process
-    beside it claims the partitions it does not hold, and the result is one process's."""
+    beside it claims the partitions it does not hold, from the run's first commit on (not once
+    the run's process has finished its first partition), and the result is one process's."""
     url, straight_url = two_db_urls
     _servers_only(url)
     expected = _straight(straight_url, register_csv)
@@ -90,8 +92,13 @@ def test_workers_convert_the_run_as_one_process_would(
     @contextmanager
     def slow(phase: str, _total: int | None, _unit: str) -> Iterator[Advance]:
         def advance(n: int) -> None:
-            if phase.startswith("转换") and n:
-                time.sleep(0.05)
+            # the run's own batches (the workers' progress is relayed by a thread)
+            if (
+                phase.startswith("转换")
+                and n
+                and threading.current_thread() is threading.main_thread()
+            ):
+                time.sleep(0.2)
 
         yield advance
 
@@ -113,6 +120,18 @@ def test_workers_convert_the_run_as_one_process_would(
         )
     assert set(by_partition) == {no for no, _, _ in parts}
     assert sum(by_partition.values()) == result.converted
+    B = schema.run_batches
+    with engine.connect() as conn:
+        own = conn.execute(
+            select(func.max(B.c.committed_at)).where(B.c.partition_no == 1)
+        ).scalar_one()
+        others = [worker for no, _, worker in parts if no != 1 and worker != parts[0][2]]
+        theirs = conn.execute(
+            select(func.min(B.c.committed_at))
+            .join(P, (P.c.run_id == B.c.run_id) & (P.c.partition_no == B.c.partition_no))
+            .where(P.c.worker.in_(others))
+        ).scalar_one()
+    assert theirs < own  # the worker went on while the run's process was in its first partition
     engine.dispose()
 
 
@@ -385,4 +404,34 @@ def test_a_ledger_of_batches_keyed_as_before_partitions_is_refused(db_url: str) 
     old.create_all(engine)
     with pytest.raises(RegisterStateError, match=r"primary key is \(run_id, batch_no\)"):
         schema.ensure_schema(engine)
+    engine.dispose()
+
+
+def test_the_commit_gate_lets_the_workers_go_at_the_first_commit_only() -> None:
+    """The workers are let go once the run's first commit is made: not while the verdict is
+    not in, not when sealing refuses the run, and once only."""
+    engine = make_engine(parse_url("sqlite://"))
+    ready = [False]
+    refuse = [True]
+    calls: list[str] = []
+
+    def seal() -> None:
+        if refuse[0]:
+            raise RegisterStateError("refused")
+
+    gate = CommitGate(lambda: ready[0], seal)
+    gate.when_open(lambda: calls.append("go"))
+    with engine.connect() as conn:
+        gate.commit(conn)  # no verdict yet: the transaction stays open
+        assert calls == [] and not gate.open
+        ready[0] = True
+        with pytest.raises(RegisterStateError):
+            gate.commit(conn)
+        assert calls == [] and not gate.open
+        refuse[0] = False
+        gate.commit(conn)
+        assert calls == ["go"] and gate.open
+        gate.commit(conn)
+        gate.when_open(lambda: calls.append("later"))  # already open: called at once
+        assert calls == ["go", "later"]
     engine.dispose()
