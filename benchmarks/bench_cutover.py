@@ -17,6 +17,8 @@ fresh process so that its peak RSS is its own:
 
 With ``--repeat N`` the import and its floor run N times, alternating, each into a fresh database,
 and so do the cutover and its floor, on copies of the imported register: the medians are shown.
+Each of them starts with the database at rest (``AT_REST``), and on PostgreSQL the register kept
+for the later steps is vacuumed, unmeasured, once imported (``SETTLE``).
 
 The cutover's phases come from its progress callback (census, fingerprint, conversion, checks after
 the commit), so the closed window (start to the conversion's commit) is shown beside the floor;
@@ -537,7 +539,8 @@ def main() -> None:
     batches = median([phase(c, "转换 cutover") for c in cuts])
     whole = median([c["seconds"] for c in cuts])
     closed_floor = median([f["seconds"] for f in floors])
-    cut = sorted(cuts, key=closed)[len(cuts) // 2]  # the run of the median closed window
+    # the run of the median closed window (of an even number of runs, the upper of the middle two)
+    cut = sorted(cuts, key=closed)[len(cuts) // 2]
     n = args.persons
     rows = [
         (
