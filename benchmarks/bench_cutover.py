@@ -229,23 +229,20 @@ print(json.dumps({"seconds": time.perf_counter() - t}))
 AT_REST = r"""
 import os
 from sqlalchemy import text
-def at_rest(engine):
+def at_rest(engine, vacuum=False):
     if engine.dialect.name == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            if vacuum:
+                conn.execute(text("VACUUM"))
             conn.execute(text("CHECKPOINT"))
     os.sync()
 """
 
 SETTLE = r"""
 import json, sys, time
-from sqlalchemy import text
 from hukou_convert.db import make_engine, parse_url
-engine = make_engine(parse_url(sys.argv[1]))
 t = time.perf_counter()
-if engine.dialect.name == "postgresql":
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("VACUUM"))
-at_rest(engine)
+at_rest(make_engine(parse_url(sys.argv[1])), vacuum=True)
 print(json.dumps({"seconds": time.perf_counter() - t}))
 """
 
