@@ -159,18 +159,20 @@ key = "BIGSERIAL PRIMARY KEY" if pg else "INTEGER PRIMARY KEY"
 indexes = ["CREATE INDEX ix_floor_id ON floor_register (id_number)",
     "CREATE INDEX ix_floor_hh ON floor_register (household_id)"]
 # "shaped": into a table of the register's own shape (typed date and instant, the import and the
-# line of each row, and on PostgreSQL fillfactor 50, which the cutover's floor assumes)
+# line of each row, and on PostgreSQL fillfactor 50, which the cutover's floor assumes, and the
+# codes in the "C" collation)
 shaped = when == "shaped"
 birth, instant = ("DATE", "TIMESTAMP WITH TIME ZONE" if pg else "DATETIME") if shaped else (
     "VARCHAR(10)", "VARCHAR(30)")
 extra = ", import_id INTEGER, source_line INTEGER" if shaped else ""
 storage = " WITH (fillfactor = 50)" if shaped and pg else ""
+code = ' COLLATE "C"' if shaped and pg else ""
 at_rest(engine)
 t = time.perf_counter()
 with engine.begin() as conn:
-    conn.execute(text(f"CREATE TABLE floor_register (record_id {key}, id_number VARCHAR(32),"
-        f" name VARCHAR(100), sex VARCHAR(4), birth_date {birth}, household_id VARCHAR(40),"
-        " hukou_type VARCHAR(40), household_category VARCHAR(20), division_code VARCHAR(20),"
+    conn.execute(text(f"CREATE TABLE floor_register (record_id {key}, id_number VARCHAR(32){code},"
+        f" name VARCHAR(100), sex VARCHAR(4), birth_date {birth}, household_id VARCHAR(40){code},"
+        f" hukou_type VARCHAR(40), household_category VARCHAR(20), division_code VARCHAR(20){code},"
         f" status VARCHAR(20), updated_at {instant}, address VARCHAR(200), police_station VARCHAR(100),"
         f" relation VARCHAR(20){extra}){storage}"))
     if when == "before":

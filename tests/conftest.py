@@ -100,6 +100,17 @@ def two_db_urls(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tupl
 
 
 @pytest.fixture
+def pg_engine(tmp_path: Path) -> Iterator[Engine]:
+    """A fresh PostgreSQL database, for what only PostgreSQL does."""
+    for url in _fresh_database("postgresql", tmp_path):
+        eng = make_engine(parse_url(url))
+        try:
+            yield eng
+        finally:
+            eng.dispose()
+
+
+@pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'hukou.db'}"
 
