@@ -20,6 +20,7 @@ from sqlalchemy import (
     Engine,
     and_,
     case,
+    collate,
     exists,
     func,
     insert,
@@ -65,11 +66,16 @@ ConfirmRollback = Callable[[str, int], bool]
 def changed_since_cutover(reg: RegisterMap, backend: str) -> ColumnElement[bool]:
     """A live history row of the run whose record is no longer what the run left."""
     R = reg.table
+    division_now: ColumnElement[Any] = R.c.division_code
+    if backend == "postgresql":
+        # the history's division code is in "C" (schema.Code); a legacy table's may be in a
+        # collation named on its column, and two such cannot be compared as they are
+        division_now = collate(division_now, "C")
     changed = [
         R.c.hukou_type.is_(None),
         R.c.hukou_type != reg.resident_code(H.c.household_category),
         and_(H.c.division_code.is_not(None), R.c.division_code.is_(None)),
-        R.c.division_code != H.c.division_code,
+        division_now != H.c.division_code,
     ]
     if reg.has_category_column:
         category_now = case(

@@ -612,3 +612,32 @@ def test_workers_convert_a_legacy_table_in_place_as_one_process_would(
         assert {p.state for p in parts} <= {"done"}
         engine.dispose()
     assert codes[1] == codes[0] and codes[0] != {}
+
+
+def test_a_legacy_table_with_codes_in_a_collation_of_its_own_converts_and_rolls_back(
+    pg_engine: Engine, tmp_path: Path
+) -> None:
+    """PostgreSQL: our codes are in "C"; a legacy table's ID numbers, household numbers and
+    division codes in another collation named on the column (here "POSIX") cannot be compared
+    with them as they are ("could not determine which collation to use"): the rollback, which
+    compares each record's division code with the history's, names the collation it compares in."""
+    mapping, profile_file = create_legacy(pg_engine, tmp_path, rows=40)
+    with pg_engine.begin() as conn:
+        for column, length in (("公民身份号码", 18), ("户号", 20), ("行政区划代码", 12)):
+            conn.execute(
+                text(
+                    f'ALTER TABLE "常住人口" ALTER COLUMN "{column}"'
+                    f' TYPE VARCHAR({length}) COLLATE "POSIX"'
+                )
+            )
+    profile_file.write_text(PROFILE_WITH_5, encoding="utf-8")
+    profile = load_profile(str(profile_file))
+    reg, cutoff = load_mapping(pg_engine, mapping), resolve_cutoff(profile, None)
+    before = _rows(pg_engine, False)
+
+    run = run_cutover(pg_engine, profile, cutoff, register=reg, batch_size=17)
+    assert run.outcome == "completed" and run.converted > 0
+    assert verify_run(pg_engine, run.run_id).ok
+    result = rollback_run(pg_engine, str(run.run_id), batch_size=13)
+    assert result.restored == run.converted and result.skipped_changed == 0
+    assert _rows(pg_engine, False) == before
