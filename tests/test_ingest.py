@@ -469,8 +469,8 @@ def test_the_register_keeps_its_indexes_through_an_import_and_a_failed_one(
 
 def test_codes_are_kept_in_byte_order_on_postgresql(pg_engine: Engine, sample_csv: Path) -> None:
     """ID numbers, household numbers and division codes in the "C" collation whatever the
-    database's default: their indexes sort bytes, not a locale's comparison, and a search by
-    prefix (an ID number's region, a division's county) is answered from the index."""
+    database's default: their indexes sort bytes, not a locale's comparison, and a search of ID
+    numbers by prefix (the region of issue) is answered from the index."""
     from sqlalchemy import text
 
     import_register(pg_engine, sample_csv)
