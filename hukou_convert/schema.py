@@ -81,9 +81,10 @@ def Code(length: int) -> TypeEngine[str]:
     libc or ICU locale, "C.UTF-8" included, sorts through the locale's comparison): the
     register's indexes on them build faster (1M persons, built after an import: the ID numbers'
     0.93-1.22 -> 0.66-0.82 s, the household numbers' 0.80-0.90 -> 0.55-0.67 s), and a search of
-    ID numbers by prefix uses their index. A legacy table's column in a collation of its own cannot be compared
-    with one of these as it is: such a comparison names the collation (rollback). Elsewhere they
-    already compare byte for byte: SQLite's BINARY, MySQL/MariaDB's binary collations below."""
+    ID numbers by prefix uses their index. A legacy table's column in a collation of its own
+    cannot be compared with one of these as it is: such a comparison names the collation
+    (rollback). Elsewhere they already compare byte for byte: SQLite's BINARY, MySQL/MariaDB's
+    binary collations below."""
     return String(length).with_variant(String(length, collation="C"), "postgresql")
 
 

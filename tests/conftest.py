@@ -103,11 +103,7 @@ def two_db_urls(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tupl
 def pg_engine(tmp_path: Path) -> Iterator[Engine]:
     """A fresh PostgreSQL database, for what only PostgreSQL does."""
     for url in _fresh_database("postgresql", tmp_path):
-        eng = make_engine(parse_url(url))
-        try:
-            yield eng
-        finally:
-            eng.dispose()
+        yield from _engine_on(url)
 
 
 @pytest.fixture
@@ -117,7 +113,11 @@ def sqlite_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
-    eng = make_engine(parse_url(db_url))
+    yield from _engine_on(db_url)
+
+
+def _engine_on(url: str) -> Iterator[Engine]:
+    eng = make_engine(parse_url(url))
     try:
         yield eng
     finally:
