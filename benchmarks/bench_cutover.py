@@ -24,6 +24,11 @@ The cutover's phases come from its progress callback (census, fingerprint, conve
 the commit), so the closed window (start to the conversion's commit) is shown beside the floor;
 - verify: ``verify_run`` of the run just made.
 
+With ``--expect`` the cutover is held to the rehearsal's plan (``cutover --expect``, as the
+README's night runs it): the rehearsal writes its plan, and each cutover runs on a copy of the
+rehearsed register (on SQLite with its modification time kept: by its state the file the rehearsal
+read, which the run then does not read again).
+
 With ``--night`` the whole night instead: the rehearsal writes its workbook (as ``cutover --dry-run``
 does), and after verify the run's workbooks are written by township on ``--processes`` processes;
 the last line adds the steps up (the issue's target: 10M persons on SQLite in 15 minutes).
@@ -251,6 +256,7 @@ print(json.dumps({"seconds": time.perf_counter() - t}))
 CUTOVER = r"""
 import json, sys, time
 from contextlib import contextmanager
+from pathlib import Path
 from hukou_convert.cutover import run_cutover
 from hukou_convert.db import make_engine, parse_url
 from hukou_convert.profiles import BUILTIN_PROFILES, resolve_cutoff
@@ -267,19 +273,23 @@ engine = make_engine(parse_url(url))
 at_rest(engine)
 t0 = time.perf_counter()
 workers = int(sys.argv[2]) if len(sys.argv) > 2 else 1
-r = run_cutover(engine, p, resolve_cutoff(p, None), progress=progress, workers=workers)
+expect = Path(sys.argv[3]) if len(sys.argv) > 3 else None  # held to the rehearsal's plan
+r = run_cutover(engine, p, resolve_cutoff(p, None), progress=progress, workers=workers,
+    expect=expect)
 print(json.dumps({"seconds": time.perf_counter() - t0, "converted": r.converted, "phases": phases}))
 """
 
 REHEARSE = r"""
 import json, sys, time
+from pathlib import Path
 from hukou_convert.cutover import rehearse
 from hukou_convert.db import make_engine, parse_url
 from hukou_convert.profiles import BUILTIN_PROFILES, resolve_cutoff
 url = sys.argv[1]
 p = BUILTIN_PROFILES["zhenhai"]
 t = time.perf_counter()
-r = rehearse(make_engine(parse_url(url)), p, resolve_cutoff(p, None))
+plan_dir = Path(sys.argv[2]) if len(sys.argv) > 2 else None  # with its plan
+r = rehearse(make_engine(parse_url(url)), p, resolve_cutoff(p, None), plan_dir=plan_dir)
 print(json.dumps({"seconds": time.perf_counter() - t, "converted": r.converted}))
 """
 
@@ -388,7 +398,9 @@ def fresh_url(kind: str, work: Path, template: str | None = None) -> tuple[str, 
     if kind == "sqlite":
         db = work / f"bench-{uuid.uuid4().hex[:8]}.db"
         if template is not None:
-            shutil.copyfile(template.removeprefix("sqlite:///"), db)
+            # its modification time kept: byte for byte and by its state the file the rehearsal
+            # read (--expect: the run knows it unchanged, as the very file would be on the night)
+            shutil.copy2(template.removeprefix("sqlite:///"), db)
 
         def remove() -> None:
             for leftover in (db, Path(f"{db}.lock"), Path(f"{db}-journal")):
@@ -435,6 +447,13 @@ def main() -> None:
         action="store_true",
         help="the whole night: the rehearsal writes its workbook, and after verify the run's"
         " workbooks are written by township on --processes processes",
+    )
+    parser.add_argument(
+        "--expect",
+        action="store_true",
+        help="the cutover held to the rehearsal's plan (cutover --expect, the night as the README"
+        " runs it): the rehearsal writes its plan, each cutover runs on a copy of the rehearsed"
+        " register",
     )
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     parser.add_argument(
@@ -494,8 +513,11 @@ def main() -> None:
         reports = args.work / "reports" / uuid.uuid4().hex[:8]
         if args.night:
             rehearsal = child(REHEARSE_WITH_WORKBOOK, url, str(reports / "rehearsal"))
+        elif args.expect:
+            rehearsal = child(REHEARSE, url, str(reports / "rehearsal"))
         else:
             rehearsal = child(REHEARSE, url)
+        plan = [str(next((reports / "rehearsal").glob("hukou-plan-*.json")))] if args.expect else []
         cuts: list[dict[str, Any]] = []
         alone: list[dict[str, Any]] = []  # with --workers N: the same cutover by one worker
         floors: list[dict[str, Any]] = []
@@ -505,11 +527,11 @@ def main() -> None:
             if args.workers > 1:
                 one_url, one_drop = fresh_url(args.db, args.work, template=url)
                 drops.append(one_drop)
-                alone.append(child(AT_REST + CUTOVER, one_url, "1"))
+                alone.append(child(AT_REST + CUTOVER, one_url, "1", *plan))
                 one_drop()
             copy_url, copy_drop = fresh_url(args.db, args.work, template=url)
             drops.append(copy_drop)
-            cuts.append(child(AT_REST + CUTOVER, copy_url, str(args.workers)))
+            cuts.append(child(AT_REST + CUTOVER, copy_url, str(args.workers), *plan))
             if i < args.repeat - 1:
                 copy_drop()
             for shape, runs in (("same-rows", floors), ("narrow", narrow)):
@@ -609,6 +631,7 @@ def main() -> None:
         night = sum(r[1] for r in rows if not r[0].startswith(("cutover: ", " "))) + whole
         rows.append(("the whole night (the steps above, one after another)", night, None, None))
     workers = f", {args.workers} workers" if args.workers > 1 else ""
+    workers += ", the cutover held to the rehearsal's plan" if args.expect else ""
     print(
         f"\n{args.db}{workers}, {n:,} persons, {cut['converted']:,} converted,"
         f" verify ok: {ver['ok']}"

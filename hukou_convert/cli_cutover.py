@@ -204,6 +204,11 @@ def _print_comparison(comparison: PlanComparison) -> None:
     click.echo(f"compared with the rehearsal plan {comparison.plan_path}: {state}")
     if not comparison.compared_before:
         click.echo("  before: not compared (the run was resumed or already complete)")
+    if comparison.unchanged_file:
+        click.echo(
+            "  before: the database file is the one the rehearsal read (SQLite's change counter,"
+            " its size and time unchanged): its records were not read again"
+        )
     if comparison.accepted:
         click.echo("  the run went ahead on a changed register (--accept-changes)")
     if comparison.record_differences:

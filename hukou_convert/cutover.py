@@ -105,6 +105,7 @@ from .runs import (
     run_table,
     unfinished_run,
 )
+from .sqlitefile import file_state
 
 DEFAULT_BATCH_SIZE = 50_000
 
@@ -159,10 +160,13 @@ def rehearse(
         if plan_dir is not None
         else None
     )
+    # the SQLite file as found before and after reading: the run may then know it unchanged
+    state = file_state(engine) if recorder is not None else None
     try:
         with translate_errors(), engine.connect() as conn:
             decisions = decide(conn, register, profile, profile.codes, cutoff.instant)
-            census = moved_census(take_census(conn, register, profile), decisions)
+            taken = take_census(conn, register, profile)
+            census = moved_census(taken, decisions)
             blocks: list[Block] = []
             with progress("指纹 fingerprint", census.total, "行") as advance:
                 fingerprint = register_fingerprint(
@@ -179,6 +183,8 @@ def rehearse(
             )
             converted_by = census.to_convert_by() - held_by
             conn.rollback()
+        if state is not None and file_state(engine) != state:
+            state = None  # written to while read: no one state was read
     except BaseException:
         if recorder is not None:
             recorder.discard()
@@ -197,6 +203,7 @@ def rehearse(
                 converted_by=_by_key(converted_by),
                 applications=outcomes_of(decisions),
                 findings=_finding_keys(findings),
+                sqlite_file=None if state is None else (state, register.identity, taken),
             )
         )
     return CutoverResult(

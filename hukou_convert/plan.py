@@ -6,7 +6,9 @@ code and record key), the register fingerprint, the digest of every block of 10,
 sidecar ``.records.gz`` with a short digest of every register row in key order. ``cutover --expect
 PLAN`` compares before it commits anything (block by block, and record by record within a block that
 differs: memory stays flat) and after it finishes. No personal data is in a plan: record keys and
-digests only.
+digests only. On SQLite the plan also keeps the database file's state as the rehearsal found it
+(:mod:`sqlitefile`): a run that finds the same file unchanged takes the plan's census and
+fingerprint instead of reading the register again.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from typing import IO, Any
 from sqlalchemy import Connection
 
 from . import __version__
-from .census import Census
+from .census import Census, CensusLine
+from .codes import CodeTable
 from .errors import InputFileError
 from .fingerprint import (
     Block,
@@ -37,6 +40,7 @@ from .fingerprint import (
 from .instants import format_instant, now
 from .progress import Advance
 from .register import RegisterMap
+from .sqlitefile import FileState
 
 PLAN_FORMAT = "hukou-convert-plan/1"
 SHOWN_RECORDS = 1000  # record differences kept for display; all are counted
@@ -58,6 +62,8 @@ class PlanComparison:
     after: list[Difference] = field(default_factory=list)
     accepted: bool = False  # the operator told the run to go ahead on a changed register
     compared_before: bool = True  # False when a resumed run could no longer compare
+    # compared by the SQLite file's state: the file the rehearsal read, its records not read again
+    unchanged_file: bool = False
 
     @property
     def matches(self) -> bool:
@@ -124,8 +130,12 @@ def plan_document(
     converted_by: dict[str, int],
     applications: dict[str, str],
     findings: list[tuple[str, int | str | None]],
+    sqlite_file: tuple[FileState, str | None, Census] | None = None,
 ) -> dict[str, Any]:
-    return {
+    """``sqlite_file``: the SQLite file's state as the rehearsal found it before and after
+    reading, the register mapping it read through (None: the built-in register) and the census
+    as it took it, before any application (a run applies the applications it really applies)."""
+    document: dict[str, Any] = {
         "format": PLAN_FORMAT,
         "tool_version": __version__,
         "written_at": format_instant(now()),
@@ -136,22 +146,34 @@ def plan_document(
         "register_sha256": fingerprint,
         # [last key, rows, digest]: the real run reads the same key ranges and compares digests
         "blocks": [block.as_json() for block in blocks],
-        "census": [
-            {
-                "in_scope": line.in_scope,
-                "active": line.active,
-                "raw_code": line.raw_code,
-                "category_label": line.category_label,
-                "records": line.records,
-            }
-            for line in census.lines
-        ],
+        "census": _census_lines(census),
         "counts": census_counts(census),
         # what the run will convert (records held back for review excluded)
         "to_convert_by": dict(sorted(converted_by.items())),
         "applications": applications,
         "findings": [[code, record_id] for code, record_id in findings],
     }
+    if sqlite_file is not None:
+        state, register, taken = sqlite_file
+        document["sqlite_file"] = {
+            **state.as_json(),
+            "register": register,
+            "census_taken": _census_lines(taken),
+        }
+    return document
+
+
+def _census_lines(census: Census) -> list[dict[str, Any]]:
+    return [
+        {
+            "in_scope": line.in_scope,
+            "active": line.active,
+            "raw_code": line.raw_code,
+            "category_label": line.category_label,
+            "records": line.records,
+        }
+        for line in census.lines
+    ]
 
 
 def census_counts(census: Census) -> dict[str, int]:
@@ -181,6 +203,32 @@ class Plan:
             for line in fh:
                 key, digest = line.rstrip("\n").split("\t")
                 yield key, digest
+
+    def sqlite_file(
+        self, register: RegisterMap, codes: CodeTable, needs_category: bool
+    ) -> tuple[FileState, Census] | None:
+        """The SQLite file's state the rehearsal read through ``register``'s mapping, and the
+        census it took there before any application; None if it kept none (or not in this form)."""
+        kept = self.data.get("sqlite_file")
+        if not isinstance(kept, dict) or kept.get("register") != register.identity:
+            return None
+        state = FileState.from_json(kept)
+        try:
+            lines = [
+                CensusLine(
+                    bool(line["in_scope"]),
+                    bool(line["active"]),
+                    line["raw_code"],
+                    line["category_label"],
+                    int(line["records"]),
+                )
+                for line in kept["census_taken"]
+            ]
+        except (KeyError, TypeError, ValueError):
+            return None
+        if state is None:
+            return None
+        return state, Census(lines, codes, needs_category=needs_category)
 
     def blocks(self) -> list[Block] | None:
         """The plan's block digests (None in a plan written before they were kept: its records

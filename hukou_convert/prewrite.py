@@ -12,6 +12,8 @@ The reading never sees the run's own writes: PostgreSQL and MySQL/MariaDB read a
 before them (REPEATABLE READ); on SQLite, where a reader would stop the writer (outside WAL mode
 no writer may spill or commit while a reader holds the file, and WAL mode, measured, makes the
 conversion 40 % slower), the reading reads a copy of the database file taken under a read lock.
+Held to a plan on the very SQLite file the rehearsal read, unchanged since (:mod:`sqlitefile`),
+the run reads nothing: :class:`PlanReading` gives it the plan's census and fingerprint.
 """
 
 from __future__ import annotations
@@ -194,6 +196,39 @@ class ReadingBeside:
             return None
         self._copy = copy
         return make_engine(self._engine.url.set(database=str(copy)))
+
+
+class PlanReading:
+    """The reading of a register known to be the one a rehearsal read (:mod:`sqlitefile`): the
+    census the rehearsal took and its fingerprint, nothing read. The same calls as
+    :class:`ReadingBeside`."""
+
+    def __init__(self, census: Census, fingerprint: str) -> None:
+        self._reading = RegisterReading(census, fingerprint)
+
+    def __enter__(self) -> PlanReading:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def census_taken(self) -> bool:
+        return True
+
+    def census(self) -> Census:
+        return self._reading.census
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> RegisterReading:
+        return self._reading
+
+    def release(self) -> None:
+        return None
+
+    def finish(self) -> RegisterReading:
+        return self._reading
 
 
 def _copy_sqlite(path: str, copy: Path) -> None:

@@ -39,6 +39,7 @@ from .db import display_url, translate_errors
 from .errors import (
     Aborted,
     PlanMismatchError,
+    RegisterStateError,
     TooManyExceptionsError,
     UnmappedCodesError,
 )
@@ -74,13 +75,14 @@ from .plan import (
     compare_census,
     compare_parameters,
 )
-from .prewrite import ReadingBeside, RegisterReading, read_register
+from .prewrite import PlanReading, ReadingBeside, RegisterReading, read_register
 from .profiles import Profile, ResolvedCutoff
 from .progress import Progress, no_progress
 from .register import RecordKey, RegisterMap
 from .runs import (
     run_codes,
 )
+from .sqlitefile import file_state, open_database
 
 RUNS = schema.runs
 
@@ -204,14 +206,45 @@ def start_run(
     with engine.connect() as conn:
         total = int(conn.execute(select(func.count()).select_from(register.table)).scalar_one())
         ranges = partition_ranges(conn, register, total, req.workers)
-    deferred = schema.defer_history_indexes(engine)
+    # held to a plan on the SQLite file the rehearsal read, unchanged since: nothing to read
+    kept = (
+        plan.sqlite_file(register, profile.codes, bool(register.resident_by_category))
+        if plan is not None
+        and not parameters
+        and not compare_applications(plan, outcomes_of(decisions))
+        else None
+    )
+    unchanged = kept[0] if kept is not None and file_state(engine) == kept[0] else None
+    deferral = schema.defer_history_indexes(engine)
     report = WorkersReport()
     gate: CommitGate | None = None
+    # open before the write lock and closed only once it is released: closing any descriptor
+    # of the file releases every POSIX lock this process holds on it, SQLite's included
+    database = open_database(engine) if unchanged is not None else None
     try:
-        with (
-            ReadingBeside(engine, register, profile, plan, progress) as reading_beside,
-            engine.connect() as conn,
-        ):
+        if unchanged is not None:
+            # the file after the drops: only they were committed meanwhile (one each)
+            after = file_state(engine, fd=database)
+            if after is None or after.change_counter != unchanged.change_counter + deferral.drops:
+                after = None
+            unchanged = after
+        beside: ReadingBeside | PlanReading = (
+            PlanReading(kept[1], str(plan.data.get("register_sha256", "")))
+            if unchanged is not None and kept is not None and plan is not None
+            else ReadingBeside(engine, register, profile, plan, progress)
+        )
+        if comparison is not None:
+            comparison.unchanged_file = unchanged is not None
+        with beside as reading_beside, engine.connect() as conn:
+            if unchanged is not None:
+                # the write lock, and then the file as the drops left it: else someone wrote
+                # between (the run stops, nothing written; run again: it reads the register)
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                if file_state(engine, writing=True, fd=database) != unchanged:
+                    raise RegisterStateError(
+                        "the register was written to as the run started: nothing was written;"
+                        " run the same command again (it reads the register against the plan)"
+                    )
             applied = record_run(
                 conn, register, run_id, profile, cutoff, decisions, held, req.batch_size, started
             )
@@ -274,11 +307,14 @@ def start_run(
             conn.commit()
             return report
     except BaseException:
-        if deferred and (gate is None or not gate.open):
+        if (deferral.deferred or deferral.drops) and (gate is None or not gate.open):
             # nothing was committed: the history is as empty as it was, with its indexes
             with translate_errors():
                 schema.build_history_indexes(engine)
         raise
+    finally:
+        if database is not None:
+            os.close(database)
 
 
 def judge(

@@ -7,7 +7,7 @@ Its rows are never updated except ``reverted_at``, and never deleted.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
@@ -334,15 +334,19 @@ HISTORY_INDEXES = tuple(sorted(history.indexes, key=lambda ix: str(ix.name)))
 _HISTORY_KEY = f"{history.name}_pkey"
 
 
-def defer_history_indexes(engine: Engine) -> bool:
+class Deferral(NamedTuple):
+    deferred: bool  # the history is empty and without its indexes: they are built after
+    drops: int  # the indexes (and key) dropped, each in a transaction of its own
+
+
+def defer_history_indexes(engine: Engine) -> Deferral:
     """Drop the history's indexes (and on PostgreSQL its primary key) if it holds no row yet (its
     own DDL, no data work), so that :func:`build_history_indexes` builds them after the
-    conversion; True if they were dropped. Only an optimisation: an account without the right to
-    drop them, or a session holding the table (a look-up left open), keeps them, after waiting a
-    few seconds at most."""
+    conversion. Only an optimisation: an account without the right to drop them, or a session
+    holding the table (a look-up left open), keeps them, after waiting a few seconds at most."""
     with engine.connect() as conn:
         if conn.execute(select(history.c.history_id).limit(1)).first() is not None:
-            return False
+            return Deferral(False, 0)
     inspector = inspect(engine)
     present = {ix["name"] for ix in inspector.get_indexes(history.name)}
     drops: list[Any] = [index.drop for index in HISTORY_INDEXES if index.name in present]
@@ -355,7 +359,7 @@ def defer_history_indexes(engine: Engine) -> bool:
                 text(f"ALTER TABLE {history.name} DROP CONSTRAINT {_HISTORY_KEY}")
             )
         )
-    for drop in drops:
+    for dropped, drop in enumerate(drops):
         try:
             with engine.begin() as conn:
                 if conn.dialect.name == "postgresql":
@@ -366,8 +370,9 @@ def defer_history_indexes(engine: Engine) -> bool:
                 if conn.dialect.name in ("mysql", "mariadb"):
                     conn.execute(text("SET SESSION lock_wait_timeout = DEFAULT"))
         except exc.DBAPIError:
-            return False  # those dropped so far are built again after the conversion
-    return True
+            # those dropped so far are built again after the conversion
+            return Deferral(False, dropped)
+    return Deferral(True, len(drops))
 
 
 def build_history_indexes(engine: Engine) -> list[str]:

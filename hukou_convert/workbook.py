@@ -619,7 +619,11 @@ def _write_comparison(
     state = "一致" if comparison.matches else "不一致"
     notes = [
         f"演练计划 {Path(comparison.plan_path).name}：{state}",
-        "转换前已比对登记库的每一条记录"
+        (
+            "转换前核对数据库文件即演练所读文件（SQLite 变更计数、大小与修改时间未变），未再逐条读取"
+            if comparison.unchanged_file
+            else "转换前已比对登记库的每一条记录"
+        )
         if comparison.compared_before
         else "转换前未比对（本次为续跑或已完成的运行）",
     ]

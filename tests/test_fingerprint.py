@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, text, update
 
 from hukou_convert import fingerprint, plan, prewrite, schema
 from hukou_convert.cutover import CutoverResult, rehearse, run_cutover
@@ -261,6 +261,8 @@ def test_held_to_a_plan_nothing_is_committed_before_every_record_is_compared(
     import_register(engine, sample_csv)
     plan_path = rehearse(engine, ZHENHAI, CUTOFF, plan_dir=tmp_path).plan_path
     assert plan_path is not None
+    with engine.begin() as conn:  # a write beside the register: on SQLite the run must read it
+        conn.execute(text("CREATE TABLE operator_notes (note VARCHAR(10))"))
     seen, result = _runs_seen_at_the_fingerprint(engine, "converting", expect=plan_path)
     assert seen == [0]
     assert result.plan_comparison is not None and result.plan_comparison.matches
