@@ -224,7 +224,7 @@ def start_run(
     try:
         if unchanged is not None:
             # the file after the drops: only they were committed meanwhile (one each)
-            after = file_state(engine, fd=database)
+            after = file_state(engine, fd=database) if database is not None else None
             if after is None or after.change_counter != unchanged.change_counter + deferral.drops:
                 after = None
             unchanged = after
