@@ -46,6 +46,13 @@ def _state(engine: Engine) -> FileState:
     return state
 
 
+def _rehearsed(engine: Engine, plan_dir: Path) -> Path:
+    """The plan of a rehearsal of ``engine``'s register."""
+    plan = rehearse(engine, ZHENHAI, CUTOFF, plan_dir=plan_dir).plan_path
+    assert plan is not None
+    return plan
+
+
 class _Read(Exception):
     pass
 
@@ -124,8 +131,7 @@ def test_any_write_since_the_rehearsal_sends_the_run_back_to_reading(
     sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = sqlite_engine
-    plan = rehearse(engine, ZHENHAI, CUTOFF, plan_dir=tmp_path).plan_path
-    assert plan is not None
+    plan = _rehearsed(engine, tmp_path)
     with engine.begin() as conn:  # a write beside the register: it still reads the same
         conn.execute(text("CREATE TABLE operator_notes (note TEXT)"))
     with monkeypatch.context() as patched:
@@ -141,8 +147,7 @@ def test_a_write_beside_the_history_indexes_dropped_is_caught(
     sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = sqlite_engine
-    plan = rehearse(engine, ZHENHAI, CUTOFF, plan_dir=tmp_path).plan_path
-    assert plan is not None
+    plan = _rehearsed(engine, tmp_path)
     drop = schema.defer_history_indexes
 
     def drop_and_someone_writes(e: Engine) -> schema.Deferral:
@@ -162,8 +167,7 @@ def test_a_write_just_before_the_write_lock_stops_the_run_with_nothing_written(
     sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = sqlite_engine
-    plan = rehearse(engine, ZHENHAI, CUTOFF, plan_dir=tmp_path).plan_path
-    assert plan is not None
+    plan = _rehearsed(engine, tmp_path)
     before = table_dump(engine)
     real = file_state
 
@@ -194,8 +198,7 @@ def test_the_run_keeps_its_write_lock_while_it_checks_the_file(
     """Closing a descriptor of the file would release the process's POSIX locks, SQLite's write
     lock included: another process must still find the database locked after the check."""
     engine = sqlite_engine
-    plan = rehearse(engine, ZHENHAI, CUTOFF, plan_dir=tmp_path).plan_path
-    assert plan is not None
+    plan = _rehearsed(engine, tmp_path)
     real = file_state
     others: list[str] = []
 
