@@ -213,6 +213,8 @@ class Plan:
         if not isinstance(kept, dict) or kept.get("register") != register.identity:
             return None
         state = FileState.from_json(kept)
+        if state is None:
+            return None
         try:
             lines = [
                 CensusLine(
@@ -225,8 +227,6 @@ class Plan:
                 for line in kept["census_taken"]
             ]
         except (KeyError, TypeError, ValueError):
-            return None
-        if state is None:
             return None
         return state, Census(lines, codes, needs_category=needs_category)
 

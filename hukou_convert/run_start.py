@@ -183,13 +183,13 @@ def start_run(
     ):
         raise Aborted("not confirmed: nothing was written")
     parameters: list[Difference] = []
+    differs = False  # in its parameters or its applications' outcomes, from the plan
     if plan is not None:
         parameters = compare_parameters(
             plan, profile.name, profile.fingerprint(), format_instant(cutoff.instant)
         )
-        if not req.accept_changes and (
-            parameters or compare_applications(plan, outcomes_of(decisions))
-        ):
+        differs = bool(parameters or compare_applications(plan, outcomes_of(decisions)))
+        if differs and not req.accept_changes:
             # a run to be refused: the whole list of differences is read, nothing written
             with engine.connect() as conn:
                 reading = read_register(conn, register, profile, plan, progress)
@@ -209,9 +209,7 @@ def start_run(
     # held to a plan on the SQLite file the rehearsal read, unchanged since: nothing to read
     kept = (
         plan.sqlite_file(register, profile.codes, bool(register.resident_by_category))
-        if plan is not None
-        and not parameters
-        and not compare_applications(plan, outcomes_of(decisions))
+        if plan is not None and not differs
         else None
     )
     unchanged = kept[0] if kept is not None and file_state(engine) == kept[0] else None
