@@ -209,6 +209,11 @@ def _print_comparison(comparison: PlanComparison) -> None:
             "  before: the database file is the one the rehearsal read (SQLite's change counter,"
             " its size and time unchanged): its records were not read again"
         )
+    if comparison.unchanged_rows:
+        click.echo(
+            "  before: the register holds the very rows the rehearsal read (PostgreSQL: none"
+            " written since its snapshot, as many as then): its records were not read again"
+        )
     if comparison.accepted:
         click.echo("  the run went ahead on a changed register (--accept-changes)")
     if comparison.record_differences:

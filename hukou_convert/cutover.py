@@ -72,6 +72,7 @@ from .partitions import (
     is_partitioned,
     release_started,
 )
+from .pgrows import rehearsal_state
 from .plan import (
     PlanComparison,
     PlanRecorder,
@@ -164,6 +165,10 @@ def rehearse(
     state = file_state(engine) if recorder is not None else None
     try:
         with translate_errors(), engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                # one snapshot for the plan: its census, records and fingerprint, and its rows'
+                # state (:mod:`pgrows`)
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
             decisions = decide(conn, register, profile, profile.codes, cutoff.instant)
             taken = take_census(conn, register, profile)
             census = moved_census(taken, decisions)
@@ -172,6 +177,7 @@ def rehearse(
                 fingerprint = register_fingerprint(
                     conn, register, advance, on_row=recorder, blocks=blocks
                 )
+            rows = rehearsal_state(conn, register) if recorder is not None else None
             findings = gather_findings(conn, register, profile, cutoff, decisions, progress)
             held, held_by = held_breakdown(
                 conn,
@@ -204,6 +210,7 @@ def rehearse(
                 applications=outcomes_of(decisions),
                 findings=_finding_keys(findings),
                 sqlite_file=None if state is None else (state, register.identity, taken),
+                postgresql_rows=None if rows is None else (rows, register.identity),
             )
         )
     return CutoverResult(

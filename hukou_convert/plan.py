@@ -38,6 +38,7 @@ from .fingerprint import (
     row_digest,
 )
 from .instants import format_instant, now
+from .pgrows import RowsState
 from .progress import Advance
 from .register import RegisterMap
 from .sqlitefile import FileState
@@ -64,6 +65,8 @@ class PlanComparison:
     compared_before: bool = True  # False when a resumed run could no longer compare
     # compared by the SQLite file's state: the file the rehearsal read, its records not read again
     unchanged_file: bool = False
+    # compared by PostgreSQL's rows (:mod:`pgrows`): the rows the rehearsal read, not read again
+    unchanged_rows: bool = False
 
     @property
     def matches(self) -> bool:
@@ -131,10 +134,13 @@ def plan_document(
     applications: dict[str, str],
     findings: list[tuple[str, int | str | None]],
     sqlite_file: tuple[FileState, str | None, Census] | None = None,
+    postgresql_rows: tuple[RowsState, str | None] | None = None,
 ) -> dict[str, Any]:
     """``sqlite_file``: the SQLite file's state as the rehearsal found it before and after
     reading, the register mapping it read through (None: the built-in register) and the census
-    as it took it, before any application (a run applies the applications it really applies)."""
+    as it took it, before any application (a run applies the applications it really applies).
+    ``postgresql_rows``: the register's rows as the rehearsal's snapshot saw them, and the
+    mapping."""
     document: dict[str, Any] = {
         "format": PLAN_FORMAT,
         "tool_version": __version__,
@@ -160,6 +166,9 @@ def plan_document(
             "register": register,
             "census_taken": _census_lines(taken),
         }
+    if postgresql_rows is not None:
+        rows, register = postgresql_rows
+        document["postgresql_rows"] = {**rows.as_json(), "register": register}
     return document
 
 
@@ -229,6 +238,14 @@ class Plan:
         except (KeyError, TypeError, ValueError):
             return None
         return state, Census(lines, codes, needs_category=needs_category)
+
+    def postgresql_rows(self, register: RegisterMap) -> RowsState | None:
+        """The register's rows as the rehearsal's snapshot on PostgreSQL saw them through
+        ``register``'s mapping; None if it kept none."""
+        kept = self.data.get("postgresql_rows")
+        if not isinstance(kept, dict) or kept.get("register") != register.identity:
+            return None
+        return RowsState.from_json(kept)
 
     def blocks(self) -> list[Block] | None:
         """The plan's block digests (None in a plan written before they were kept: its records

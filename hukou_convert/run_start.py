@@ -342,6 +342,7 @@ def judge(
         + reading.record_differences
     )
     comparison.record_differences = reading.record_difference_count
+    comparison.unchanged_rows = reading.unchanged_rows
     if comparison.before:
         if not accept_changes:
             shown = len(reading.record_differences)

@@ -622,6 +622,8 @@ def _write_comparison(
         (
             "转换前核对数据库文件即演练所读文件（SQLite 变更计数、大小与修改时间未变），未再逐条读取"
             if comparison.unchanged_file
+            else "转换前核对登记库即演练所读的各行（PostgreSQL：演练快照后无行写入，行数相同），未再逐条读取"
+            if comparison.unchanged_rows
             else "转换前已比对登记库的每一条记录"
         )
         if comparison.compared_before
