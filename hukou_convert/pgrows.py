@@ -4,16 +4,24 @@ plan know the register unchanged since without reading it again.
 Every row version carries ``xmin``, the transaction that wrote it; an update writes a new version,
 a delete removes one. So if no row the run's snapshot sees was written by a transaction that had
 not finished when the rehearsal took its snapshot, every row the run sees was one the rehearsal
-saw; with as many rows, they are the same rows. The rehearsal keeps its snapshot's ``xmin`` (every
-transaction before it had finished), the row count, and what makes the comparison of transaction
-ids meaningful: the same cluster (its system identifier), database, table and file (a rewrite —
-``TRUNCATE``, ``VACUUM FULL``, ``ALTER TABLE … TYPE`` — gives the table another), on the same
-timeline (a restore to an earlier point starts a new one) and no earlier in the write-ahead log.
+saw; with as many rows, they are the same rows. What the rows mean is in the system catalog, whose
+rows are versioned the same way: the table's own row, its columns (a column renamed, or dropped
+and added again with a default, changes what is read without writing a row), their types and
+enum labels. They are held to the same test, and counted too. The rehearsal keeps its snapshot's
+``xmin`` (every transaction before it had finished), both counts, and what makes the comparison of
+transaction ids meaningful: the same cluster (its system identifier), database, table and file (a
+rewrite — ``TRUNCATE``, ``VACUUM FULL``, ``ALTER TABLE … TYPE`` — gives the table another), on
+the same timeline and no earlier in the write-ahead log, and the same start of the server: a
+database restored or cloned from a backup or a storage snapshot keeps its cluster's identifier,
+may keep its timeline and would hand out transaction ids again, but only a server started anew
+serves it.
 
 Each doubt falls on the safe side: a row written by a transaction running beside the rehearsal,
 even one that changed nothing, an old frozen row whose id reads as recent after a wraparound,
-more than 2³¹ transactions since the rehearsal, a view or a function the role may not call: the
-run reads the register against the plan record by record, as it does on MySQL/MariaDB.
+more than 2³¹ transactions since, a table that is not a plain table (a view, a partitioned table),
+one with child tables (their rows are the register's too) or row security, a function the role
+may not call, a server restarted since: the run reads the register against the plan record by
+record, as it does on MySQL/MariaDB.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Connection, func, literal_column, select, text
+from sqlalchemy import Connection, func, select, text
 from sqlalchemy.exc import DBAPIError
 
 from .register import RegisterMap
@@ -39,9 +47,11 @@ class RowsState:
     table: int  # oid
     filenode: int
     timeline: str  # of the write-ahead log, as in its file names
-    lsn: str  # the write-ahead log's position then
+    started: str  # the server's start (seconds since the epoch)
+    lsn: str  # the write-ahead log's position when the rehearsal had read the register
     xmin: int  # every transaction before it had finished (64-bit, with its epoch)
     rows: int
+    catalog: int  # the table's rows in the system catalog (see _CATALOG)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,12 +65,48 @@ class RowsState:
                 int(raw["table"]),
                 int(raw["filenode"]),
                 str(raw["timeline"]),
+                str(raw["started"]),
                 str(raw["lsn"]),
                 int(raw["xmin"]),
                 int(raw["rows"]),
+                int(raw["catalog"]),
             )
         except (KeyError, TypeError, ValueError):
             return None
+
+
+# Where the table is, and whether it is one whose rows alone are what a SELECT from it reads: a
+# plain table (relkind 'r'), without child tables and without row security.
+_WHERE = """
+SELECT (SELECT system_identifier FROM pg_control_system())::text,
+       (SELECT oid FROM pg_database WHERE datname = current_database()),
+       c.oid, pg_relation_filenode(c.oid),
+       substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8),
+       extract(epoch FROM pg_postmaster_start_time())::text,
+       pg_current_wal_lsn()::text,
+       c.relkind = 'r' AND NOT c.relrowsecurity
+         AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid)
+FROM pg_class c WHERE c.oid = CAST(:t AS regclass)
+"""
+
+# The catalog rows that say what the table's rows mean: its own, its columns', its columns' types
+# (and a domain's base type) and their enum labels, its inheritance and its row security policies.
+_CATALOG = """
+WITH columns AS (SELECT a.xmin, a.atttypid FROM pg_attribute a
+                 WHERE a.attrelid = CAST(:t AS regclass)),
+     types AS (SELECT atttypid AS oid FROM columns
+               UNION SELECT ty.typbasetype FROM pg_type ty JOIN columns ON ty.oid = columns.atttypid
+               WHERE ty.typbasetype <> 0),
+     catalog AS (SELECT c.xmin FROM pg_class c WHERE c.oid = CAST(:t AS regclass)
+                 UNION ALL SELECT xmin FROM columns
+                 UNION ALL SELECT ty.xmin FROM pg_type ty WHERE ty.oid IN (SELECT oid FROM types)
+                 UNION ALL SELECT e.xmin FROM pg_enum e WHERE e.enumtypid IN (SELECT oid FROM types)
+                 UNION ALL SELECT i.xmin FROM pg_inherits i
+                   WHERE i.inhparent = CAST(:t AS regclass) OR i.inhrelid = CAST(:t AS regclass)
+                 UNION ALL SELECT p.xmin FROM pg_policy p WHERE p.polrelid = CAST(:t AS regclass))
+SELECT count(*), count(*) FILTER (WHERE age(xmin) <= age(CAST(CAST(:x AS text) AS xid)))
+FROM catalog
+"""
 
 
 def _table_name(conn: Connection, register: RegisterMap) -> str:
@@ -69,60 +115,65 @@ def _table_name(conn: Connection, register: RegisterMap) -> str:
     return f"{quote(table.schema)}.{quote(table.name)}" if table.schema else quote(table.name)
 
 
-def _where(conn: Connection, register: RegisterMap) -> tuple[Any, ...] | None:
-    """The cluster, database, table, file, timeline and log position, as the current snapshot
-    sees them; None if any cannot be read (a partitioned table or a view has no file of its own)."""
-    name = _table_name(conn, register)
-    try:
-        with conn.begin_nested():
-            found = tuple(
-                conn.execute(
-                    text(
-                        "SELECT (SELECT system_identifier FROM pg_control_system())::text,"
-                        " (SELECT oid FROM pg_database WHERE datname = current_database()),"
-                        " CAST(:t AS regclass)::oid, pg_relation_filenode(CAST(:t AS regclass)),"
-                        " substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8),"
-                        " pg_current_wal_lsn()::text"
-                    ),
-                    {"t": name},
-                ).one()
-            )
-    except DBAPIError:
+def _where(conn: Connection, name: str) -> tuple[Any, ...] | None:
+    """The cluster, database, table, file, timeline, server start and log position, as the current snapshot
+    sees them; None if any cannot be read, or the table is not one whose own rows are all it
+    reads."""
+    found = tuple(conn.execute(text(_WHERE), {"t": name}).one())
+    if any(value is None for value in found) or not found[-1]:
         return None
-    return None if any(value is None for value in found) else found
+    return found[:-1]
+
+
+def _counts(conn: Connection, register: RegisterMap, name: str, xmin: int) -> tuple[int, ...]:
+    """The register's rows and those written by a transaction not older than ``xmin``; the same
+    of its catalog rows."""
+    # a row is older than a snapshot when its writer's id precedes the snapshot's xmin: its age
+    # (transactions since, wraparound-aware) is then the greater
+    rows, recent = conn.execute(
+        select(
+            func.count(),
+            func.count().filter(
+                text("age(xmin) <= age(CAST(CAST(:x AS text) AS xid))").bindparams(x=xmin % _IDS)
+            ),
+        ).select_from(register.table)
+    ).one()
+    catalog, recent_catalog = conn.execute(text(_CATALOG), {"t": name, "x": xmin % _IDS}).one()
+    return int(rows), int(recent), int(catalog), int(recent_catalog)
 
 
 def rehearsal_state(conn: Connection, register: RegisterMap) -> RowsState | None:
-    """In the rehearsal's one snapshot (REPEATABLE READ): what a run needs to know the register
-    unchanged since. None elsewhere than PostgreSQL, or where it cannot be read."""
+    """In the rehearsal's one snapshot (REPEATABLE READ), once it has read the register: what a
+    run needs to know the register unchanged since. None elsewhere than PostgreSQL, or where it
+    cannot be read."""
     if conn.dialect.name != "postgresql":
         return None
-    where = _where(conn, register)
-    if where is None:
-        return None
+    name = _table_name(conn, register)
     try:
         with conn.begin_nested():
-            xmin, rows = conn.execute(
-                select(
-                    func.txid_snapshot_xmin(func.txid_current_snapshot()),
-                    select(func.count())
-                    .select_from(register.table)
-                    .where(literal_column("xmin").is_not(None))  # no xmin: a view
-                    .scalar_subquery(),
-                )
-            ).one()
+            where = _where(conn, name)
+            if where is None:
+                return None
+            xmin = int(
+                conn.execute(
+                    text("SELECT txid_snapshot_xmin(txid_current_snapshot())")
+                ).scalar_one()
+            )
+            rows, _recent, catalog, _recent_catalog = _counts(conn, register, name, xmin)
     except DBAPIError:
         return None
-    system, database, table, filenode, timeline, lsn = where
+    system, database, table, filenode, timeline, started, lsn = where
     return RowsState(
         str(system),
         int(database),
         int(table),
         int(filenode),
         str(timeline),
+        str(started),
         str(lsn),
-        int(xmin),
-        int(rows),
+        xmin,
+        rows,
+        catalog,
     )
 
 
@@ -131,17 +182,19 @@ def unchanged_since(conn: Connection, register: RegisterMap, kept: RowsState) ->
     very rows the rehearsal's snapshot held (see the module's description)."""
     if conn.dialect.name != "postgresql":
         return False
-    where = _where(conn, register)
-    if where is None or tuple(str(v) for v in where[:5]) != (
-        kept.system,
-        str(kept.database),
-        str(kept.table),
-        str(kept.filenode),
-        kept.timeline,
-    ):
-        return False
+    name = _table_name(conn, register)
     try:
         with conn.begin_nested():
+            where = _where(conn, name)
+            if where is None or tuple(str(v) for v in where[:6]) != (
+                kept.system,
+                str(kept.database),
+                str(kept.table),
+                str(kept.filenode),
+                kept.timeline,
+                kept.started,
+            ):
+                return False
             later, since = conn.execute(
                 text(
                     "SELECT pg_current_wal_lsn() >= CAST(:lsn AS pg_lsn),"
@@ -151,17 +204,7 @@ def unchanged_since(conn: Connection, register: RegisterMap, kept: RowsState) ->
             ).one()
             if not later or not 0 <= int(since) < _MAX_SINCE:
                 return False
-            # a row is older than the rehearsal's snapshot when its writer's id precedes the
-            # snapshot's xmin: its age (transactions since, wraparound-aware) is the greater
-            rows, recent = conn.execute(
-                select(
-                    func.count(),
-                    func.count().filter(
-                        func.age(literal_column("xmin"))
-                        <= func.age(literal_column(f"CAST('{kept.xmin % _IDS}' AS xid)"))
-                    ),
-                ).select_from(register.table)
-            ).one()
+            rows, recent, catalog, recent_catalog = _counts(conn, register, name, kept.xmin)
     except DBAPIError:
         return False
-    return int(rows) == kept.rows and int(recent) == 0
+    return (rows, recent, catalog, recent_catalog) == (kept.rows, 0, kept.catalog, 0)

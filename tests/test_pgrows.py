@@ -83,31 +83,55 @@ def test_a_run_on_the_rows_the_rehearsal_read_reads_no_record_again(
     assert verify_run(engine).ok
 
 
-# each a write after the rehearsal; the records the run must then name (None: it must match)
-WRITES: dict[str, tuple[str, list[str] | None]] = {
+# each a change after the rehearsal; the records the run must then name (None: it must match;
+# "all": every record differs)
+WRITES: dict[str, tuple[list[str], list[str] | str | None]] = {
     "an update that changes nothing": (
-        "UPDATE hukou_register SET name = name WHERE record_id = 9",
+        ["UPDATE hukou_register SET name = name WHERE record_id = 9"],
         None,
     ),
-    "an update": ("UPDATE hukou_register SET name = '改名' WHERE record_id = 9", ["9"]),
-    "a delete": ("DELETE FROM hukou_register WHERE record_id = 9", ["9"]),
-    "a rewrite of the table": ("VACUUM FULL hukou_register", None),
+    "an update": (["UPDATE hukou_register SET name = '改名' WHERE record_id = 9"], ["9"]),
+    "a delete": (["DELETE FROM hukou_register WHERE record_id = 9"], ["9"]),
+    "a rewrite of the table": (["VACUUM FULL hukou_register"], None),
+    # the catalog alone: no row written, yet what is read changes (or may)
+    "two columns' names swapped": (
+        [
+            "ALTER TABLE hukou_register RENAME COLUMN name TO swapped",
+            "ALTER TABLE hukou_register RENAME COLUMN address TO name",
+            "ALTER TABLE hukou_register RENAME COLUMN swapped TO address",
+        ],
+        "all",
+    ),
+    "a column dropped and added again with a default": (
+        [
+            "ALTER TABLE hukou_register DROP COLUMN relation",
+            "ALTER TABLE hukou_register ADD COLUMN relation VARCHAR(20) DEFAULT '户主'",
+        ],
+        "all",
+    ),
+    "a child table": (["CREATE TABLE register_annex () INHERITS (hukou_register)"], None),
+    "row security": (["ALTER TABLE hukou_register ENABLE ROW LEVEL SECURITY"], None),
 }
 
 
 @pytest.mark.parametrize("write", list(WRITES))
-def test_any_row_written_since_sends_the_run_back_to_reading(
+def test_any_change_since_sends_the_run_back_to_reading(
     register: Engine, tmp_path: Path, write: str
 ) -> None:
     engine = register
     plan = _rehearsed(engine, tmp_path)
-    statement, named = WRITES[write]
+    statements, named = WRITES[write]
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text(statement))
+        for statement in statements:
+            conn.execute(text(statement))
+        records = conn.execute(text("SELECT count(*) FROM hukou_register")).scalar_one()
     result = run_cutover(engine, ZHENHAI, CUTOFF, expect=plan, accept_changes=True)
     comparison = result.plan_comparison
     assert comparison is not None and not comparison.unchanged_rows
-    assert [d.key for d in comparison.before if d.kind == "record"] == (named or [])
+    if named == "all":
+        assert comparison.record_differences == records
+    else:
+        assert [d.key for d in comparison.before if d.kind == "record"] == (named or [])
 
 
 def test_a_row_written_beside_the_rehearsal_and_committed_after_it_is_caught(
@@ -176,6 +200,7 @@ DOUBTS: dict[str, Callable[[dict[str, Any]], None]] = {
     "more than 2^31 transactions since": lambda kept: kept.update(xmin=kept["xmin"] - (1 << 31)),
     "a write-ahead log behind the rehearsal's": lambda kept: kept.update(lsn="FFFFFFFF/0"),
     "another timeline": lambda kept: kept.update(timeline="00000002"),
+    "a server started since": lambda kept: kept.update(started="0"),
     "another cluster": lambda kept: kept.update(system="1"),
     "as many rows as one more": lambda kept: kept.update(rows=kept["rows"] + 1),
 }
