@@ -116,9 +116,9 @@ def _table_name(conn: Connection, register: RegisterMap) -> str:
 
 
 def _where(conn: Connection, name: str) -> tuple[Any, ...] | None:
-    """The cluster, database, table, file, timeline, server start and log position, as the current snapshot
-    sees them; None if any cannot be read, or the table is not one whose own rows are all it
-    reads."""
+    """The cluster, database, table, file, timeline, server start and log position, as the
+    current snapshot sees them; None if any cannot be read, or the table is not one whose own
+    rows are all it reads."""
     found = tuple(conn.execute(text(_WHERE), {"t": name}).one())
     if any(value is None for value in found) or not found[-1]:
         return None
