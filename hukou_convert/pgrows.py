@@ -26,7 +26,7 @@ record, as it does on MySQL/MariaDB.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection, func, select, text
@@ -53,12 +53,19 @@ class RowsState:
     rows: int
     catalog: int  # the table's rows in the system catalog (see _CATALOG)
 
+    @property
+    def place(self) -> tuple[str, int, int, int, str, str]:
+        """Where the rows were read: the same place makes transaction ids comparable."""
+        return (self.system, self.database, self.table, self.filenode, self.timeline, self.started)
+
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, raw: Any) -> RowsState | None:
         try:
+            lsn = str(raw["lsn"])
+            _lsn(lsn)  # a position that reads as one
             return cls(
                 str(raw["system"]),
                 int(raw["database"]),
@@ -66,7 +73,7 @@ class RowsState:
                 int(raw["filenode"]),
                 str(raw["timeline"]),
                 str(raw["started"]),
-                str(raw["lsn"]),
+                lsn,
                 int(raw["xmin"]),
                 int(raw["rows"]),
                 int(raw["catalog"]),
@@ -115,14 +122,32 @@ def _table_name(conn: Connection, register: RegisterMap) -> str:
     return f"{quote(table.schema)}.{quote(table.name)}" if table.schema else quote(table.name)
 
 
-def _where(conn: Connection, name: str) -> tuple[Any, ...] | None:
+def _lsn(text: str) -> int:
+    """A write-ahead log position (``X/Y``, hexadecimal) as a number that compares."""
+    high, low = text.split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def _where(conn: Connection, name: str) -> RowsState | None:
     """The cluster, database, table, file, timeline, server start and log position, as the
-    current snapshot sees them; None if any cannot be read, or the table is not one whose own
-    rows are all it reads."""
+    current snapshot sees them (no transaction id, no counts yet); None if any cannot be read, or
+    the table is not one whose own rows are all it reads."""
     found = tuple(conn.execute(text(_WHERE), {"t": name}).one())
     if any(value is None for value in found) or not found[-1]:
         return None
-    return found[:-1]
+    system, database, table, filenode, timeline, started, lsn, _plain = found
+    return RowsState(
+        str(system),
+        int(database),
+        int(table),
+        int(filenode),
+        str(timeline),
+        str(started),
+        str(lsn),
+        xmin=0,
+        rows=0,
+        catalog=0,
+    )
 
 
 def _counts(conn: Connection, register: RegisterMap, name: str, xmin: int) -> tuple[int, ...]:
@@ -142,69 +167,55 @@ def _counts(conn: Connection, register: RegisterMap, name: str, xmin: int) -> tu
     return int(rows), int(recent), int(catalog), int(recent_catalog)
 
 
-def rehearsal_state(conn: Connection, register: RegisterMap) -> RowsState | None:
-    """In the rehearsal's one snapshot (REPEATABLE READ), once it has read the register: what a
-    run needs to know the register unchanged since. None elsewhere than PostgreSQL, or where it
-    cannot be read."""
+@dataclass(frozen=True)
+class _Observed:
+    state: RowsState  # its xmin: the snapshot's own, or the kept state's
+    recent: int  # rows and catalog rows written by a transaction not older than that xmin
+    since: int  # transactions since that xmin (the snapshot's xmax less it)
+
+
+def _observe(conn: Connection, register: RegisterMap, kept: RowsState | None) -> _Observed | None:
+    """The register as the current snapshot sees it, in a savepoint of its own: measured against
+    the snapshot's own xmin, or against ``kept``'s when given (and then only in ``kept``'s place).
+    None elsewhere than PostgreSQL, in another place, or where it cannot be read."""
     if conn.dialect.name != "postgresql":
         return None
     name = _table_name(conn, register)
     try:
         with conn.begin_nested():
             where = _where(conn, name)
-            if where is None:
+            if where is None or (kept is not None and where.place != kept.place):
                 return None
-            xmin = int(
-                conn.execute(
-                    text("SELECT txid_snapshot_xmin(txid_current_snapshot())")
-                ).scalar_one()
-            )
-            rows, _recent, catalog, _recent_catalog = _counts(conn, register, name, xmin)
+            own, xmax = conn.execute(
+                text(
+                    "SELECT txid_snapshot_xmin(s), txid_snapshot_xmax(s) FROM txid_current_snapshot() s"
+                )
+            ).one()
+            xmin = int(own) if kept is None else kept.xmin
+            rows, recent, catalog, recent_catalog = _counts(conn, register, name, xmin)
     except DBAPIError:
         return None
-    system, database, table, filenode, timeline, started, lsn = where
-    return RowsState(
-        str(system),
-        int(database),
-        int(table),
-        int(filenode),
-        str(timeline),
-        str(started),
-        str(lsn),
-        xmin,
-        rows,
-        catalog,
-    )
+    state = replace(where, xmin=xmin, rows=rows, catalog=catalog)
+    return _Observed(state, recent + recent_catalog, int(xmax) - xmin)
+
+
+def rehearsal_state(conn: Connection, register: RegisterMap) -> RowsState | None:
+    """In the rehearsal's one snapshot (REPEATABLE READ), once it has read the register: what a
+    run needs to know the register unchanged since. None elsewhere than PostgreSQL, or where it
+    cannot be read."""
+    observed = _observe(conn, register, None)
+    return observed.state if observed is not None else None
 
 
 def unchanged_since(conn: Connection, register: RegisterMap, kept: RowsState) -> bool:
     """In the run's snapshot, taken before its first write: True only if the register holds the
     very rows the rehearsal's snapshot held (see the module's description)."""
-    if conn.dialect.name != "postgresql":
+    observed = _observe(conn, register, kept)
+    if observed is None:
         return False
-    name = _table_name(conn, register)
-    try:
-        with conn.begin_nested():
-            where = _where(conn, name)
-            if where is None or tuple(str(v) for v in where[:6]) != (
-                kept.system,
-                str(kept.database),
-                str(kept.table),
-                str(kept.filenode),
-                kept.timeline,
-                kept.started,
-            ):
-                return False
-            later, since = conn.execute(
-                text(
-                    "SELECT pg_current_wal_lsn() >= CAST(:lsn AS pg_lsn),"
-                    " txid_snapshot_xmax(txid_current_snapshot()) - :xmin"
-                ),
-                {"lsn": kept.lsn, "xmin": kept.xmin},
-            ).one()
-            if not later or not 0 <= int(since) < _MAX_SINCE:
-                return False
-            rows, recent, catalog, recent_catalog = _counts(conn, register, name, kept.xmin)
-    except DBAPIError:
-        return False
-    return (rows, recent, catalog, recent_catalog) == (kept.rows, 0, kept.catalog, 0)
+    now = observed.state
+    return (
+        _lsn(now.lsn) >= _lsn(kept.lsn)
+        and 0 <= observed.since < _MAX_SINCE
+        and (now.rows, now.catalog, observed.recent) == (kept.rows, kept.catalog, 0)
+    )
